@@ -1,0 +1,27 @@
+"""MONAI SwinUNETR built from the architecture record in nnU-Net plans."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from monai.networks.nets import SwinUNETR
+from torch import nn
+
+from ..defaults import SWINUNETR_ARCH_KWARGS
+
+SWINUNETR_CLASS_NAME = "monai.networks.nets.SwinUNETR"
+
+
+def build_swinunetr(arch_kwargs: Mapping, num_input_channels: int, num_output_channels: int) -> nn.Module:
+    """``SwinUNETR(in_channels, out_channels, **arch_kwargs)`` for 3D input.
+
+    Input ``(B, num_input_channels, X, Y, Z)`` with each of X, Y, Z a multiple of 32; output
+    ``(B, num_output_channels, X, Y, Z)`` logits (one output: no deep supervision).
+    """
+    unknown = set(arch_kwargs) - set(SWINUNETR_ARCH_KWARGS)
+    if unknown:
+        raise ValueError(f"unknown SwinUNETR arguments in the plans' arch_kwargs: {sorted(unknown)}")
+    kwargs = {**SWINUNETR_ARCH_KWARGS, **arch_kwargs}
+    if kwargs["feature_size"] % 12 != 0:
+        raise ValueError(f"SwinUNETR feature_size must be a multiple of 12, got {kwargs['feature_size']}")
+    return SwinUNETR(in_channels=num_input_channels, out_channels=num_output_channels, spatial_dims=3, **kwargs)

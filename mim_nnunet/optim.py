@@ -1,0 +1,34 @@
+"""Optimisers: AdamW with weight decay only where it belongs."""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Sequence
+
+import torch
+from torch import nn
+
+from .defaults import NO_WEIGHT_DECAY_NAME_PARTS
+
+
+def decay_param_groups(model: nn.Module, weight_decay: float,
+                       no_decay_name_parts: Sequence[str] = NO_WEIGHT_DECAY_NAME_PARTS) -> List[dict]:
+    """Split trainable parameters into a decayed group and a group with ``weight_decay = 0``.
+
+    No decay for 1-D tensors (norm weights and biases) and for names containing any of
+    ``no_decay_name_parts`` (position embeddings, mask tokens, relative position tables).
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or any(part in name for part in no_decay_name_parts):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: Iterable[float]) -> torch.optim.AdamW:
+    """AdamW over :func:`decay_param_groups`."""
+    return torch.optim.AdamW(decay_param_groups(model, weight_decay), lr=lr, betas=tuple(betas))

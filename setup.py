@@ -1,0 +1,39 @@
+"""mim-nnunet: MiM self-supervised pre-training for 3D medical image segmentation with nnU-Net.
+
+torch is not a declared dependency: install the build for your platform first (the README says how).
+The top-level ``trainers/`` folder is installed as data (``<prefix>/share/mim_nnunet/trainers``), not as
+an importable package, because nnU-Net imports its modules by bare name through ``nnUNet_extTrainer``.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mim-nnunet",
+    version="0.1.0",
+    description="MiM (Mask in Mask) self-supervised pre-training for 3D segmentation, run through stock nnU-Net",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mim_nnunet", "mim_nnunet.*"]),
+    data_files=[("share/mim_nnunet/trainers", sorted(glob("trainers/*.py")))],
+    install_requires=[
+        "nnunetv2>=2.8,<2.9",
+        "monai>=1.5,<1.7",
+        "SimpleITK>=2.3,<2.6",
+        "numpy>=1.24,<3",
+        "scipy>=1.10,<2",
+        "safetensors>=0.4,<1",
+        "tqdm>=4.60,<5",
+        "matplotlib>=3.7,<4",
+    ],
+    extras_require={"test": ["pytest>=8,<10"]},
+    entry_points={
+        "console_scripts": [
+            "mim_nnunet = mim_nnunet.cli:main",
+            "mim_pretrain = mim_nnunet.pretrain_cli:main",
+        ]
+    },
+)
