@@ -5,13 +5,16 @@ The top-level ``trainers/`` folder is installed as data (``<prefix>/share/mim_nn
 an importable package, because nnU-Net imports its modules by bare name through ``nnUNet_extTrainer``.
 """
 
+import re
 from glob import glob
 
 from setuptools import find_packages, setup
 
+VERSION = re.search(r'__version__ = "([^"]+)"', open("mim_nnunet/__init__.py").read()).group(1)
+
 setup(
     name="mim-nnunet",
-    version="0.1.0",
+    version=VERSION,
     description="MiM (Mask in Mask) self-supervised pre-training for 3D segmentation, run through stock nnU-Net",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -39,6 +39,8 @@ def demo_environment(workspace: Path) -> Dict[str, str]:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(workspace / name)
         (workspace / name).mkdir(parents=True, exist_ok=True)
+    # nnU-Net's default worker count is tuned for its cluster; on a laptop use the cores there are.
+    env.setdefault("nnUNet_n_proc_DA", str(min(os.cpu_count() or 1, 8)))
     ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
     env["nnUNet_extTrainer"] = os.pathsep.join([str(trainers_dir())] + ext)
     return env
