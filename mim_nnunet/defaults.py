@@ -40,3 +40,49 @@ NNUNET_ENV_VARS = {
     "nnUNet_results": "the folder where nnU-Net writes trained models",
 }
 EXT_TRAINER_ENV_VAR = "nnUNet_extTrainer"
+
+# ---------------------------------------------------------------------------------------------
+# MiM pre-training (../shared/MIM_SPEC.md). Every "(switch)" of the spec is a field of MiMConfig,
+# whose defaults are these values.
+TOKEN_SIZE = 16              # voxels per token edge at the network input
+INPUT_MULTIPLE = 32          # every axis of the input size S is a multiple of this
+
+MIM_SWITCHES = {
+    "levels": 3,                      # 1 = plain MAE3D, 2 = stop after L2, 3 = full MiM
+    "r1": 0.5,                        # fraction of the 8 L1 units masked
+    "r2": 0.6,                        # fraction of L2 tokens masked
+    "r3": 0.5,                        # fraction of L3 tokens masked
+    "gamma2": 4,                      # L2 volumes cut from each L1 volume
+    "gamma3": 4,                      # L3 volumes cut from each L2 volume
+    "next_level_from": "masked",      # or "visible" (Table 11)
+    "norm_pix_loss": True,
+    "align_loss": "infonce",          # or "byol" (Table 12)
+    "align_pairs": (True, True),      # (L1-L2, L2-L3) terms on/off (Table 10)
+    "detach_parent": True,            # stop-gradient on parent features
+    "tau": 0.1,                       # InfoNCE temperature (the paper gives none)
+    "align_dim": 2048,                # projection output D
+    "loss_weights": (1.0, 1.0, 1.0, 0.1, 0.1),   # b1..b5 of Eq. 10 (Table 3)
+    "level_weight_schedule": "concurrent",       # or coarse_to_fine / fine_to_coarse (Table 14)
+}
+
+# Table 14: reconstruction weights (L1, L2, L3) at the start and end of training.
+LEVEL_WEIGHT_SCHEDULES = {
+    "concurrent": ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
+    "coarse_to_fine": ((2.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    "fine_to_coarse": ((1.0, 0.0, 2.0), (1.0, 1.0, 1.0)),
+}
+
+# Backbone sizes. hybrid: the authors' 3D ConvMAE encoder (base = the release) and its MAE decoder.
+HYBRID_SIZES = {
+    "base": {"channels": (48, 96, 192, 384), "depths": (2, 2, 2, 11), "heads": 12, "mlp_ratio": 4.0,
+             "conv_kernel": 5, "decoder_dim": 576, "decoder_depth": 8, "decoder_heads": 16},
+    "tiny": {"channels": (12, 24, 48, 96), "depths": (2, 2, 2, 11), "heads": 3, "mlp_ratio": 4.0,
+             "conv_kernel": 5, "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
+}
+# swin: MONAI SwinViT as SwinUNETR builds it; the decoder is the same MAE decoder.
+SWIN_SIZES = {
+    "base": {"feature_size": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,
+             "decoder_dim": 576, "decoder_depth": 8, "decoder_heads": 16},
+    "tiny": {"feature_size": 12, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,
+             "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
+}

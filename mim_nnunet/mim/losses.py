@@ -1,0 +1,69 @@
+"""MiM's losses (MIM_SPEC.md section 2): per-level reconstruction, cross-level alignment, the total."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..defaults import LEVEL_WEIGHT_SCHEDULES
+
+
+def normalise_tokens(target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Norm-pix targets: each token ``(..., P)`` minus its mean over its own P values, divided by
+    sqrt(unbiased variance + eps), as MAE's ``norm_pix_loss``."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return (target - mean) / (var + eps).sqrt()
+
+
+def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
+    """Eqs. 1-2: mean over masked tokens of the per-token mean squared error.
+
+    pred, target: ``(N, T, P)``; mask: ``(N, T)`` bool, True = masked (only those count).
+    """
+    if norm_pix:
+        target = normalise_tokens(target)
+    per_token = (pred - target).pow(2).mean(dim=-1)             # d_m, (N, T)
+    m = mask.to(per_token.dtype)
+    return (per_token * m).sum() / m.sum()
+
+
+def alignment_loss(child: Tensor, parents: Tensor, target: Tensor, kind: str = "infonce",
+                   tau: float = 0.1) -> Tensor:
+    """Eqs. 4-7. child ``(N, D)``; parents ``(N, K, D)`` candidates of each child's parent volume;
+    target ``(N,)`` index of the true source among the K.
+
+    infonce: cross-entropy over logits cos(c, p_j) / tau. byol: 2 - 2 cos(c, p_target).
+    """
+    cos = F.cosine_similarity(child.unsqueeze(1), parents, dim=-1)            # (N, K)
+    if kind == "infonce":
+        return F.cross_entropy(cos / tau, target)
+    if kind == "byol":
+        return (2.0 - 2.0 * cos.gather(1, target.unsqueeze(1))).mean()
+    raise ValueError(f"unknown alignment loss {kind!r}")
+
+
+def level_weights(schedule: str, progress: float) -> Tuple[float, float, float]:
+    """Reconstruction weights (L1, L2, L3) at ``progress`` in [0, 1] of training (Table 14): a cosine
+    ramp from the schedule's start to its end values."""
+    start, end = LEVEL_WEIGHT_SCHEDULES[schedule]
+    ramp = 0.5 * (1.0 - math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return tuple(s + (e - s) * ramp for s, e in zip(start, end))
+
+
+def total_loss(terms: Dict[str, Tensor], loss_weights: Sequence[float], schedule: str,
+               progress: float) -> Tuple[Tensor, Dict[str, float]]:
+    """Eq. 10: b1 L_R^1 + b2 L_R^2 + b3 L_R^3 + b4 L_C^12 + b5 L_C^23 over the terms present.
+
+    The level schedule multiplies b1..b3. Returns the total and the weight used for each term.
+    """
+    lw = level_weights(schedule, progress)
+    weights = {"rec_l1": loss_weights[0] * lw[0], "rec_l2": loss_weights[1] * lw[1],
+               "rec_l3": loss_weights[2] * lw[2], "align_12": loss_weights[3], "align_23": loss_weights[4]}
+    used = {name: weights[name] for name in terms}
+    total = sum(used[name] * value for name, value in terms.items())
+    return total, used
