@@ -146,3 +146,20 @@ def test_benchmark_script_prints_one_json_line_per_configuration():
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(rows) == 1 and rows[0]["backbone"] == "hybrid" and rows[0]["subvolumes_per_crop"] == 21
     assert rows[0]["sec_per_l1_crop_median"] > 0 and rows[0]["peak_memory_mb"] > 0
+
+
+def test_swin_sdpa_attention_equals_monai_window_attention():
+    from monai.networks.nets.swin_unetr import WindowAttention
+    from mim_nnunet.backbones.swin import sdpa_window_attention
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=24, num_heads=3, window_size=(3, 3, 3), qkv_bias=True)
+    torch.nn.init.normal_(attn.relative_position_bias_table, std=1.0)
+    x = torch.randn(2 * 4, 27, 24, requires_grad=True)               # 2 volumes x 4 windows of 27 tokens
+    shift_mask = torch.where(torch.rand(4, 27, 27) < 0.3, -100.0, 0.0)
+    for mask in (None, shift_mask):
+        ours = sdpa_window_attention(attn, x, mask)
+        grad_ours = torch.autograd.grad(ours.square().sum(), (x, attn.relative_position_bias_table))
+        ref = WindowAttention.forward(attn, x, mask)                  # MONAI's own training path
+        grad_ref = torch.autograd.grad(ref.square().sum(), (x, attn.relative_position_bias_table))
+        assert torch.allclose(ours, ref, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grad_ours, grad_ref))

@@ -7,14 +7,40 @@ Its ``swinViT.*`` weights load strictly into ``SwinUNETR(...).swinViT``.
 
 from __future__ import annotations
 
-from typing import Sequence
+import types
+from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
+from monai.networks.nets.swin_unetr import WindowAttention
 from torch import Tensor, nn
 
 from ..defaults import TOKEN_SIZE
 from ..patches import token_mask_to_grid
+
+
+def sdpa_window_attention(self: WindowAttention, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """MONAI's ``WindowAttention.forward`` computed by ``scaled_dot_product_attention``, in training too.
+
+    x: ``(B, n, C)`` windows of n tokens; mask: ``(nW, n, n)`` shifted-window mask or None. The window
+    index is folded into the head axis so that the (relative-position bias + shift mask) table of shape
+    ``(1, nW * heads, n, n)`` broadcasts over the batch: the ``(B, heads, n, n)`` attention matrix that
+    MONAI's training path builds (10 GB for 21 volumes at S = 96) is never materialised.
+    """
+    b, n, c = x.shape
+    heads = self.num_heads
+    q, k, v = self.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)       # (B, h, n, d)
+    index = self.relative_position_index[:n, :n].reshape(-1)
+    bias = self.relative_position_bias_table[index].reshape(n, n, heads).permute(2, 0, 1)  # (h, n, n)
+    windows = 1 if mask is None else mask.shape[0]
+    table = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)   # (nW, h, n, n)
+    fold = (b // windows, windows * heads, n, c // heads)
+    out = F.scaled_dot_product_attention(
+        q.reshape(fold), k.reshape(fold), v.reshape(fold), attn_mask=table.reshape(1, -1, n, n).to(q.dtype),
+        dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+    out = out.reshape(b, heads, n, c // heads).transpose(1, 2).reshape(b, n, c)
+    return self.proj_drop(self.proj(out))
 
 
 class SwinEncoder(nn.Module):
@@ -28,6 +54,9 @@ class SwinEncoder(nn.Module):
         self.swinViT = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size,
                                  depths=depths, num_heads=num_heads, window_size=window_size,
                                  spatial_dims=3).swinViT
+        for module in self.swinViT.modules():          # same weights and names, memory-lean attention
+            if isinstance(module, WindowAttention):
+                module.forward = types.MethodType(sdpa_window_attention, module)
         self.mask_token = nn.Parameter(torch.zeros(1, feature_size, 1, 1, 1))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.out_dim = 8 * feature_size
