@@ -79,6 +79,9 @@ HYBRID_SIZES = {
     "tiny": {"channels": (12, 24, 48, 96), "depths": (2, 2, 2, 11), "heads": 3, "mlp_ratio": 4.0,
              "conv_kernel": 5, "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
 }
+# Largest window-attention matrix (elements) the swin backbone builds at once while training; above it
+# attention runs in checkpointed chunks of volumes (512 MB in fp32).
+SWIN_ATTENTION_CHUNK_ELEMENTS = 2 ** 27
 # swin: MONAI SwinViT as SwinUNETR builds it; the decoder is the same MAE decoder.
 SWIN_SIZES = {
     "base": {"feature_size": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,

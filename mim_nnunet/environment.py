@@ -43,8 +43,9 @@ def _installed_trainers() -> Optional[Path]:
 
 
 def trainers_dir() -> Path:
-    """The folder to put in ``nnUNet_extTrainer``: the installed copy, else the source tree's."""
-    folder = _installed_trainers() or _source_tree_trainers()
+    """The folder to put in ``nnUNet_extTrainer``: the one that belongs to the imported package (the
+    source tree's when running from a checkout or an editable install, else the installed copy)."""
+    folder = _source_tree_trainers() or _installed_trainers()
     if folder is None:
         raise SetupError(
             f"cannot find the mim-nnunet trainers folder (no installed share/mim_nnunet/trainers and no "

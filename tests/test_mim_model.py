@@ -148,7 +148,10 @@ def test_benchmark_script_prints_one_json_line_per_configuration():
     assert rows[0]["sec_per_l1_crop_median"] > 0 and rows[0]["peak_memory_mb"] > 0
 
 
-def test_swin_sdpa_attention_equals_monai_window_attention():
+@pytest.mark.parametrize("chunk_elements", [2 ** 27, 4 * 27 * 27 * 3])   # one pass; one volume per chunk
+def test_swin_sdpa_attention_equals_monai_window_attention(monkeypatch, chunk_elements):
+    import mim_nnunet.backbones.swin as swin
+    monkeypatch.setattr(swin, "SWIN_ATTENTION_CHUNK_ELEMENTS", chunk_elements)
     from monai.networks.nets.swin_unetr import WindowAttention
     from mim_nnunet.backbones.swin import sdpa_window_attention
     torch.manual_seed(0)

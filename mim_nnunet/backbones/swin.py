@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import WindowAttention
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from ..defaults import TOKEN_SIZE
+from ..defaults import SWIN_ATTENTION_CHUNK_ELEMENTS, TOKEN_SIZE
 from ..patches import token_mask_to_grid
 
 
@@ -26,7 +27,7 @@ def sdpa_window_attention(self: WindowAttention, x: Tensor, mask: Optional[Tenso
     x: ``(B, n, C)`` windows of n tokens; mask: ``(nW, n, n)`` shifted-window mask or None. The window
     index is folded into the head axis so that the (relative-position bias + shift mask) table of shape
     ``(1, nW * heads, n, n)`` broadcasts over the batch: the ``(B, heads, n, n)`` attention matrix that
-    MONAI's training path builds (10 GB for 21 volumes at S = 96) is never materialised.
+    MONAI's training path builds (10 GB for 21 volumes at S = 96) is never materialised at once.
     """
     b, n, c = x.shape
     heads = self.num_heads
@@ -36,9 +37,21 @@ def sdpa_window_attention(self: WindowAttention, x: Tensor, mask: Optional[Tenso
     windows = 1 if mask is None else mask.shape[0]
     table = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)   # (nW, h, n, n)
     fold = (b // windows, windows * heads, n, c // heads)
-    out = F.scaled_dot_product_attention(
-        q.reshape(fold), k.reshape(fold), v.reshape(fold), attn_mask=table.reshape(1, -1, n, n).to(q.dtype),
-        dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+    table = table.reshape(1, -1, n, n).to(q.dtype)
+    dropout = self.attn_drop.p if self.training else 0.0
+
+    def attend(q_: Tensor, k_: Tensor, v_: Tensor, table_: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=table_, dropout_p=dropout, scale=self.scale)
+
+    q, k, v = q.reshape(fold), k.reshape(fold), v.reshape(fold)
+    if torch.is_grad_enabled() and table.requires_grad and q.shape[0] * table.numel() > SWIN_ATTENTION_CHUNK_ELEMENTS:
+        # The bias table's gradient makes every kernel keep the full attention matrix for backward;
+        # recompute it chunk by chunk of volumes instead, so memory stays at one chunk's matrix.
+        per_chunk = max(1, SWIN_ATTENTION_CHUNK_ELEMENTS // table.numel())
+        out = torch.cat([checkpoint(attend, *chunk, table, use_reentrant=False)
+                         for chunk in zip(q.split(per_chunk), k.split(per_chunk), v.split(per_chunk))])
+    else:
+        out = attend(q, k, v, table)
     out = out.reshape(b, heads, n, c // heads).transpose(1, 2).reshape(b, n, c)
     return self.proj_drop(self.proj(out))
 
