@@ -23,13 +23,17 @@ import time
 DEFAULT_CONFIGS = "hybrid:base,hybrid:tiny,swin:base"
 
 
-def run_one(backbone: str, size: str, input_size: int, device: str, dtype: str, warmup: int, repeats: int) -> dict:
+def run_one(backbone: str, size: str, input_size: int, device: str, dtype: str, warmup: int, repeats: int,
+            checkpointing: bool) -> dict:
     import torch
 
-    from mim_nnunet.mim import MiMConfig, build_mim
+    from mim_nnunet.backbones import build_encoder
+    from mim_nnunet.mim import MiM, MiMConfig
 
     cfg = MiMConfig(input_size=(input_size,) * 3)
-    model = build_mim(backbone, size, cfg).to(device)
+    encoder, decoder_sizes = build_encoder(backbone, size, 1, cfg.input_size,
+                                           **({"use_checkpoint": True} if checkpointing else {}))
+    model = MiM(encoder, cfg, **decoder_sizes).to(device)
     crop = torch.randn(1, 1, *cfg.l1_crop_size, device=device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
     if device == "cuda":
@@ -55,7 +59,7 @@ def run_one(backbone: str, size: str, input_size: int, device: str, dtype: str, 
             "subvolumes_per_crop": sum(lvl["inputs"].shape[0] for lvl in out["levels"]),
             "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": "cuda_allocated" if device == "cuda" else "max_rss",
             "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "activation_checkpointing": checkpointing}
 
 
 def main() -> int:
@@ -64,12 +68,15 @@ def main() -> int:
     parser.add_argument("--input-size", type=int, default=96, help="S per axis, a multiple of 32 (default: 96)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="swin only: SwinUNETR's per-block activation checkpointing (use_checkpoint)")
     parser.add_argument("--one", help=argparse.SUPPRESS)       # internal: backbone:size:device:dtype
     args = parser.parse_args()
 
     if args.one:
         backbone, size, device, dtype = args.one.split(":")
-        print(json.dumps(run_one(backbone, size, args.input_size, device, dtype, args.warmup, args.repeats)))
+        print(json.dumps(run_one(backbone, size, args.input_size, device, dtype, args.warmup, args.repeats,
+                                 args.checkpointing)))
         return 0
 
     import torch
@@ -79,6 +86,7 @@ def main() -> int:
         for device, dtype in plans:
             cmd = [sys.executable, __file__, "--one", f"{config}:{device}:{dtype}", "--input-size",
                    str(args.input_size), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+            cmd += ["--checkpointing"] if args.checkpointing else []
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 status = 1

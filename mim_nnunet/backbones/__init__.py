@@ -28,9 +28,16 @@ def backbone_sizes(backbone: str, size: str) -> dict:
     return dict(table[size])
 
 
-def build_encoder(backbone: str, size: str, in_channels: int, input_size: Sequence[int]) -> Tuple[nn.Module, dict]:
-    """The encoder and the decoder sizes that go with it (``decoder_dim``, ``_depth``, ``_heads``)."""
+def build_encoder(backbone: str, size: str, in_channels: int, input_size: Sequence[int],
+                  **overrides) -> Tuple[nn.Module, dict]:
+    """The encoder and the decoder sizes that go with it (``decoder_dim``, ``_depth``, ``_heads``).
+
+    ``overrides`` replace entries of the size table (e.g. ``use_checkpoint=True`` for swin)."""
     sizes = backbone_sizes(backbone, size)
+    unknown = set(overrides) - set(sizes)
+    if unknown:
+        raise ValueError(f"unknown {backbone} size entries {sorted(unknown)}; known: {sorted(sizes)}")
+    sizes.update(overrides)
     decoder = {k: sizes.pop(k) for k in DECODER_KEYS}
     cls = HybridEncoder if backbone == "hybrid" else SwinEncoder
     return cls(in_channels=in_channels, input_size=input_size, **sizes), decoder

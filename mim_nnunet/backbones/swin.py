@@ -60,13 +60,13 @@ class SwinEncoder(nn.Module):
     """Input ``(N, C, *S)`` and token mask ``(N, T)`` (True = masked) -> features ``(N, T, 8*feature_size)``."""
 
     def __init__(self, in_channels: int, input_size: Sequence[int], feature_size: int, depths: Sequence[int],
-                 num_heads: Sequence[int], window_size: int):
+                 num_heads: Sequence[int], window_size: int, use_checkpoint: bool = False):
         super().__init__()
         self.grid = tuple(s // TOKEN_SIZE for s in input_size)
         # Built through SwinUNETR so that the module, its arguments and names are SwinUNETR's own.
         self.swinViT = SwinUNETR(in_channels=in_channels, out_channels=1, feature_size=feature_size,
                                  depths=depths, num_heads=num_heads, window_size=window_size,
-                                 spatial_dims=3).swinViT
+                                 use_checkpoint=use_checkpoint, spatial_dims=3).swinViT
         for module in self.swinViT.modules():          # same weights and names, memory-lean attention
             if isinstance(module, WindowAttention):
                 module.forward = types.MethodType(sdpa_window_attention, module)
