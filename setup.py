@@ -21,7 +21,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["mim_nnunet", "mim_nnunet.*"]),
-    data_files=[("share/mim_nnunet/trainers", sorted(glob("trainers/*.py")))],
+    data_files=[
+        ("share/mim_nnunet/trainers", sorted(glob("trainers/*.py"))),
+        ("share/mim_nnunet/plans/collections", sorted(glob("plans/collections/*.json"))),
+    ],
     install_requires=[
         "nnunetv2>=2.8,<2.9",
         "monai>=1.5,<1.7",
@@ -37,6 +40,7 @@ setup(
         "console_scripts": [
             "mim_nnunet = mim_nnunet.cli:main",
             "mim_pretrain = mim_nnunet.pretrain_cli:main",
+            "mim_plan_and_preprocess = mim_nnunet.plan_cli:main",
         ]
     },
 )

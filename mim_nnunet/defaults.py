@@ -90,3 +90,22 @@ SWIN_SIZES = {
     "tiny": {"feature_size": 12, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,
              "use_checkpoint": False, "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
 }
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training data and planning (issue: self-configuring plan). Explanations live in the plan JSON.
+DATA_ROOT_ENV = "MIM_DATA_ROOT"
+DEFAULT_INPUT_SIZE = 96                 # S per axis for isotropic data (the paper's 96^3)
+ANISOTROPY_THRESHOLD = 3.0              # nnU-Net's: worst/best median spacing ratio that counts as anisotropic
+EFFECTIVE_BATCH_SUBVOLUMES = 256        # the paper's batch, counted in sub-volumes
+DEVICE_COUNT_MULTIPLE = 4               # effective batch in crops is a multiple of this, so 1, 2 and 4
+                                        # devices reach exactly the same effective batch
+BASE_LR_PER_256 = 1e-4                  # lr = 1e-4 x effective_batch / 256 (spec section 5)
+DEFAULT_GPU_MEMORY_TARGET_GB = 24.0
+GPU_MEMORY_RESERVE_GB = 2.0             # CUDA context, optimiser state, fragmentation
+# GPU memory of one L1 crop (21 sub-volumes, forward + backward, bf16 autocast) at S = 96^3, in GB:
+# estimated as half of the fp32 peaks measured on the CPU by scripts/benchmark_pretrain_step.py
+# (hybrid base 21.8 GB, tiny 7.0 GB, swin tiny 12.3 GB; swin base with activation checkpointing).
+MEMORY_PER_CROP_GB_AT_96 = {("hybrid", "base"): 11.0, ("hybrid", "tiny"): 3.5,
+                            ("swin", "base"): 24.0, ("swin", "tiny"): 6.2}
+CT_WINDOW = (-1000.0, 1000.0)           # HU clip before scaling CT to [0, 1]
+STORE_DTYPE = "float16"                 # [0, 1] CT in float16: steps of 1/2048, about 1 HU

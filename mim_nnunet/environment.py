@@ -12,46 +12,44 @@ from __future__ import annotations
 import os
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 from .defaults import EXT_TRAINER_ENV_VAR, NNUNET_ENV_VARS
 from .errors import SetupError
 
 DIST_NAME = "mim-nnunet"
 TRAINERS_MARKER = "nnUNetTrainerSwinUNETR.py"
-INSTALLED_TRAINERS_SUFFIX = ("share", "mim_nnunet", "trainers")
 
 
-def _source_tree_trainers() -> Optional[Path]:
-    # An editable install or a source checkout: trainers/ sits next to the package folder.
-    candidate = Path(__file__).resolve().parent.parent / "trainers"
-    return candidate if (candidate / TRAINERS_MARKER).is_file() else None
+def shipped_folder(relative: str, marker: str) -> Path:
+    """A top-level folder of the project shipped with the package (``trainers``, ``plans/collections``).
 
-
-def _installed_trainers() -> Optional[Path]:
+    The source tree's copy when the package is imported from a checkout or an editable install,
+    else the installed copy under ``<prefix>/share/mim_nnunet/<relative>``. ``marker`` is a file
+    that must be in it.
+    """
+    source = Path(__file__).resolve().parent.parent / relative
+    if (source / marker).is_file():
+        return source
     try:
         dist = metadata.distribution(DIST_NAME)
     except metadata.PackageNotFoundError:
-        return None
-    for f in dist.files or ():
-        parts = Path(str(f)).parts
-        if parts[-1] == TRAINERS_MARKER and tuple(parts[-4:-1]) == INSTALLED_TRAINERS_SUFFIX:
+        dist = None
+    wanted = ("share", "mim_nnunet", *Path(relative).parts, marker)
+    for f in (dist.files or ()) if dist else ():
+        if tuple(Path(str(f)).parts[-len(wanted):]) == wanted:
             folder = Path(dist.locate_file(f)).resolve().parent
-            if (folder / TRAINERS_MARKER).is_file():
+            if (folder / marker).is_file():
                 return folder
-    return None
+    raise SetupError(
+        f"cannot find the mim-nnunet folder {relative}/ (neither installed under share/mim_nnunet nor next "
+        f"to {Path(__file__).resolve().parent}); reinstall with 'pip install .'"
+    )
 
 
 def trainers_dir() -> Path:
-    """The folder to put in ``nnUNet_extTrainer``: the one that belongs to the imported package (the
-    source tree's when running from a checkout or an editable install, else the installed copy)."""
-    folder = _source_tree_trainers() or _installed_trainers()
-    if folder is None:
-        raise SetupError(
-            f"cannot find the mim-nnunet trainers folder (no installed share/mim_nnunet/trainers and no "
-            f"source-tree trainers/ next to {Path(__file__).resolve().parent}); reinstall with 'pip install .'"
-        )
-    return folder
+    """The folder to put in ``nnUNet_extTrainer`` (see :func:`shipped_folder`)."""
+    return shipped_folder("trainers", TRAINERS_MARKER)
 
 
 def require_nnunet_paths(names: Iterable[str] = tuple(NNUNET_ENV_VARS)) -> dict:

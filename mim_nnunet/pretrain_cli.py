@@ -1,7 +1,8 @@
 """``mim_pretrain``: MiM pre-training (planning, preprocessing, training, export).
 
-The engine lands with the pre-training issues; until then the command checks the environment it
-will need and says plainly that pre-training is not available in this version.
+Planning and preprocessing run here today (the same code as ``mim_plan_and_preprocess``, resumed when
+already done); the training engine lands with its own issue, and until then the command stops after
+preparing the data and says so.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import sys
 from typing import List, Optional
 
 from .cli import run_guarded
-from .environment import require_nnunet_paths
+from .plan_cli import add_data_arguments, run_prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="mim_pretrain", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mim_pretrain", description=__doc__)
+    add_data_arguments(parser)
+    return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    require_nnunet_paths(("nnUNet_preprocessed", "nnUNet_results"))
-    print("mim_pretrain: error: MiM pre-training is not implemented in mim-nnunet "
-          f"{__import__('mim_nnunet').__version__} yet; fine-tune from scratch with -tr nnUNetTrainerSwinUNETR",
-          file=sys.stderr)
+    prepared = run_prepare(args)
+    print(f"mim_pretrain: error: data prepared in {prepared.folder}, but the pre-training engine is not in "
+          f"mim-nnunet {__import__('mim_nnunet').__version__} yet; fine-tune from scratch with "
+          f"-tr nnUNetTrainerSwinUNETR", file=sys.stderr)
     return 3
 
 

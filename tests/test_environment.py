@@ -88,5 +88,5 @@ def test_env_export_line_sets_ext_trainer_once(clean_env):
 
 
 def test_mim_pretrain_names_the_missing_variable(clean_env):
-    line = _one_line_error(run([command("mim_pretrain")], clean_env))
+    line = _one_line_error(run([command("mim_pretrain"), "-d", "1k"], clean_env))
     assert line.startswith("mim_pretrain: error: nnUNet_preprocessed is not set")

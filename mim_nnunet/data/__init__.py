@@ -1,0 +1,1 @@
+"""Pre-training data: sources and collections, manifest, fingerprint, plan, preprocessing, crop loader."""

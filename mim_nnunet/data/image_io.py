@@ -1,0 +1,135 @@
+"""Reading one pre-training case (one file per channel, or a DICOM series folder) and rejecting
+what cannot be used, with a one-line reason naming the file."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import MimError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class BadImage(MimError):
+    """A file that cannot be used for pre-training (message: 'path: reason')."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"          # the DICOM preamble's magic
+    except OSError:
+        return False
+
+
+def is_dicom_folder(path: Path) -> bool:
+    return path.is_dir() and any(_is_dicom_file(f) for f in path.iterdir() if f.is_file())
+
+
+def nifti_problem(path: Path) -> Optional[str]:
+    """Why a NIfTI file is incomplete or empty, or None. ITK reads a truncated .nii/.nii.gz without complaint
+    (missing voxels become 0) and an empty axis as length 1, so the header is checked here."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(540)
+            for endian in "<>":
+                size = struct.unpack(endian + "i", head[:4])[0]
+                if size in (348, 540):
+                    break
+            else:
+                return "not a NIfTI header"
+            if size == 348:
+                dims = struct.unpack(endian + "8h", head[40:56])
+                bitpix = struct.unpack(endian + "h", head[72:74])[0]
+                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            else:
+                dims = struct.unpack(endian + "8q", head[16:80])
+                bitpix = struct.unpack(endian + "h", head[14:16])[0]
+                offset = struct.unpack(endian + "q", head[168:176])[0]
+            axes = [int(d) for d in dims[1:1 + max(0, min(dims[0], 7))]]
+            if any(d <= 0 for d in axes):
+                return f"zero-size axis {tuple(axes)} in the NIfTI header"
+            voxels = 1
+            for d in axes:
+                voxels *= max(int(d), 0)
+            expected = offset + voxels * bitpix // 8
+            length = len(head)
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                length += len(block)
+    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+        return f"truncated or corrupt ({exc})"
+    except struct.error:
+        return "truncated header"
+    if length < expected:
+        return f"truncated: {length} of {expected} bytes"
+    return None
+
+
+def _read_one(path: str) -> sitk.Image:
+    p = Path(path)
+    if not p.exists():
+        raise BadImage(f"{path}: file not found")
+    if p.is_file() and p.name.lower().endswith((".nii", ".nii.gz")):
+        problem = nifti_problem(p)
+        if problem:
+            raise BadImage(f"{path}: {problem}")
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)   # ITK's warnings would bury the report
+    try:
+        if p.is_dir():
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
+            if not series:
+                raise BadImage(f"{path}: folder holds no DICOM series")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series[0]))
+            return reader.Execute()
+        return sitk.ReadImage(str(p))
+    except BadImage:
+        raise
+    except Exception as exc:  # ITK raises RuntimeError with a multi-line message
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        reason = next((ln.split("ERROR:", 1)[1].strip() for ln in lines if "ERROR:" in ln), lines[-1])
+        raise BadImage(f"{path}: unreadable ({reason[:200]})") from None
+
+
+def check_volume(image: sitk.Image, name: str) -> None:
+    """3D, every axis non-empty, one component, finite voxels; else :class:`BadImage`."""
+    if image.GetDimension() != 3:
+        raise BadImage(f"{name}: {image.GetDimension()}D image, pre-training needs 3D volumes")
+    if min(image.GetSize()) == 0:
+        raise BadImage(f"{name}: zero-size axis {image.GetSize()}")
+    if min(image.GetSize()) == 1:
+        raise BadImage(f"{name}: a single slice {image.GetSize()} is a 2D image, pre-training needs 3D volumes")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise BadImage(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+    array = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(array).all():
+        raise BadImage(f"{name}: NaN or infinite voxels")
+
+
+def read_case(files: Sequence[str]) -> sitk.Image:
+    """The case's channels as one float32 image (vector image when more than one channel)."""
+    images = []
+    for f in files:
+        img = _read_one(os.fspath(f))
+        check_volume(img, os.fspath(f))
+        images.append(sitk.Cast(img, sitk.sitkFloat32))
+    first = images[0]
+    for f, img in zip(files[1:], images[1:]):
+        if (img.GetSize() != first.GetSize() or not np.allclose(img.GetSpacing(), first.GetSpacing(), rtol=1e-4)
+                or not np.allclose(img.GetOrigin(), first.GetOrigin(), atol=1e-3)
+                or not np.allclose(img.GetDirection(), first.GetDirection(), atol=1e-4)):
+            raise BadImage(f"{f}: geometry differs from the case's first channel {files[0]}")
+    return first if len(images) == 1 else sitk.Compose(images)

@@ -1,0 +1,61 @@
+"""The manifest: every file of every case with its size and content hash. Its own hash names the
+fingerprint cache and the preprocessed store, so changed data never reuses stale results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, Iterable, List
+
+from tqdm import tqdm
+
+from .sources import Case
+
+CHUNK = 1 << 20
+
+
+def _files_of(path: str) -> List[Path]:
+    p = Path(path)
+    return sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+
+
+def content_hash(path: str) -> str:
+    """sha256 of a file, or of a DICOM folder's files in name order."""
+    h = hashlib.sha256()
+    for f in _files_of(path):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(CHUNK), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _size(path: str) -> int:
+    return sum(f.stat().st_size for f in _files_of(path))
+
+
+def build_manifest(cases: Iterable[Case], num_threads: int = 8) -> Dict:
+    """``{"cases": [...], "hash": ...}``; each file entry holds path, size and sha256."""
+    cases = list(cases)
+    paths = sorted({f for c in cases for f in c.files})
+    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:   # hashing releases the GIL
+        hashes = dict(zip(paths, tqdm(pool.map(content_hash, paths), total=len(paths), desc="Hashing files",
+                                      disable=len(paths) < 20)))
+    entries = [{"case_id": c.case_id, "source": c.source, "modality": c.modality,
+                "files": [{"path": f, "size": _size(f), "sha256": hashes[f]} for f in c.files]}
+               for c in sorted(cases, key=lambda c: c.case_id)]
+    # the identity of the data is its content, not where it lies
+    identity = [[e["case_id"], e["modality"], [f["sha256"] for f in e["files"]]] for e in entries]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return {"hash": digest, "num_cases": len(entries), "cases": entries}
+
+
+def write_json_atomic(path: os.PathLike, data) -> None:
+    """Write JSON next to ``path`` and rename it into place: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
+    os.replace(tmp, path)

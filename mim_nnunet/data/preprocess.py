@@ -1,0 +1,100 @@
+"""Preprocessing into the crop store: orientation RAS, resampling to the plan's spacing, intensity
+scheme, one ``.npy`` per case (memory-mappable: a crop reads only its own bytes). Parallel, resumable
+(finished cases are skipped), atomic per case (array, then its ``.json``, each renamed into place);
+bad files are skipped and reported."""
+
+from __future__ import annotations
+
+import json
+import os
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from ..errors import MimError
+from .image_io import BadImage, read_case
+from .manifest import write_json_atomic
+
+
+def case_paths(store: Path, case_id: str):
+    return store / f"{case_id}.npy", store / f"{case_id}.json"
+
+
+def resample_to_spacing(image: sitk.Image, spacing_zyx) -> sitk.Image:
+    """Linear resampling onto the same origin and direction with the target spacing."""
+    new_spacing = [float(s) for s in spacing_zyx[::-1]]
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), new_spacing)]
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), new_spacing,
+                         image.GetDirection(), 0.0, image.GetPixelID())
+
+
+def apply_intensity(array: np.ndarray, modality: str, plan: Dict):
+    """``(C, Z, Y, X)`` float -> (normalised array, background value per channel)."""
+    if modality == "CT":
+        lo, hi = plan["intensity"]["CT"]["window"]
+        return (np.clip(array, lo, hi) - lo) / (hi - lo), [0.0] * array.shape[0]
+    out, background = np.empty_like(array), []
+    for c in range(array.shape[0]):
+        mean, std = float(array[c].mean()), float(array[c].std())
+        std = std if std > 0 else 1.0
+        out[c] = (array[c] - mean) / std
+        background.append((0.0 - mean) / std)
+    return out, background
+
+
+def preprocess_case(job) -> Dict:
+    case, plan, store = job
+    npy, meta = case_paths(Path(store), case["case_id"])
+    if npy.is_file() and meta.is_file():
+        return {"case_id": case["case_id"], "status": "done_before"}
+    files = [f["path"] for f in case["files"]]
+    try:
+        image = sitk.DICOMOrient(read_case(files), plan["orientation"])
+    except BadImage as exc:
+        return {"case_id": case["case_id"], "status": "skipped", "files": files, "reason": str(exc)}
+    image = resample_to_spacing(image, plan["target_spacing"])
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    array = array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0)            # (C, Z, Y, X)
+    array, background = apply_intensity(array, case["modality"], plan)
+    tmp = npy.with_name(f".tmp_{os.getpid()}_{npy.name}")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array.astype(plan["store_dtype"]))
+    os.replace(tmp, npy)
+    write_json_atomic(meta, {"case_id": case["case_id"], "source": case["source"], "modality": case["modality"],
+                             "shape": list(array.shape), "spacing": plan["target_spacing"],
+                             "origin": list(image.GetOrigin()), "direction": list(image.GetDirection()),
+                             "background": background, "files": files})
+    return {"case_id": case["case_id"], "status": "ok"}
+
+
+def preprocess(manifest: Dict, plan: Dict, store: Path, num_processes: int = 2) -> Dict:
+    """Preprocess every manifest case into ``store``; return and write ``store/report.json``."""
+    store.mkdir(parents=True, exist_ok=True)
+    jobs = [(case, plan, str(store)) for case in manifest["cases"]]
+    with get_context("spawn").Pool(max(1, num_processes)) as pool:
+        results = list(tqdm(pool.imap_unordered(preprocess_case, jobs), total=len(jobs), desc="Preprocessing"))
+    report = {
+        "store": str(store), "manifest_hash": manifest["hash"],
+        "ok": sorted(r["case_id"] for r in results if r["status"] in ("ok", "done_before")),
+        "done_before": sum(r["status"] == "done_before" for r in results),
+        "skipped": sorted(({"case_id": r["case_id"], "files": r["files"], "reason": r["reason"]}
+                           for r in results if r["status"] == "skipped"), key=lambda r: r["case_id"]),
+    }
+    write_json_atomic(store / "report.json", report)
+    if not report["ok"]:
+        raise MimError(f"no usable case in {store}: all {len(report['skipped'])} were skipped "
+                       f"(see {store / 'report.json'})")
+    return report
+
+
+def load_case_meta(store: Path, case_id: str) -> Dict:
+    return json.loads(case_paths(store, case_id)[1].read_text())
+
+
+def stored_case_ids(store: Path) -> List[str]:
+    """Cases whose array and metadata are both complete."""
+    return sorted(p.stem for p in store.glob("*.json") if p.name != "report.json" and p.with_suffix(".npy").is_file())

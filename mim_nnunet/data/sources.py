@@ -1,0 +1,152 @@
+"""What ``-d`` names, turned into cases: collections, nnU-Net datasets, folders, MONAI datalists.
+
+A case is one volume: its channel files (or DICOM series folders), its modality and its source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from ..environment import shipped_folder
+from ..errors import MimError
+from .image_io import is_dicom_folder, is_image_file
+
+COLLECTIONS_DIR = "plans/collections"
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    files: Tuple[str, ...]
+    modality: str          # "CT" or "MRI"
+    source: str
+
+
+class SourceError(MimError):
+    pass
+
+
+def collections_dir() -> Path:
+    return shipped_folder(COLLECTIONS_DIR, "1k.json")
+
+
+def available_collections() -> List[str]:
+    return sorted(p.stem for p in collections_dir().glob("*.json"))
+
+
+def _modality(name: str) -> str:
+    return "CT" if name.strip().upper() == "CT" else "MRI"
+
+
+def _case_id(source: str, path: Path, root: Path) -> str:
+    rel = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    return f"{source}__{re.sub(r'[^A-Za-z0-9_.-]+', '_', rel)}"
+
+
+def collection_cases(name: str, allow_partial: bool, log=print) -> List[Case]:
+    """Cases of a collection file; a missing or short source is an error unless ``allow_partial``."""
+    spec = json.loads((collections_dir() / f"{name}.json").read_text())
+    root_env = spec["root_env"]
+    root = os.environ.get(root_env)
+    if not root:
+        raise SourceError(f"{root_env} is not set: set it to the folder that holds the '{name}' collection's "
+                          f"sources ({', '.join(s['folder'] for s in spec['sources'])})")
+    cases, problems = [], []
+    for src in spec["sources"]:
+        folder = Path(root) / src["folder"]
+        files = sorted(folder.glob(src["glob"])) if folder.is_dir() else []
+        if len(files) < src["expected"]:
+            what = "missing" if not folder.is_dir() else f"{len(files)} of {src['expected']} files"
+            problems.append(f"{src['name']} ({folder}, {src['glob']}): {what}; obtain from {src['obtain']}")
+        cases += [Case(_case_id(src["name"], f, folder), (str(f),), _modality(src["modality"]), src["name"])
+                  for f in files]
+    if problems and not allow_partial:
+        raise SourceError(f"collection '{name}' is incomplete: " + " | ".join(problems)
+                          + " (use --allow-partial to proceed with what exists)")
+    for p in problems:
+        log(f"WARNING: --allow-partial: proceeding without part of {p}")
+    return cases
+
+
+def nnunet_dataset_cases(spec: str) -> List[Case]:
+    """All images (imagesTr and imagesTs, every channel) of an nnU-Net raw dataset; labels ignored."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    if not os.environ.get("nnUNet_raw"):
+        raise SourceError(f"nnUNet_raw is not set, so dataset '{spec}' cannot be found")
+    try:
+        name = maybe_convert_to_dataset_name(int(spec) if spec.isdigit() else spec)
+    except Exception as exc:
+        raise SourceError(f"nnU-Net dataset '{spec}' not found in {os.environ['nnUNet_raw']} ({exc})") from None
+    root = Path(os.environ["nnUNet_raw"]) / name
+    info = json.loads((root / "dataset.json").read_text())
+    channels = sorted(info["channel_names"], key=int)
+    modality = _modality(info["channel_names"][channels[0]])
+    ending = info["file_ending"]
+    cases = []
+    for sub in ("imagesTr", "imagesTs"):
+        for first in sorted((root / sub).glob(f"*_0000{ending}")):
+            stem = first.name[: -len(f"_0000{ending}")]
+            files = tuple(str(root / sub / f"{stem}_{int(c):04d}{ending}") for c in channels)
+            cases.append(Case(f"{name}__{sub}__{stem}", files, modality, name))
+    return cases
+
+
+def folder_cases(folder: Path, modality: str) -> List[Case]:
+    """Every image file and every DICOM series folder below ``folder``."""
+    found = [p for p in sorted(folder.rglob("*")) if is_image_file(p) and not p.name.lower().endswith(".raw")]
+    dicom = [p for p in [folder, *sorted(d for d in folder.rglob("*") if d.is_dir())] if is_dicom_folder(p)]
+    return [Case(_case_id(folder.name, p, folder), (str(p),), _modality(modality), folder.name)
+            for p in found + dicom]
+
+
+def datalist_cases(path: Path, modality: str) -> List[Case]:
+    """A MONAI-style datalist: {"training": [{"image": ...}], "validation": [...], ...}; relative paths are
+    relative to the JSON's folder."""
+    data = json.loads(path.read_text())
+    cases = []
+    for split, items in data.items():
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items):
+            image = item.get("image") if isinstance(item, dict) else item
+            if image is None:
+                continue
+            files = tuple(str((path.parent / f).resolve()) for f in ([image] if isinstance(image, str) else image))
+            cases.append(Case(f"{path.stem}__{split}__{i:05d}", files, _modality(modality), path.stem))
+    return cases
+
+
+def resolve_sources(specs: Sequence[str], allow_partial: bool = False, modality: str = "CT",
+                    log=print) -> List[Case]:
+    """Cases for every ``-d`` entry (collection name, nnU-Net dataset id/name, folder, datalist JSON)."""
+    cases: List[Case] = []
+    for spec in specs:
+        path = Path(spec)
+        if spec in available_collections():
+            cases += collection_cases(spec, allow_partial, log)
+        elif path.is_file() and path.suffix == ".json":
+            cases += datalist_cases(path, modality)
+        elif path.is_dir():
+            cases += folder_cases(path, modality)
+        elif spec.isdigit() or spec.startswith("Dataset"):
+            cases += nnunet_dataset_cases(spec)
+        else:
+            raise SourceError(f"-d {spec}: not a collection ({', '.join(available_collections())}), an nnU-Net "
+                              f"dataset id or name, an existing folder or a datalist .json")
+    seen: Dict[str, Case] = {}
+    for c in cases:
+        if c.case_id in seen and seen[c.case_id].files != c.files:   # same name, other files: keep both
+            n = 2
+            while f"{c.case_id}__{n}" in seen:
+                n += 1
+            c = Case(f"{c.case_id}__{n}", c.files, c.modality, c.source)
+        seen.setdefault(c.case_id, c)
+    if not seen:
+        raise SourceError(f"-d {' '.join(specs)}: no images found")
+    return list(seen.values())

@@ -1,0 +1,57 @@
+"""Test volumes in real formats, written with SimpleITK (NIfTI, NRRD, DICOM series)."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+# a permuted, flipped direction (rows = axis directions in LPS), anisotropic spacing
+DIRECTION = (0.0, 1.0, 0.0,
+             -1.0, 0.0, 0.0,
+             0.0, 0.0, 1.0)
+SPACING = (0.8, 0.9, 2.5)
+ORIGIN = (12.5, -40.0, 100.0)
+
+
+def ct_array(shape_zyx=(12, 20, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1500, 1500, shape_zyx).astype(np.float32)
+
+
+def make_image(array, spacing=SPACING, origin=ORIGIN, direction=DIRECTION):
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(direction)
+    return img
+
+
+def write(array, path, **geometry):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(make_image(array, **geometry), str(path))
+    return path
+
+
+def write_dicom_series(array_int16, folder, spacing=(0.7, 0.7, 2.0), origin=(-50.0, -60.0, 30.0)):
+    """An axial DICOM series (identity direction), one file per slice."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    img = sitk.GetImageFromArray(array_int16.astype(np.int16))
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125." + str(int(time.time() * 1000))
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        for tag, value in (("0008|0060", "CT"), ("0020|000d", uid + ".1"), ("0020|000e", uid + ".2"),
+                           ("0020|0013", str(k + 1)), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
+                           ("0018|0050", str(spacing[2])), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k)))),
+                           ("0028|1052", "0"), ("0028|1053", "1")):
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(sl)
+    return folder
