@@ -1,0 +1,67 @@
+"""Random 2S crops from the store: shapes, padding, seeding per worker and rank, sharding."""
+
+import json
+
+import numpy as np
+import torch
+
+from mim_nnunet.data.loader import CropStream, make_loader, read_crop
+from mim_nnunet.data.leakage import find_leakage
+from mim_nnunet.data.manifest import build_manifest
+from mim_nnunet.data.sources import resolve_sources
+from mim_nnunet.synthetic import write_dataset
+
+
+def make_store(tmp_path, shapes):
+    store = tmp_path / "store"
+    store.mkdir()
+    for i, shape in enumerate(shapes):
+        np.save(store / f"c{i}.npy", np.random.default_rng(i).random((1, *shape)).astype(np.float16))
+        (store / f"c{i}.json").write_text(json.dumps({"case_id": f"c{i}", "background": [-7.0]}))
+    return store
+
+
+def test_read_crop_takes_a_window_or_pads_with_background():
+    array = np.arange(1 * 6 * 8 * 10, dtype=np.float32).reshape(1, 6, 8, 10)
+    rng = np.random.default_rng(0)
+    crop = read_crop(array, (4, 8, 12), [-1.0], rng)
+    assert crop.shape == (1, 4, 8, 12)
+    # z: a window of 4 of 6; y: all 8; x: all 10 inside 12, the 2 others background
+    filled = crop[0] != -1.0
+    assert filled.sum() == 4 * 8 * 10 and (crop[0][~filled] == -1.0).all()
+    zs = np.unique(crop[0][filled] // 80)                      # the z index of each voxel in the source
+    assert len(zs) == 4 and zs.max() - zs.min() == 3
+    x_cols = np.where(filled[0, 0])[0]
+    assert np.array_equal(crop[0, 0, 0, x_cols], array[0, int(zs.min()), 0, :])
+
+
+def test_streams_are_seeded_per_rank_and_worker(tmp_path):
+    store = make_store(tmp_path, [(20, 20, 20)] * 8)
+    take = lambda s, n=5: [next(it) for it in [iter(s)] for _ in range(n)]
+    a = take(CropStream(store, (8, 8, 8), seed=1, rank=0, world_size=2))
+    b = take(CropStream(store, (8, 8, 8), seed=1, rank=0, world_size=2))
+    c = take(CropStream(store, (8, 8, 8), seed=1, rank=1, world_size=2))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))
+    s0, s1 = CropStream(store, (8, 8, 8), rank=0, world_size=2), CropStream(store, (8, 8, 8), rank=1, world_size=2)
+    assert not set(s0.shard(0, 2)) & set(s1.shard(0, 2))       # 4 disjoint shards of 2 cases
+    assert set(s0.shard(0, 2) + s0.shard(1, 2) + s1.shard(0, 2) + s1.shard(1, 2)) == {f"c{i}" for i in range(8)}
+
+
+def test_dataloader_workers_yield_batches_of_2s_crops(tmp_path):
+    store = make_store(tmp_path, [(30, 12, 40), (10, 10, 10)])
+    loader = make_loader(store, (16, 16, 16), batch_size=3, num_workers=2, seed=0)
+    batches = [b for _, b in zip(range(4), loader)]
+    assert all(b.shape == (3, 1, 16, 16, 16) and b.dtype == torch.float32 for b in batches)
+    assert any((b == -7.0).any() for b in batches)              # the small case is padded with its background
+
+
+def test_leakage_guard_finds_copied_images(tmp_path, nnunet_dirs):
+    root = write_dataset(nnunet_dirs["nnUNet_raw"], 13, num_train=2, num_test=1, shape=(16, 16, 16))
+    pretrain = tmp_path / "pretrain"
+    pretrain.mkdir()
+    leaked = root / "imagesTs" / "case_002_0000.nii.gz"
+    (pretrain / "renamed.nii.gz").write_bytes(leaked.read_bytes())
+    manifest = build_manifest(resolve_sources([str(pretrain)]), num_threads=1)
+    found = find_leakage(manifest, "13")
+    assert [f["file"] for f in found] == [str(leaked)]
