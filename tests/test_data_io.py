@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from mim_nnunet.data.image_io import BadImage, read_case
-from volumes import DIRECTION, ORIGIN, SPACING, ct_array, write, write_dicom_series
+from volumes import DICOM_DIRECTION, DIRECTION, ORIGIN, SPACING, ct_array, write, write_dicom_series
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
@@ -22,6 +22,8 @@ def test_dicom_series_folder(tmp_path):
     img = read_case([str(write_dicom_series(array, tmp_path / "series"))])
     assert np.array_equal(sitk.GetArrayFromImage(img), array)
     assert np.allclose(img.GetSpacing(), (0.7, 0.7, 2.0), atol=1e-3)
+    assert np.allclose(img.GetDirection(), DICOM_DIRECTION, atol=1e-5)
+    assert np.allclose(img.GetOrigin(), (-50.0, -60.0, 30.0), atol=1e-3)
 
 
 def bad_files(tmp_path):

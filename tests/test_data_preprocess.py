@@ -13,7 +13,7 @@ from mim_nnunet.data.pipeline import prepare
 from mim_nnunet.data.preprocess import preprocess
 from mim_nnunet.data.sources import Case
 from test_data_io import bad_files
-from volumes import DIRECTION, ORIGIN, SPACING, ct_array, write, write_dicom_series
+from volumes import DICOM_DIRECTION, DIRECTION, ORIGIN, SPACING, ct_array, write, write_dicom_series
 
 RAS_IN_LPS = np.diag([-1.0, -1.0, 1.0])      # x toward Right, y toward Anterior, z toward Superior
 
@@ -40,10 +40,10 @@ def physical_points(meta, shape_zyx):
     return (np.asarray(meta["origin"])[:, None] + d @ (spacing_xyz[:, None] * idx_xyz)).T
 
 
-def to_input_index(points):
-    """Continuous (x, y, z) index of world points in the test input volume."""
-    m = np.asarray(DIRECTION).reshape(3, 3) @ np.diag(SPACING)
-    return np.linalg.solve(m, (points - np.asarray(ORIGIN)).T).T
+def to_input_index(points, direction=DIRECTION, spacing=SPACING, origin=ORIGIN):
+    """Continuous (x, y, z) index of world points in a test input volume."""
+    m = np.asarray(direction).reshape(3, 3) @ np.diag(spacing)
+    return np.linalg.solve(m, (points - np.asarray(origin)).T).T
 
 
 def test_orientation_to_ras_and_ct_window_without_resampling(tmp_path):
@@ -58,6 +58,17 @@ def test_orientation_to_ras_and_ct_window_without_resampling(tmp_path):
     expected = (np.clip(source, -1000, 1000) + 1000) / 2000
     assert np.allclose(stored[0].ravel(), expected, atol=1e-5)
     assert meta["background"] == [0.0]
+
+
+def test_dicom_series_oriented_to_ras(tmp_path):
+    array = ct_array((6, 16, 12), seed=3).astype(np.int16)
+    folder = write_dicom_series(array, tmp_path / "series")           # axes point L, A, I
+    stored, meta = run_one(tmp_path, folder, plan_for([2.0, 0.7, 0.7]))
+    assert np.allclose(np.asarray(meta["direction"]).reshape(3, 3), RAS_IN_LPS)
+    idx = np.rint(to_input_index(physical_points(meta, stored.shape[1:]), DICOM_DIRECTION, (0.7, 0.7, 2.0),
+                                 (-50.0, -60.0, 30.0))).astype(int)
+    expected = (np.clip(array[idx[:, 2], idx[:, 1], idx[:, 0]], -1000, 1000) + 1000) / 2000
+    assert np.allclose(stored[0].ravel(), expected, atol=1e-5)
 
 
 def test_resampling_reproduces_a_linear_field(tmp_path):

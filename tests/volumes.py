@@ -34,13 +34,20 @@ def write(array, path, **geometry):
     return path
 
 
-def write_dicom_series(array_int16, folder, spacing=(0.7, 0.7, 2.0), origin=(-50.0, -60.0, 30.0)):
-    """An axial DICOM series (identity direction), one file per slice."""
+DICOM_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, -1.0)   # rows flipped, slices feet-first
+
+
+def write_dicom_series(array_int16, folder, spacing=(0.7, 0.7, 2.0), origin=(-50.0, -60.0, 30.0),
+                       direction=DICOM_DIRECTION):
+    """An axial DICOM series, one file per slice, geometry in the position/orientation tags."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(array_int16.astype(np.int16))
     img.SetSpacing(spacing)
     img.SetOrigin(origin)
+    img.SetDirection(direction)
+    d = np.asarray(direction).reshape(3, 3)
+    orientation = "\\".join(f"{v:g}" for v in (*d[:, 0], *d[:, 1]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     uid = "1.2.826.0.1.3680043.2.1125." + str(int(time.time() * 1000))
@@ -48,7 +55,7 @@ def write_dicom_series(array_int16, folder, spacing=(0.7, 0.7, 2.0), origin=(-50
         sl = img[:, :, k]
         for tag, value in (("0008|0060", "CT"), ("0020|000d", uid + ".1"), ("0020|000e", uid + ".2"),
                            ("0020|0013", str(k + 1)), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
-                           ("0018|0050", str(spacing[2])), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0018|0050", str(spacing[2])), ("0020|0037", orientation),
                            ("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k)))),
                            ("0028|1052", "0"), ("0028|1053", "1")):
             sl.SetMetaData(tag, value)

@@ -108,6 +108,12 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     channels = sorted({c["channels"] for c in fingerprint["cases"]})
     if len(channels) != 1:
         raise MimError(f"{name}: cases have different channel counts {channels}; pre-train them separately")
+    explain["in_channels"] = "channels per case in the fingerprint (all cases agree)"
+    explain["subvolumes_per_crop"] = f"1 L1 + gamma2 ({g2}) L2 + gamma2 x gamma3 ({g2 * g3}) L3 volumes (spec section 1)"
+    explain["orientation"] = "every case is reoriented to RAS so that array axes mean the same in every volume"
+    explain["store_dtype"] = f"{STORE_DTYPE}: [0, 1] CT in steps of 1/2048 (about 1 HU); halves the store's size"
+    explain["backbone_sizes"] = f"the '{size}' size of the {backbone} backbone (mim_nnunet/defaults.py)"
+    explain["mim"] = "MiM switches at their spec defaults (MIM_SPEC.md); pre-training flags override them"
     return {
         "name": name, "manifest_hash": fingerprint["manifest_hash"], "backbone": backbone, "size": size,
         "num_cases": overall["num_cases"], "modalities": modalities, "in_channels": channels[0],
