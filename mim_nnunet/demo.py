@@ -94,7 +94,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto",
               ["nnUNetv2_evaluate_simple", str(raw / dataset / "labelsTs"), str(pred_dir), "-l", *labels,
                "-o", str(summary), "-np", "1"], env)
 
-    result = json.loads(summary.read_text())
+    result = json.loads(summary.read_text(encoding="utf-8"))
     names = {str(v): k for k, v in LABELS.items()}
     print(f"\nDemo finished in {time.time() - started:.0f} s. Dice on the held-out cases:")
     for label in labels:

@@ -79,5 +79,5 @@ def write_dataset(raw_root: os.PathLike, dataset_id: int, name: str = "MiMSynthe
         "name": name,
         "description": "synthetic spheres and cubes written by mim_nnunet.synthetic",
     }
-    (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    (root / "dataset.json").write_text(json.dumps(dataset_json, indent=2), encoding="utf-8")
     return root

@@ -87,7 +87,7 @@ def main() -> int:
             cmd = [sys.executable, __file__, "--one", f"{config}:{device}:{dtype}", "--input-size",
                    str(args.input_size), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
             cmd += ["--checkpointing"] if args.checkpointing else []
-            result = subprocess.run(cmd, capture_output=True, text=True)
+            result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
             if result.returncode != 0:
                 status = 1
                 tail = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -50,14 +50,14 @@ def test_commands_prepare_the_data(tmp_path, clean_env):
     folder = scans(tmp_path / "scans")
     env = {**clean_env, "nnUNet_preprocessed": str(tmp_path / "pre"), "nnUNet_results": str(tmp_path / "res")}
     result = subprocess.run([command("mim_plan_and_preprocess"), "-d", str(folder), "-o", "cli", "-size", "tiny",
-                             "-np", "1"], env=env, capture_output=True, text=True, timeout=600)
+                             "-np", "1"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     plan = json.loads((tmp_path / "pre" / "MiM_cli" / "plan_hybrid_tiny.json").read_text())
     assert plan["num_cases"] == 3 and all(k in plan["explain"] for k in ("target_spacing", "lr"))
     assert "3 cases ready (0 from an earlier run)" in result.stdout
     # mim_pretrain runs the same preparation (resumed here) before its engine
     result = subprocess.run([command("mim_pretrain"), "-d", str(folder), "-o", "cli", "-size", "tiny", "-np", "1"],
-                            env=env, capture_output=True, text=True, timeout=600)
+                            env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert "3 cases ready (3 from an earlier run)" in result.stdout
     assert result.returncode == 3 and "pre-training engine is not in" in result.stderr
 
@@ -67,7 +67,7 @@ def test_loader_benchmark_script_runs():
     from pathlib import Path
     script = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_loader.py"
     result = subprocess.run([sys.executable, str(script), "--volumes", "2", "--shape", "40", "64", "64",
-                             "--crops", "3"], capture_output=True, text=True, timeout=600)
+                             "--crops", "3"], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["store_crops_per_s"] > 0 and row["nifti_crops_per_s"] > 0 and row["crops"] == 3

@@ -49,7 +49,7 @@ def test_collection_root_unset_is_a_one_line_cli_error(tmp_path, clean_env):
     env = {**clean_env, "nnUNet_preprocessed": str(tmp_path)}
     env.pop("MIM_DATA_ROOT", None)
     result = subprocess.run([command("mim_plan_and_preprocess"), "-d", "1k"], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            encoding="utf-8", errors="replace", timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1
     assert lines[0].startswith("mim_plan_and_preprocess: error: MIM_DATA_ROOT is not set")

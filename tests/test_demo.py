@@ -14,7 +14,7 @@ TRAINER = "nnUNetTrainerSwinUNETR_fs12_1epoch"
 
 def demo(workspace, env):
     result = subprocess.run([command("mim_nnunet"), "demo", "--workspace", str(workspace), "--device", "cpu",
-                             "--trainer", TRAINER], env=env, capture_output=True, text=True, timeout=1800)
+                             "--trainer", TRAINER], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result.stdout
 

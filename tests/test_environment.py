@@ -16,7 +16,7 @@ REPO_TRAINERS = Path(__file__).resolve().parent.parent / "trainers"
 
 
 def run(cmd, env):
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def test_trainers_path_prints_the_installed_folder(clean_env):
@@ -83,7 +83,7 @@ def test_check_env_names_ext_trainer_and_the_folder_to_use(clean_env, tmp_path):
 def test_env_export_line_sets_ext_trainer_once(clean_env):
     script = 'eval "$(mim_nnunet env)"; eval "$(mim_nnunet env)"; printf %s "$nnUNet_extTrainer"'
     result = subprocess.run(["bash", "-c", script], env={**clean_env, "nnUNet_extTrainer": "/elsewhere"},
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert result.stdout == f"{trainers_dir()}:/elsewhere"
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(cmd, env, cwd):
-    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, encoding="utf-8", errors="replace", timeout=1200)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 

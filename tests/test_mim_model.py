@@ -141,7 +141,7 @@ def test_benchmark_script_prints_one_json_line_per_configuration():
     import sys
     script = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_pretrain_step.py"
     result = subprocess.run([sys.executable, str(script), "--configs", "hybrid:tiny", "--input-size", "32",
-                             "--warmup", "0", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+                             "--warmup", "0", "--repeats", "1"], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(rows) == 1 and rows[0]["backbone"] == "hybrid" and rows[0]["subvolumes_per_crop"] == 21

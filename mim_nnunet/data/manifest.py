@@ -57,5 +57,5 @@ def write_json_atomic(path: os.PathLike, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)

@@ -57,7 +57,7 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
             log(f"leakage check: no image of dataset {leakage_dataset} is in the pre-training data")
 
     fp_path = folder / "fingerprint.json"
-    fingerprint = json.loads(fp_path.read_text()) if fp_path.is_file() else None
+    fingerprint = json.loads(fp_path.read_text(encoding="utf-8")) if fp_path.is_file() else None
     if fingerprint is None or fingerprint.get("manifest_hash") != manifest["hash"]:
         fingerprint = compute_fingerprint(manifest, num_processes)
         write_json_atomic(fp_path, fingerprint)

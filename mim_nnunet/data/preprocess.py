@@ -92,7 +92,7 @@ def preprocess(manifest: Dict, plan: Dict, store: Path, num_processes: int = 2) 
 
 
 def load_case_meta(store: Path, case_id: str) -> Dict:
-    return json.loads(case_paths(store, case_id)[1].read_text())
+    return json.loads(case_paths(store, case_id)[1].read_text(encoding="utf-8"))
 
 
 def stored_case_ids(store: Path) -> List[str]:

@@ -50,7 +50,7 @@ def _case_id(source: str, path: Path, root: Path) -> str:
 
 def collection_cases(name: str, allow_partial: bool, log=print) -> List[Case]:
     """Cases of a collection file; a missing or short source is an error unless ``allow_partial``."""
-    spec = json.loads((collections_dir() / f"{name}.json").read_text())
+    spec = json.loads((collections_dir() / f"{name}.json").read_text(encoding="utf-8"))
     root_env = spec["root_env"]
     root = os.environ.get(root_env)
     if not root:
@@ -84,7 +84,7 @@ def nnunet_dataset_cases(spec: str) -> List[Case]:
     except Exception as exc:
         raise SourceError(f"nnU-Net dataset '{spec}' not found in {os.environ['nnUNet_raw']} ({exc})") from None
     root = Path(os.environ["nnUNet_raw"]) / name
-    info = json.loads((root / "dataset.json").read_text())
+    info = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     channels = sorted(info["channel_names"], key=int)
     modality = _modality(info["channel_names"][channels[0]])
     ending = info["file_ending"]
@@ -108,7 +108,7 @@ def folder_cases(folder: Path, modality: str) -> List[Case]:
 def datalist_cases(path: Path, modality: str) -> List[Case]:
     """A MONAI-style datalist: {"training": [{"image": ...}], "validation": [...], ...}; relative paths are
     relative to the JSON's folder."""
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     cases = []
     for split, items in data.items():
         if not isinstance(items, list):
