@@ -35,6 +35,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workspace=args.workspace, device=args.device, trainer=args.trainer)
 
 
+def _cmd_import_official(args: argparse.Namespace) -> int:
+    from .export import import_official  # imports torch
+    out = args.output or str(args.file.rsplit(".", 1)[0] + "_mim_export.safetensors")
+    report = import_official(args.file, out, size=args.size)
+    for key in report["dropped"]:
+        print(f"dropped {key}")
+    print(f"kept {len(report['kept'])} encoder tensors (all of them), dropped {len(report['dropped'])} "
+          f"(decoder and alignment heads)\nexport: {report['weights']}\nrecord: {report['record']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim_nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer", default="nnUNetTrainerSwinUNETR_fs12_10epochs",
                    help="trainer to run (default: %(default)s; nnUNetTrainerSwinUNETR_fs12_1epoch is fastest)")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("import-official", help="convert a checkpoint published by the MiM authors into our export")
+    p.add_argument("file", help="the authors' checkpoint (.pth, checkpoint['model'] with the release's names)")
+    p.add_argument("-o", "--output", help="export path (.safetensors; default: next to FILE)")
+    p.add_argument("--size", choices=("base", "tiny"), default="base", help="hybrid size (the release is base)")
+    p.set_defaults(func=_cmd_import_official)
     return parser
 
 
