@@ -65,3 +65,17 @@ def test_leakage_guard_finds_copied_images(tmp_path, nnunet_dirs):
     manifest = build_manifest(resolve_sources([str(pretrain)]), num_threads=1)
     found = find_leakage(manifest, "13")
     assert [f["file"] for f in found] == [str(leaked)]
+
+
+def test_indexed_batches_resume_exactly_and_differ_by_rank(tmp_path):
+    from mim_nnunet.data.loader import IndexedCropBatches, make_indexed_loader
+    store = make_store(tmp_path, [(20, 20, 20), (12, 30, 16), (18, 18, 18)])
+    full = [b for _, b in zip(range(6), make_indexed_loader(store, (8, 8, 8), batch_size=2, num_workers=2, seed=3))]
+    resumed = [b for _, b in zip(range(3), make_indexed_loader(store, (8, 8, 8), batch_size=2, start=3,
+                                                               num_workers=2, seed=3))]
+    assert all(torch.equal(a, b) for a, b in zip(full[3:], resumed))            # same batches after a restart
+    direct = IndexedCropBatches(store, (8, 8, 8), batch_size=2, seed=3)
+    assert all(torch.equal(full[b], direct.batch(b)) for b in range(6))          # order = batch index
+    assert len({tuple(b.flatten()[:50].tolist()) for b in full}) == 6             # no batch repeats
+    other_rank = IndexedCropBatches(store, (8, 8, 8), batch_size=2, seed=3, rank=1, world_size=2)
+    assert not any(torch.equal(full[b], other_rank.batch(b)) for b in range(6))

@@ -74,3 +74,50 @@ def make_loader(store: Path, crop_size: Sequence[int], batch_size: int, num_work
     """Batches ``(B, C, *crop_size)`` without end; iterate it for as many steps as the run needs."""
     return DataLoader(CropStream(store, crop_size, seed, rank, world_size), batch_size=batch_size,
                       num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+class IndexedCropBatches(IterableDataset):
+    """Batches ``(B, C, *crop_size)`` whose content is a pure function of (seed, rank, batch index).
+
+    Batch b holds the crops of this rank's sample indices ``b*B .. b*B + B - 1``; sample i is drawn by a
+    generator seeded with ``(seed, rank, i)``. Worker w of W yields batches ``start + w``,
+    ``start + w + W``, ...; the DataLoader takes workers in turn, so batches arrive in index order and a
+    run resumed at ``start`` sees exactly the batches an uninterrupted run would have seen (the
+    sampler's position is just the batch index: nothing else to save).
+    """
+
+    def __init__(self, store: Path, crop_size: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, start: int = 0, case_ids: Sequence[str] = ()):
+        self.stream = CropStream(store, crop_size, seed, rank, world_size, case_ids)
+        self.batch_size, self.start = batch_size, start
+        # the rank's own cases when there are enough of them (workers share them: the index decides)
+        self.cases = self.stream.shard(0, 1)
+        self._meta: Dict[str, Dict] = {}
+
+    def crop(self, index: int) -> torch.Tensor:
+        s = self.stream
+        rng = np.random.default_rng([s.seed, s.rank, index])
+        case_id = self.cases[int(rng.integers(len(self.cases)))]
+        if case_id not in self._meta:
+            self._meta[case_id] = load_case_meta(s.store, case_id)
+        array = np.load(case_paths(s.store, case_id)[0], mmap_mode="r")
+        return torch.from_numpy(read_crop(array, s.crop_size, self._meta[case_id]["background"], rng))
+
+    def batch(self, b: int) -> torch.Tensor:
+        return torch.stack([self.crop(b * self.batch_size + j) for j in range(self.batch_size)])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        b = self.start + worker
+        while True:
+            yield self.batch(b)
+            b += workers
+
+
+def make_indexed_loader(store: Path, crop_size: Sequence[int], batch_size: int, start: int = 0,
+                        num_workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Endless, resumable batches (see :class:`IndexedCropBatches`); ``start`` = batches already consumed."""
+    dataset = IndexedCropBatches(store, crop_size, batch_size, seed, rank, world_size, start)
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available())
