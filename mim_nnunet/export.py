@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_write, write_json_atomic
 from .defaults import TOKEN_SIZE
 from .errors import MimError
 
@@ -43,12 +44,6 @@ def encoder_state(encoder: torch.nn.Module, backbone: str) -> Dict[str, torch.Te
     return dict(state)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathLike) -> Tuple[Path, Path]:
     """``path`` (``.safetensors``) and its record ``path`` with ``.json``; returns both paths."""
     weights = Path(path)
@@ -57,8 +52,8 @@ def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathL
     record = {"format": EXPORT_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "weights": weights.name, "num_tensors": len(state),
               "num_parameters": int(sum(t.numel() for t in state.values())), **record}
-    _atomic(weights, lambda p: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(p)))
-    _atomic(meta, lambda p: p.write_text(json.dumps(record, indent=1), encoding="utf-8"))
+    atomic_write(weights, lambda p: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(p)))
+    write_json_atomic(meta, record)
     return weights, meta
 
 
@@ -138,6 +133,5 @@ def import_official(path: os.PathLike, out: os.PathLike, size: str = "base") -> 
               "manifest_hash": None, "steps": None, "source": f"official MiM checkpoint {Path(path).name}"}
     weights, meta = write_export({k: state[k] for k in kept}, record, out)
     report = {"weights": str(weights), "record": str(meta), "kept": kept, "dropped": dropped}
-    (weights.with_name(weights.stem + "_import_report.json")).write_text(json.dumps(report, indent=1),
-                                                                          encoding="utf-8")
+    write_json_atomic(weights.with_name(weights.stem + "_import_report.json"), report)
     return report

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .atomic import atomic_write  # noqa: E402
 from .patches import patchify, unpatchify  # noqa: E402
 
 
@@ -38,11 +39,8 @@ def reconstruction_panels(inputs: torch.Tensor, mask: torch.Tensor, pred: torch.
 
 
 def _atomic_savefig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    fig.savefig(tmp, format="png", dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def save_reconstructions(levels: List[Dict], grid: Sequence[int], path: os.PathLike, norm_pix: bool = True) -> Path:

@@ -10,6 +10,8 @@ from typing import Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
+
 LABELS = {"background": 0, "sphere": 1, "cube": 2}
 # Intensities in HU-like units: soft tissue background, a bright sphere, a dark cube.
 BACKGROUND_HU, SPHERE_HU, CUBE_HU, NOISE_HU = 40.0, 300.0, -200.0, 25.0
@@ -50,9 +52,8 @@ def _write(array: np.ndarray, path: Path) -> None:
     img.SetSpacing(SPACING)
     img.SetOrigin(ORIGIN)
     img.SetDirection(DIRECTION)
-    tmp = path.with_name(".tmp_" + path.name)
-    sitk.WriteImage(img, str(tmp), useCompression=True)
-    os.replace(tmp, path)  # atomic: a half-written case never carries the final name
+    # SimpleITK picks the format from the name: keep the real suffix on the temporary file
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, str(tmp), useCompression=True))
 
 
 def write_dataset(raw_root: os.PathLike, dataset_id: int, name: str = "MiMSynthetic", num_train: int = 5,

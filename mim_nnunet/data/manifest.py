@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterable, List
@@ -50,12 +49,3 @@ def build_manifest(cases: Iterable[Case], num_threads: int = 8) -> Dict:
     identity = [[e["case_id"], e["modality"], [f["sha256"] for f in e["files"]]] for e in entries]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return {"hash": digest, "num_cases": len(entries), "cases": entries}
-
-
-def write_json_atomic(path: os.PathLike, data) -> None:
-    """Write JSON next to ``path`` and rename it into place: a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)

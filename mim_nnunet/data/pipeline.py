@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from ..atomic import write_json_atomic
 from ..defaults import DEFAULT_GPU_MEMORY_TARGET_GB
 from ..environment import require_nnunet_paths
 from ..errors import MimError
 from .fingerprint import compute_fingerprint
 from .leakage import find_leakage
-from .manifest import build_manifest, write_json_atomic
+from .manifest import build_manifest
 from .planner import plan_pretraining
 from .preprocess import preprocess
 from .sources import resolve_sources

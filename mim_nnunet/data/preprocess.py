@@ -6,7 +6,6 @@ bad files are skipped and reported."""
 from __future__ import annotations
 
 import json
-import os
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List
@@ -15,9 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from ..atomic import atomic_write, write_json_atomic
 from ..errors import MimError
 from .image_io import BadImage, read_case
-from .manifest import write_json_atomic
 
 
 def case_paths(store: Path, case_id: str):
@@ -46,6 +45,11 @@ def apply_intensity(array: np.ndarray, modality: str, plan: Dict):
     return out, background
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:     # a handle: np.save would append ".npy" to a bare name
+        np.save(fh, array)
+
+
 def preprocess_case(job) -> Dict:
     case, plan, store = job
     npy, meta = case_paths(Path(store), case["case_id"])
@@ -60,10 +64,7 @@ def preprocess_case(job) -> Dict:
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     array = array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0)            # (C, Z, Y, X)
     array, background = apply_intensity(array, case["modality"], plan)
-    tmp = npy.with_name(f".tmp_{os.getpid()}_{npy.name}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array.astype(plan["store_dtype"]))
-    os.replace(tmp, npy)
+    atomic_write(npy, lambda tmp: _save_npy(tmp, array.astype(plan["store_dtype"])))
     write_json_atomic(meta, {"case_id": case["case_id"], "source": case["source"], "modality": case["modality"],
                              "shape": list(array.shape), "spacing": plan["target_spacing"],
                              "origin": list(image.GetOrigin()), "direction": list(image.GetDirection()),
