@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
-import torch
 from torch import Tensor
 
 from .defaults import TOKEN_SIZE

@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from mim_nnunet.data.manifest import build_manifest
 from mim_nnunet.data.pipeline import prepare

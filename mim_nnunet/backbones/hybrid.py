@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from ..defaults import TOKEN_SIZE
