@@ -1,4 +1,4 @@
-"""``mim_nnunet``: utility commands (where the trainers are, environment checks, the demo)."""
+"""``mim_nnunet``: utility commands (where the trainers are, environment checks, the demo, exports)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .pretrain.exporting import export_checkpoint  # imports torch
+    weights, meta = export_checkpoint(args.checkpoint, args.output)
+    print(f"export: {weights}\nrecord: {meta}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim_nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="export path (.safetensors; default: next to FILE)")
     p.add_argument("--size", choices=("base", "tiny"), default="base", help="hybrid size (the release is base)")
     p.set_defaults(func=_cmd_import_official)
+    p = sub.add_parser("export", help="write the encoder of a pre-training checkpoint (finished or not) as an export")
+    p.add_argument("checkpoint", help="checkpoint_latest.pt of a mim_pretrain run")
+    p.add_argument("-o", "--output", help="export path (.safetensors; default: <run>/export/..._step<k>.safetensors)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -109,3 +109,27 @@ MEMORY_PER_CROP_GB_AT_96 = {("hybrid", "base"): 11.0, ("hybrid", "tiny"): 3.5,
                             ("swin", "base"): 24.0, ("swin", "tiny"): 6.2}
 CT_WINDOW = (-1000.0, 1000.0)           # HU clip before scaling CT to [0, 1]
 STORE_DTYPE = "float16"                 # [0, 1] CT in float16: steps of 1/2048, about 1 HU
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training engine (mim_pretrain). Spec section 5 gives the optimiser; the run length and warm-up
+# are ours (the paper gives neither in steps): 100k optimiser steps, 5 % of them warm-up.
+PRETRAIN_RECIPE = {
+    "betas": (0.9, 0.95),
+    "weight_decay": 0.05,
+    "warmup_fraction": 0.05,
+    "steps": 100_000,
+    "seed": 0,
+}
+# How often (in optimiser steps) the engine writes each artefact.
+PRETRAIN_INTERVALS = {
+    "save_every": 1000,          # checkpoint_latest.pt (atomic)
+    "log_every": 10,             # a line in log.txt (log.jsonl gets every step)
+    "plot_every": 100,           # progress.png
+    "recon_every": 1000,         # reconstructions/step_XXXXXXX.png
+}
+ETA_AFTER_STEPS = 3              # steps timed before an ETA is shown (the first ones include start-up)
+DIST_TIMEOUT_S = 1800            # a collective that waits longer than this fails (a peer is gone)
+DIST_PREPARE_TIMEOUT_S = 72 * 3600   # under torchrun, ranks > 0 wait this long for rank 0's preprocessing
+DIST_BUCKET_ELEMENTS = 2 ** 24   # gradients are all-reduced in flat buckets of this many elements
+# Fault injection for tests and drills: "RANK:STEP" makes that rank raise at that step.
+FAULT_INJECTION_ENV = "MIM_PRETRAIN_FAIL_AT"

@@ -77,5 +77,9 @@ def test_indexed_batches_resume_exactly_and_differ_by_rank(tmp_path):
     direct = IndexedCropBatches(store, (8, 8, 8), batch_size=2, seed=3)
     assert all(torch.equal(full[b], direct.batch(b)) for b in range(6))          # order = batch index
     assert len({tuple(b.flatten()[:50].tolist()) for b in full}) == 6             # no batch repeats
-    other_rank = IndexedCropBatches(store, (8, 8, 8), batch_size=2, seed=3, rank=1, world_size=2)
-    assert not any(torch.equal(full[b], other_rank.batch(b)) for b in range(6))
+    # two ranks interleave the global batches of one rank: 1 device x accumulation 2 == 2 devices x 1
+    r0 = IndexedCropBatches(store, (8, 8, 8), batch_size=2, seed=3, rank=0, world_size=2)
+    r1 = IndexedCropBatches(store, (8, 8, 8), batch_size=2, seed=3, rank=1, world_size=2)
+    for k in range(3):
+        assert torch.equal(r0.batch(k), full[2 * k]) and torch.equal(r1.batch(k), full[2 * k + 1])
+        assert not torch.equal(r0.batch(k), r1.batch(k))

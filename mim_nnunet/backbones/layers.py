@@ -80,7 +80,11 @@ def fixed_pos_embed(grid: Sequence[int], dim: int) -> nn.Parameter:
 
 
 def init_weights(module: nn.Module) -> None:
-    """MAE's initialisation: xavier-uniform linears, zero biases, unit norms."""
+    """MAE's initialisation: xavier-uniform linears and convs, zero linear biases, unit norms.
+
+    Conv biases keep PyTorch's default (uniform, non-zero), as in MAE/ConvMAE: with zero biases, the
+    exactly-zero air and padding of CT (-1000 HU -> 0) gives zero activations whose channel LayerNorms
+    amplify the gradient 1/sqrt(eps) = 1000x each, about 1e32 at the stem after a few of them."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -92,5 +96,3 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.Conv3d):
             w = m.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)

@@ -76,35 +76,47 @@ def make_loader(store: Path, crop_size: Sequence[int], batch_size: int, num_work
                       num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
-class IndexedCropBatches(IterableDataset):
-    """Batches ``(B, C, *crop_size)`` whose content is a pure function of (seed, rank, batch index).
+def global_batch_index(local_index: int, rank: int, world_size: int) -> int:
+    """Rank ``rank``'s ``local_index``-th batch is batch ``local_index * world_size + rank`` of the run.
 
-    Batch b holds the crops of this rank's sample indices ``b*B .. b*B + B - 1``; sample i is drawn by a
-    generator seeded with ``(seed, rank, i)``. Worker w of W yields batches ``start + w``,
-    ``start + w + W``, ...; the DataLoader takes workers in turn, so batches arrive in index order and a
-    run resumed at ``start`` sees exactly the batches an uninterrupted run would have seen (the
-    sampler's position is just the batch index: nothing else to save).
+    With accumulation A, step s, micro-batch m is local batch ``s * A + m``; so 1 device accumulating 2
+    and 2 devices accumulating 1 see the same global batches 2s, 2s + 1 in each step.
+    """
+    return local_index * world_size + rank
+
+
+class IndexedCropBatches(IterableDataset):
+    """Batches ``(B, C, *crop_size)`` whose content is a pure function of (seed, global batch index).
+
+    Crop j of global batch g is drawn from all cases by a generator seeded with ``(seed, g, j)``; rank r
+    of W takes global batches r, r + W, r + 2W, ... (see :func:`global_batch_index`), so ranks never share
+    a batch and the stream of a run does not depend on how many devices share it. Worker w of K yields
+    local batches ``start + w``, ``start + w + K``, ...; the DataLoader takes workers in turn, so batches
+    arrive in index order and a run resumed at ``start`` sees exactly the batches an uninterrupted run
+    would have seen (the sampler's position is just the batch count: nothing else to save).
     """
 
     def __init__(self, store: Path, crop_size: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, start: int = 0, case_ids: Sequence[str] = ()):
-        self.stream = CropStream(store, crop_size, seed, rank, world_size, case_ids)
-        self.batch_size, self.start = batch_size, start
-        # the rank's own cases when there are enough of them (workers share them: the index decides)
-        self.cases = self.stream.shard(0, 1)
+        self.store = Path(store)
+        self.crop_size = [int(s) for s in crop_size]
+        self.batch_size, self.seed, self.rank, self.world_size, self.start = batch_size, seed, rank, world_size, start
+        self.cases: List[str] = list(case_ids) or stored_case_ids(self.store)
+        if not self.cases:
+            raise ValueError(f"no preprocessed cases in {self.store}")
         self._meta: Dict[str, Dict] = {}
 
-    def crop(self, index: int) -> torch.Tensor:
-        s = self.stream
-        rng = np.random.default_rng([s.seed, s.rank, index])
+    def crop(self, global_batch: int, j: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, global_batch, j])
         case_id = self.cases[int(rng.integers(len(self.cases)))]
         if case_id not in self._meta:
-            self._meta[case_id] = load_case_meta(s.store, case_id)
-        array = np.load(case_paths(s.store, case_id)[0], mmap_mode="r")
-        return torch.from_numpy(read_crop(array, s.crop_size, self._meta[case_id]["background"], rng))
+            self._meta[case_id] = load_case_meta(self.store, case_id)
+        array = np.load(case_paths(self.store, case_id)[0], mmap_mode="r")
+        return torch.from_numpy(read_crop(array, self.crop_size, self._meta[case_id]["background"], rng))
 
-    def batch(self, b: int) -> torch.Tensor:
-        return torch.stack([self.crop(b * self.batch_size + j) for j in range(self.batch_size)])
+    def batch(self, local_index: int) -> torch.Tensor:
+        g = global_batch_index(local_index, self.rank, self.world_size)
+        return torch.stack([self.crop(g, j) for j in range(self.batch_size)])
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         info = get_worker_info()

@@ -50,6 +50,16 @@ def input_size_for(spacing: Sequence[float], base: int = DEFAULT_INPUT_SIZE) -> 
             for s in spacing]
 
 
+def lr_for(effective_subvolumes: int) -> float:
+    """Spec section 5: ``1e-4 x effective batch / 256`` (the batch counted in sub-volumes)."""
+    return BASE_LR_PER_256 * effective_subvolumes / 256
+
+
+def subvolumes_per_crop(levels: int, gamma2: int, gamma3: int) -> int:
+    """Sub-volumes one L1 crop yields: 1 L1, gamma2 L2 and gamma2 x gamma3 L3 volumes, per active level."""
+    return 1 + (gamma2 if levels >= 2 else 0) + (gamma2 * gamma3 if levels >= 3 else 0)
+
+
 def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(cap, 1))
 
@@ -69,7 +79,7 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     explain["crop_size"] = "2S: the L1 crop, resized to S for the network; volumes smaller are padded at load time"
 
     g2, g3 = MIM_SWITCHES["gamma2"], MIM_SWITCHES["gamma3"]
-    per_crop = 1 + g2 + g2 * g3
+    per_crop = subvolumes_per_crop(MIM_SWITCHES["levels"], g2, g3)
     crops = math.ceil(EFFECTIVE_BATCH_SUBVOLUMES / per_crop)
     crops = math.ceil(crops / DEVICE_COUNT_MULTIPLE) * DEVICE_COUNT_MULTIPLE
     explain["effective_batch_crops"] = (
@@ -94,7 +104,7 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
                                              "errors; raise -gpu_memory_target or use activation checkpointing")
 
     effective = crops * per_crop
-    lr = BASE_LR_PER_256 * effective / 256
+    lr = lr_for(effective)
     explain["lr"] = f"{BASE_LR_PER_256:g} x effective batch {effective} sub-volumes / 256 (spec section 5)"
 
     modalities = overall["modalities"]

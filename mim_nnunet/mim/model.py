@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..backbones import build_encoder
 from ..defaults import TOKEN_SIZE
@@ -75,7 +76,10 @@ class MiM(nn.Module):
                 parent_feats = parent_feats.detach()
             # candidates: the 8 units of an L1 volume, or the T tokens of an L2 volume
             candidates = unit_means(parent_feats, cfg.grid) if pair == "12" else parent_feats
-            parents = head.parent(candidates)[child_level.parent]                  # (N_child, K, D)
+            # each child's parent candidates, as a one-hot product: the backward of plain indexing
+            # accumulates in a thread-dependent order on the CPU, which would break bit-exact resume
+            owner = F.one_hot(child_level.parent, candidates.shape[0]).to(candidates.dtype)   # (N_child, N_parent)
+            parents = torch.einsum("cp,pkd->ckd", owner, head.parent(candidates))            # (N_child, K, D)
             child = head.child(child_feats.mean(dim=1))                             # (N_child, D)
             terms[f"align_{pair}"] = alignment_loss(child, parents, child_level.slot, cfg.align_loss, cfg.tau)
 

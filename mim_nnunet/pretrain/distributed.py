@@ -1,0 +1,155 @@
+"""Process groups for pre-training: spawn N local ranks, or join the group ``torchrun`` gives.
+
+Gradients are averaged by hand once per optimiser step (after accumulation), in flat buckets: one
+all-reduce per step instead of one per micro-batch, and parameters a configuration leaves unused
+(e.g. swin's last stage) need no special handling. A rank that fails ends the job: spawned ranks are
+watched by the parent, which stops the others and reports the first failure.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from datetime import timedelta
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ..defaults import DIST_BUCKET_ELEMENTS, DIST_TIMEOUT_S
+from ..errors import MimError
+
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def under_torchrun() -> bool:
+    """True when launched by ``torchrun`` (or any launcher that sets the env:// variables)."""
+    return all(v in os.environ for v in TORCHRUN_VARS)
+
+
+def backend_for(device: str) -> str:
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def init_group(rank: int, world_size: int, device: str, timeout_s: float = DIST_TIMEOUT_S) -> None:
+    """Join the default group (env://); a no-op for a single process."""
+    if world_size > 1:
+        dist.init_process_group(backend_for(device), rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+
+
+def close_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_mean_(tensors: Sequence[torch.Tensor], divisor: float) -> None:
+    """In place: ``t <- sum over ranks of t / divisor``, in flat buckets of ``DIST_BUCKET_ELEMENTS``."""
+    bucket: List[torch.Tensor] = []
+    size = 0
+
+    def flush():
+        nonlocal bucket, size
+        if not bucket:
+            return
+        flat = torch.cat([t.reshape(-1) for t in bucket])
+        if dist.is_initialized():
+            dist.all_reduce(flat)
+        flat /= divisor
+        offset = 0
+        for t in bucket:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+        bucket, size = [], 0
+
+    for t in tensors:
+        bucket.append(t)
+        size += t.numel()
+        if size >= DIST_BUCKET_ELEMENTS:
+            flush()
+    flush()
+
+
+def broadcast_module_(module: torch.nn.Module) -> None:
+    """Every rank starts from rank 0's parameters and buffers."""
+    if dist.is_initialized():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def gather_objects(obj) -> List:
+    """``obj`` of every rank, in rank order (on every rank). Objects travel as ``torch.save`` bytes and
+    are read back with ``weights_only=True`` (tensors inside plain containers, no pickled code)."""
+    if not dist.is_initialized():
+        return [obj]
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    out: List = [None] * dist.get_world_size()
+    dist.all_gather_object(out, buffer.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawned(rank: int, fn: Callable, world_size: int, port: int, payload: Dict) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)})
+    fn(rank, world_size, payload)
+
+
+def spawn(fn: Callable, world_size: int, payload: Dict, poll_s: float = 1.0) -> None:
+    """Run ``fn(rank, world_size, payload)`` in ``world_size`` fresh processes and wait for all of them.
+
+    The first rank that raises or dies makes the others stop, and its error is raised here as one
+    line (``rank R failed: ...``) so the command exits non-zero instead of hanging.
+    """
+    context = mp.start_processes(_spawned, args=(fn, world_size, free_port(), payload), nprocs=world_size,
+                                 join=False, start_method="spawn")
+    try:
+        while not context.join(timeout=poll_s):
+            pass
+    except mp.ProcessRaisedException as exc:
+        raise MimError(f"rank {exc.error_index} failed: {_last_line(str(exc))}") from None
+    except mp.ProcessExitedException as exc:
+        raise MimError(f"rank {exc.error_index} died (exit code {exc.exit_code}"
+                       f"{', signal ' + exc.signal_name if exc.signal_name else ''}); the other ranks were stopped") \
+            from None
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.terminate()
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def local_device(device: str, local_rank: int) -> torch.device:
+    """``cuda:<local rank>`` (checked against the visible GPUs) or the CPU."""
+    if device == "cuda":
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise MimError(f"rank {local_rank} needs GPU {local_rank}, but {count} GPU(s) are visible")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cpu_threads_per_rank(world_size: int) -> Optional[int]:
+    """Split the CPU cores between the local ranks so they do not oversubscribe the machine."""
+    return max(1, (os.cpu_count() or 1) // max(1, world_size))
