@@ -41,6 +41,7 @@ setup(
             "mim_nnunet = mim_nnunet.cli:main",
             "mim_pretrain = mim_nnunet.pretrain_cli:main",
             "mim_plan_and_preprocess = mim_nnunet.plan_cli:main",
+            "mim_evaluate = mim_nnunet.evaluate_cli:main",
         ]
     },
 )

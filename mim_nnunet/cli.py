@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from .errors import MimError
@@ -53,6 +55,61 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transfer_for(args: argparse.Namespace):
+    from .dataset_network import network_for_dataset  # imports torch and nnU-Net
+    from .export import load_export
+    from .transfer import transfer
+    target = network_for_dataset(args.d, args.tr, args.c, args.p)
+    state, record = load_export(args.weights)
+    report = transfer(target.network, state, record, args.weights, spacing=target.configuration.spacing,
+                      normalization=target.configuration.normalization_schemes)
+    print(report.table())
+    return target, report
+
+
+def _cmd_check_transfer(args: argparse.Namespace) -> int:
+    _transfer_for(args)
+    print("transfer check passed")
+    return 0
+
+
+def _cmd_expand_weights(args: argparse.Namespace) -> int:
+    import torch
+
+    from .atomic import atomic_write
+    target, _ = _transfer_for(args)
+    state = {k: v.detach().cpu() for k, v in target.network.state_dict().items()}
+    out = atomic_write(args.output, lambda tmp: torch.save({"network_weights": state}, tmp))
+    print(f"wrote {out}: every parameter of {args.tr}'s network for dataset {args.d} (encoder from the export, "
+          f"the rest at initialisation)\nuse: nnUNetv2_train {args.d} {args.c} FOLD -tr {args.tr} -p {args.p} "
+          f"-pretrained_weights {out}")
+    return 0
+
+
+def _cmd_set_weights(args: argparse.Namespace) -> int:
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from .export import load_export
+    from .pretrained_weights import set_plans_weights
+    _, record = load_export(args.weights)
+    root = require_nnunet_paths(("nnUNet_preprocessed",))["nnUNet_preprocessed"]
+    try:
+        name = maybe_convert_to_dataset_name(args.d)
+    except RuntimeError:
+        raise MimError(f"dataset {args.d}: not found in nnUNet_raw or nnUNet_preprocessed") from None
+    plans_file = Path(root) / name / f"{args.p}.json"
+    if not plans_file.is_file():
+        raise MimError(f"{plans_file}: not found; run nnUNetv2_plan_and_preprocess -d {args.d} first")
+    set_plans_weights(plans_file, record["backbone"], Path(args.weights))
+    return 0
+
+
+def _add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", required=True, help="nnU-Net dataset id or name (planned and preprocessed)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+    p.add_argument("weights", help="a MiM export (.safetensors with its .json record)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim_nnunet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,11 +136,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="checkpoint_latest.pt of a mim_pretrain run")
     p.add_argument("-o", "--output", help="export path (.safetensors; default: <run>/export/..._step<k>.safetensors)")
     p.set_defaults(func=_cmd_export)
+    for name, func, text in (
+            ("check-transfer", _cmd_check_transfer, "load an export into a MiM trainer's network for a dataset and "
+                                                    "print what loaded per module (fails below 99%% of the encoder)"),
+            ("expand-weights", _cmd_expand_weights, "write an export as a full nnU-Net checkpoint for "
+                                                    "nnUNetv2_train -pretrained_weights")):
+        p = sub.add_parser(name, help=text)
+        _add_dataset_arguments(p)
+        p.add_argument("-tr", default="nnUNetTrainerMiM", help="trainer (default: %(default)s)")
+        p.add_argument("-c", default="3d_fullres", help="configuration (default: %(default)s)")
+        if name == "expand-weights":
+            p.add_argument("-o", "--output", required=True, help="the .pth file to write")
+        p.set_defaults(func=func)
+    p = sub.add_parser("set-weights", help="record an export in the dataset's plans; MiM trainers then use it")
+    _add_dataset_arguments(p)
+    p.set_defaults(func=_cmd_set_weights)
     return parser
+
+
+# Deprecation notices that third-party imports (nnU-Net, MONAI) print on every command; they are not
+# the user's to act on and would bury our one-line errors.
+THIRD_PARTY_NOISE = (r"`torch\.jit\.interface` is deprecated",)
 
 
 def run_guarded(func: Callable[[], int], prog: str) -> int:
     """Run ``func``; our one-line errors become ``prog: error: ...`` and exit status 2."""
+    for pattern in THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
     try:
         return func()
     except MimError as exc:

@@ -21,6 +21,15 @@ SWINUNETR_ARCH_KWARGS = {
     "use_v2": False,
 }
 
+# MiMUNETR (MIM_SPEC.md section 4): hybrid backbone of the given size + SwinUNETR-style decoder;
+# drop-path 0.2 as the release fine-tunes. img_size (the patch size) is added by the trainer.
+MIMUNETR_ARCH_KWARGS = {
+    "size": "base",
+    "feature_size": 48,
+    "drop_path_rate": 0.2,
+    "norm_name": "instance",
+}
+
 # Fine-tuning recipe of the MiM release (inherited from the SwinUNETR BTCV scripts): AdamW,
 # lr 1e-4, weight decay 1e-5, linear warm-up for 50 of 1000 epochs, then cosine decay.
 FINETUNE_RECIPE = {
@@ -28,7 +37,11 @@ FINETUNE_RECIPE = {
     "weight_decay": 1e-5,
     "betas": (0.9, 0.999),
     "warmup_fraction": 0.05,
+    # lr of the pre-trained encoder relative to the rest (1.0 = one lr for all, the release's choice);
+    # overridden per run by the environment variable below, since nnUNetv2_train has no flag for it.
+    "encoder_lr_scale": 1.0,
 }
+ENCODER_LR_SCALE_ENV = "MIM_ENCODER_LR_SCALE"
 
 # Parameter names that never get weight decay, besides every 1-D tensor (norm weights, biases).
 NO_WEIGHT_DECAY_NAME_PARTS = ("pos_embed", "position", "mask_token", "relative_position_bias_table")

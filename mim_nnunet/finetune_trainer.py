@@ -8,6 +8,7 @@ linear warm-up, cosine decay).
 
 from __future__ import annotations
 
+import os
 from typing import Mapping, Optional
 
 import torch
@@ -15,7 +16,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from .defaults import FINETUNE_RECIPE
+from .defaults import ENCODER_LR_SCALE_ENV, FINETUNE_RECIPE
 from .networks import build_network
 from .optim import build_adamw
 from .plans_adaptation import adapt_configuration, require_3d
@@ -28,6 +29,8 @@ class FineTuneTrainerBase(nnUNetTrainer):
     network_class_name: str = ""
     arch_kwargs: Mapping = {}
     patch_multiple: int = 1
+    patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
+    encoder_prefix: Optional[str] = None        # parameters under it get encoder_lr_scale x lr
     recipe: Mapping = FINETUNE_RECIPE
     # Short variants set these; None keeps nnU-Net's defaults (1000 epochs x 250 + 50 iterations).
     epochs: Optional[int] = None
@@ -41,7 +44,8 @@ class FineTuneTrainerBase(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.configuration_manager = adapt_configuration(
             self.plans_manager.plans, configuration, self.network_class_name, self.arch_kwargs,
-            self.patch_multiple, type(self).__name__, log=self.print_to_log_file)
+            self.patch_multiple, type(self).__name__, log=self.print_to_log_file,
+            patch_size_kwarg=self.patch_size_kwarg)
         self.enable_deep_supervision = False  # one output; nnU-Net then builds no DeepSupervisionWrapper
         self.initial_lr = self.recipe["lr"]
         self.weight_decay = self.recipe["weight_decay"]
@@ -67,7 +71,15 @@ class FineTuneTrainerBase(nnUNetTrainer):
         # Our networks have a single output, there is nothing to switch.
         pass
 
+    def encoder_lr_scale(self) -> float:
+        """``recipe['encoder_lr_scale']``, or ``$MIM_ENCODER_LR_SCALE`` when set."""
+        return float(os.environ.get(ENCODER_LR_SCALE_ENV, self.recipe.get("encoder_lr_scale", 1.0)))
+
     def configure_optimizers(self):
-        optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.recipe["betas"])
+        scale = self.encoder_lr_scale() if self.encoder_prefix else 1.0
+        if scale != 1.0:
+            self.print_to_log_file(f"encoder ({self.encoder_prefix}*) lr = {scale:g} x {self.initial_lr:g}")
+        optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.recipe["betas"],
+                                scaled_prefix=self.encoder_prefix, lr_scale=scale)
         warmup = warmup_steps_for(self.num_epochs, self.recipe["warmup_fraction"])
         return optimizer, WarmupCosineLR(optimizer, total_steps=self.num_epochs, warmup_steps=warmup)

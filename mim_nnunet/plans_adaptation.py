@@ -41,18 +41,23 @@ def require_3d(plans: dict, configuration: str, trainer_name: str) -> None:
 
 def adapt_configuration(plans: dict, configuration: str, network_class_name: str, arch_kwargs: Mapping,
                         patch_multiple: int, trainer_name: str,
-                        log: Optional[Callable[[str], None]] = None) -> ConfigurationManager:
+                        log: Optional[Callable[[str], None]] = None,
+                        patch_size_kwarg: Optional[str] = None) -> ConfigurationManager:
     """Record our network and a patch size it accepts in ``plans`` (mutated); return the new manager.
 
     Writes into ``plans['configurations'][configuration]``: ``patch_size`` (rounded with
-    :func:`round_patch_size`), ``architecture`` (``network_class_name`` and ``arch_kwargs``) and a
-    ``mim_nnunet`` record of what was changed and why.
+    :func:`round_patch_size`), ``architecture`` (``network_class_name`` and ``arch_kwargs``, plus the
+    patch size under ``patch_size_kwarg`` for networks whose shapes depend on it) and a ``mim_nnunet``
+    record of what was changed and why.
     """
     require_3d(plans, configuration, trainer_name)
     resolved = PlansManager(plans)._internal_resolve_configuration_inheritance(configuration)
     record = resolved.get(RECORD_KEY)
     original = list(record["original_patch_size"]) if record else list(resolved["patch_size"])
     new_patch = round_patch_size(original, patch_multiple)
+    arch_kwargs = dict(arch_kwargs)
+    if patch_size_kwarg:
+        arch_kwargs[patch_size_kwarg] = list(new_patch)
     changes = {
         "patch_size": new_patch,
         "architecture": {

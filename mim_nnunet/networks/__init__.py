@@ -6,11 +6,13 @@ from typing import Callable, Dict, Mapping
 
 from torch import nn
 
+from .mim_unetr import MIMUNETR_CLASS_NAME, MiMUNETR, build_mimunetr
 from .swinunetr import SWINUNETR_CLASS_NAME, build_swinunetr
 
 # plans' architecture["network_class_name"] -> builder(arch_kwargs, in_channels, out_channels)
 BUILDERS: Dict[str, Callable[[Mapping, int, int], nn.Module]] = {
     SWINUNETR_CLASS_NAME: build_swinunetr,
+    MIMUNETR_CLASS_NAME: build_mimunetr,
 }
 
 
@@ -27,4 +29,5 @@ def build_network(network_class_name: str, arch_kwargs: Mapping, num_input_chann
     return builder(arch_kwargs, num_input_channels, num_output_channels)
 
 
-__all__ = ["BUILDERS", "SWINUNETR_CLASS_NAME", "build_network", "build_swinunetr"]
+__all__ = ["BUILDERS", "MIMUNETR_CLASS_NAME", "MiMUNETR", "SWINUNETR_CLASS_NAME", "build_mimunetr", "build_network",
+           "build_swinunetr"]

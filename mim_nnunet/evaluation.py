@@ -1,0 +1,116 @@
+"""DSC and NSD per class, as the MiM paper reports them, with MONAI's metrics.
+
+Conventions for empty masks (MONAI leaves them undefined): a class absent from both the label and the
+prediction scores 1 (nothing to find, nothing found); absent from one of them, it scores 0.
+NSD is MONAI's ``SurfaceDiceMetric`` with the tolerance in millimetres and the image spacing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.metrics import DiceMetric, SurfaceDiceMetric
+
+from .errors import MimError
+
+DEFAULT_NSD_TOLERANCE_MM = 1.0
+GEOMETRY_TOLERANCE = 1e-4
+
+
+class EvaluationError(MimError):
+    pass
+
+
+def class_scores(pred: np.ndarray, label: np.ndarray, classes: Sequence[int], spacing: Sequence[float],
+                 tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[int, Dict[str, float]]:
+    """``{class: {"dsc": .., "nsd": ..}}`` for integer label maps ``pred``, ``label`` ``(X, Y, Z)``;
+    ``spacing`` in mm along the same axes."""
+    scores = {}
+    for c in classes:
+        p, g = pred == c, label == c
+        if not p.any() and not g.any():
+            scores[int(c)] = {"dsc": 1.0, "nsd": 1.0}
+            continue
+        if not p.any() or not g.any():
+            scores[int(c)] = {"dsc": 0.0, "nsd": 0.0}
+            continue
+        onehot = lambda m: torch.from_numpy(np.stack([~m, m]))[None].float()    # (1, 2, X, Y, Z)
+        yp, yg = onehot(p), onehot(g)
+        dsc = DiceMetric(include_background=False, reduction="none")(yp, yg)
+        nsd = SurfaceDiceMetric(class_thresholds=[tolerance_mm], include_background=False, reduction="none")(
+            yp, yg, spacing=[float(s) for s in spacing])
+        scores[int(c)] = {"dsc": float(dsc[0, 0]), "nsd": float(nsd[0, 0])}
+    return scores
+
+
+def _read(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or ["unreadable"])[-1].strip()
+        raise EvaluationError(f"{path}: cannot read ({first[:200]})") from None
+
+
+def _same_geometry(a: sitk.Image, b: sitk.Image) -> Optional[str]:
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    for name in ("Spacing", "Origin", "Direction"):
+        va, vb = getattr(a, f"Get{name}")(), getattr(b, f"Get{name}")()
+        if not np.allclose(va, vb, atol=GEOMETRY_TOLERANCE):
+            return f"{name.lower()} {tuple(round(v, 4) for v in va)} vs {tuple(round(v, 4) for v in vb)}"
+    return None
+
+
+def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence[int]] = None,
+                     tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, suffix: str = ".nii.gz") -> Dict:
+    """Scores of every label in ``label_dir`` against the same-named file in ``pred_dir``:
+    ``{"cases": {case: {class: {dsc, nsd}}}, "mean": {class: {dsc, nsd}}, "overall": {dsc, nsd}}``."""
+    pred_dir, label_dir = Path(pred_dir), Path(label_dir)
+    for folder in (pred_dir, label_dir):
+        if not folder.is_dir():
+            raise EvaluationError(f"{folder}: no such folder")
+    labels = sorted(label_dir.glob(f"*{suffix}"))
+    if not labels:
+        raise EvaluationError(f"{label_dir}: no *{suffix} label files")
+    missing = [p.name for p in labels if not (pred_dir / p.name).is_file()]
+    if missing:
+        raise EvaluationError(f"{pred_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
+    cases: Dict[str, Dict] = {}
+    for path in labels:
+        label_img, pred_img = _read(path), _read(pred_dir / path.name)
+        problem = _same_geometry(pred_img, label_img)
+        if problem:
+            raise EvaluationError(f"{pred_dir / path.name}: geometry differs from {path} ({problem})")
+        label = sitk.GetArrayFromImage(label_img)
+        pred = sitk.GetArrayFromImage(pred_img)
+        wanted = classes or sorted(int(c) for c in np.unique(label) if c != 0)
+        spacing = label_img.GetSpacing()[::-1]                 # array axes are (z, y, x)
+        cases[path.name[:-len(suffix)]] = class_scores(pred, label, wanted, spacing, tolerance_mm)
+    all_classes = sorted({c for s in cases.values() for c in s})
+    mean = {c: {m: float(np.mean([s[c][m] for s in cases.values() if c in s])) for m in ("dsc", "nsd")}
+            for c in all_classes}
+    overall = {m: float(np.mean([v[m] for v in mean.values()])) if mean else float("nan") for m in ("dsc", "nsd")}
+    return {"cases": cases, "mean": mean, "overall": overall, "nsd_tolerance_mm": tolerance_mm}
+
+
+def markdown_table(result: Dict, names: Optional[Dict[int, str]] = None) -> str:
+    """Per-class DSC and NSD (in %) and their mean, like the paper's tables."""
+    names = names or {}
+    lines = ["| class | DSC (%) | NSD (%) |", "|---|---|---|"]
+    for c, v in result["mean"].items():
+        lines.append(f"| {names.get(int(c), c)} | {100 * v['dsc']:.2f} | {100 * v['nsd']:.2f} |")
+    lines.append(f"| **mean** | {100 * result['overall']['dsc']:.2f} | {100 * result['overall']['nsd']:.2f} |")
+    return "\n".join(lines)
+
+
+def class_names(dataset_json: Optional[Path]) -> Dict[int, str]:
+    if dataset_json is None or not Path(dataset_json).is_file():
+        return {}
+    import json
+    labels = json.loads(Path(dataset_json).read_text(encoding="utf-8")).get("labels", {})
+    return {int(v): k for k, v in labels.items() if isinstance(v, int)}
+

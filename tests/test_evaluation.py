@@ -1,0 +1,85 @@
+"""mim_evaluate: DSC and NSD against values computed by hand on small masks, empty-mask conventions,
+and clear errors for missing cases and mismatched geometry."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import command
+from mim_nnunet.evaluation import EvaluationError, class_scores, evaluate_folders
+
+
+def surface(m):
+    """Voxels of m with a 6-neighbour outside m (outside the volume counts as outside)."""
+    padded = np.pad(m, 1)
+    inner = np.ones_like(m, bool)
+    for axis in range(3):
+        for shift in (1, -1):
+            inner &= np.roll(padded, shift, axis)[1:-1, 1:-1, 1:-1]
+    return m & ~inner
+
+
+def nsd_brute_force(pred, label, tol):
+    sp, sl = [np.argwhere(surface(m)) for m in (pred, label)]
+    dist = np.sqrt(((sp[:, None, :] - sl[None, :, :]) ** 2).sum(-1))        # every pair, 1 mm voxels
+    return ((dist.min(1) <= tol).sum() + (dist.min(0) <= tol).sum()) / (len(sp) + len(sl))
+
+
+def test_dsc_and_nsd_by_hand():
+    label = np.zeros((6, 10, 10), np.uint8)
+    label[1:5, 2:6, 2:6] = 1                                 # a 4x4x4 cube: 64 voxels
+    pred = np.zeros_like(label)
+    pred[1:5, 2:6, 3:7] = 1                                  # shifted by one voxel: overlap 48
+    for tol in (0.5, 1.0, 2.0):
+        s = class_scores(pred, label, [1], spacing=(1.0, 1.0, 1.0), tolerance_mm=tol)[1]
+        assert s["dsc"] == pytest.approx(2 * 48 / 128)
+        assert s["nsd"] == pytest.approx(nsd_brute_force(pred == 1, label == 1, tol))
+    # the brute force itself, by hand: both surfaces have 56 voxels (the cube minus its 2x2x2 core); at
+    # 0.5 mm only shared surface voxels count: the 4x4x3 overlap's surface voxels that are surface in both
+    assert surface(label == 1).sum() == 56
+    assert class_scores(pred, label, [1], (1.0, 1.0, 1.0), tolerance_mm=1.0)[1]["nsd"] == pytest.approx(1.0)
+
+
+def test_empty_masks_follow_the_stated_convention():
+    empty, full = np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 4), np.uint8)
+    full[1:3, 1:3, 1:3] = 2
+    assert class_scores(empty, empty, [2], (1, 1, 1))[2] == {"dsc": 1.0, "nsd": 1.0}
+    assert class_scores(empty, full, [2], (1, 1, 1))[2] == {"dsc": 0.0, "nsd": 0.0}      # nothing predicted
+    assert class_scores(full, empty, [2], (1, 1, 1))[2] == {"dsc": 0.0, "nsd": 0.0}      # nothing to find
+
+
+def write(array, path, spacing=(1.0, 1.0, 1.0)):
+    img = sitk.GetImageFromArray(array.astype(np.uint8))
+    img.SetSpacing(spacing)
+    sitk.WriteImage(img, str(path))
+
+
+def test_folders_table_json_and_errors(tmp_path):
+    (tmp_path / "ref").mkdir(), (tmp_path / "pred").mkdir()
+    a = np.zeros((6, 6, 6), np.uint8)
+    a[1:4, 1:4, 1:4] = 1
+    a[4:6, 4:6, 4:6] = 2
+    write(a, tmp_path / "ref" / "c1.nii.gz")
+    write(a, tmp_path / "pred" / "c1.nii.gz")
+    b = a.copy()
+    b[b == 2] = 0
+    write(a, tmp_path / "ref" / "c2.nii.gz")
+    write(b, tmp_path / "pred" / "c2.nii.gz")
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "ref")
+    assert result["mean"][1]["dsc"] == 1.0 and result["mean"][2]["dsc"] == 0.5
+    assert result["overall"]["dsc"] == pytest.approx(0.75)
+    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert "| **mean** | 75.00 |" in cli.stdout
+    assert json.loads((tmp_path / "pred" / "summary_mim.json").read_text())["overall"]["dsc"] == 0.75
+    write(a, tmp_path / "ref" / "c3.nii.gz")
+    with pytest.raises(EvaluationError, match="no prediction for 1 case\\(s\\): c3.nii.gz"):
+        evaluate_folders(tmp_path / "pred", tmp_path / "ref")
+    write(a, tmp_path / "pred" / "c3.nii.gz", spacing=(2.0, 1.0, 1.0))
+    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert cli.returncode == 2 and "c3.nii.gz: geometry differs" in cli.stderr and "spacing" in cli.stderr
