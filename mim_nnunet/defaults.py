@@ -30,6 +30,10 @@ MIMUNETR_ARCH_KWARGS = {
     "norm_name": "instance",
 }
 
+# Patch-size cap of the 'tiny' trainer variants (tests, demos, CPUs): nnU-Net plans thin CTs with wide
+# in-plane patches (e.g. 32 x 224 x 224), 11 s per iteration on 2 CPU cores; 128 in-plane is 3x cheaper.
+TINY_MAX_PATCH_SIZE = (64, 128, 128)
+
 # Fine-tuning recipe of the MiM release (inherited from the SwinUNETR BTCV scripts): AdamW,
 # lr 1e-4, weight decay 1e-5, linear warm-up for 50 of 1000 epochs, then cosine decay.
 FINETUNE_RECIPE = {
@@ -146,3 +150,13 @@ DIST_PREPARE_TIMEOUT_S = 72 * 3600   # under torchrun, ranks > 0 wait this long 
 DIST_BUCKET_ELEMENTS = 2 ** 24   # gradients are all-reduced in flat buckets of this many elements
 # Fault injection for tests and drills: "RANK:STEP" makes that rank raise at that step.
 FAULT_INJECTION_ENV = "MIM_PRETRAIN_FAIL_AT"
+
+# ---------------------------------------------------------------------------------------------
+# The real-CT demo (mim_nnunet demo): pre-training length and input size, and the fine-tuning trainers
+# (MiM-initialised and its scratch twin, same budget) per setting.
+DEMO_SETTINGS = {
+    "quick": {"pretrain_steps": 4, "input_size": 32, "finetune": "tiny_1epoch"},        # tests, smoke runs
+    "default": {"pretrain_steps": 40, "input_size": 64, "finetune": "tiny_demo"},       # < 20 min on 2 CPU cores
+    "long": {"pretrain_steps": 2000, "input_size": 64, "finetune": "tiny_100epochs"},   # better numbers, hours on CPU
+}
+DEMO_OVERLAY_WINDOW = (-200.0, 300.0)   # HU shown in overlay pictures (soft tissue)

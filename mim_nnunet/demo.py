@@ -1,12 +1,12 @@
-"""The built-in demo: generated dataset -> stock nnU-Net plan, train, predict, evaluate.
+"""The demo on real CT: pre-train MiM briefly, fine-tune MiM-initialised and from-scratch networks on
+the same budget with stock nnU-Net, predict held-out cases, evaluate, and write a report folder.
 
-Every step is a real nnU-Net command run in a subprocess, exactly as a user would type it. Steps whose
-output already exists are skipped, so an interrupted demo resumes where it stopped.
+Every step is the command a user would type, run in a subprocess; steps whose output exists are
+skipped, so an interrupted demo resumes where it stopped. Data: ``mim_nnunet.demo_data``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -14,31 +14,33 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from .defaults import DEMO_SETTINGS
 from .environment import trainers_dir
 from .errors import DemoError
-from .synthetic import LABELS, write_dataset
 
-DEMO_DATASET_ID = 990
-DEMO_DATASET_NAME = "MiMSynthetic"
 CONFIGURATION = "3d_fullres"
-FOLD = "0"
+FOLD = "all"          # two training cases: fewer than nnU-Net's 5 folds (plans/demo/demo_ct.json)
+REPORT = "report"
 
 
-def _run_step(index: int, total: int, title: str, cmd: List[str], env: Dict[str, str]) -> None:
-    print(f"\n[{index}/{total}] {title}\n$ {shlex.join(cmd)}", flush=True)
+def _run_step(title: str, cmd: List[str], env: Dict[str, str]) -> float:
+    print(f"\n== {title}\n$ {shlex.join(cmd)}", flush=True)
     start = time.time()
     result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
         raise DemoError(f"step '{title}' failed with exit code {result.returncode}: {shlex.join(cmd)}")
-    print(f"[{index}/{total}] done in {time.time() - start:.0f} s", flush=True)
+    seconds = time.time() - start
+    print(f"== done in {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def demo_environment(workspace: Path) -> Dict[str, str]:
-    """The process environment for the demo: its own nnU-Net folders, our trainers discoverable."""
-    env = dict(os.environ)
+    """The process environment for the demo: its own nnU-Net folders and data root, our trainers found."""
+    env = {k: v for k, v in os.environ.items() if k != "MIM_PRETRAINED_WEIGHTS"}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(workspace / name)
         (workspace / name).mkdir(parents=True, exist_ok=True)
+    env["MIM_DATA_ROOT"] = str(workspace / "data")
     # nnU-Net's default worker count is tuned for its cluster; on a laptop use the cores there are.
     env.setdefault("nnUNet_n_proc_DA", str(min(os.cpu_count() or 1, 8)))
     ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
@@ -46,61 +48,66 @@ def demo_environment(workspace: Path) -> Dict[str, str]:
     return env
 
 
-def run_demo(workspace: str = "demo_workspace", device: str = "auto",
-             trainer: str = "nnUNetTrainerSwinUNETR_fs12_10epochs") -> int:
+def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: str = "default") -> int:
     import torch
+
+    from .demo_data import demo_spec, prepare_demo_data
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    conf = DEMO_SETTINGS[setting]
     ws = Path(workspace).resolve()
     env = demo_environment(ws)
-    raw = Path(env["nnUNet_raw"])
-    dataset = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
-    model_dir = Path(env["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
-    pred_dir = ws / "predictions" / trainer
-    total = 5
-    started = time.time()
-    print(f"mim_nnunet demo: workspace {ws}, device {device}, trainer {trainer}")
+    spec = demo_spec()
+    started, timings = time.time(), {}
+    print(f"mim_nnunet demo ({setting}): workspace {ws}, device {device}")
 
-    print(f"\n[1/{total}] generate {dataset} (64^3 volumes: sphere = 1, cube = 2)")
-    if not (raw / dataset / "dataset.json").is_file():
-        write_dataset(raw, DEMO_DATASET_ID, DEMO_DATASET_NAME)
+    print("\n== data: TotalSegmentator's reference CT (PyPI source archive) -> collection 'demo' and a dataset")
+    data = prepare_demo_data(Path(env["nnUNet_raw"]), Path(env["MIM_DATA_ROOT"]))
+    dataset_id, dataset = str(spec["dataset_id"]), data["dataset"].name
+
+    run_dir = Path(env["nnUNet_results"]) / "MiM_demo" / "hybrid_tiny"
+    export = run_dir / "export" / "mim_hybrid_tiny.safetensors"
+    if not export.is_file():
+        steps = conf["pretrain_steps"]
+        cmd = ["mim_pretrain", "-d", "demo", "-o", "demo", "-size", "tiny", "-np", "2", "-device", device,
+               "-input_size", str(conf["input_size"]), "-batch", "1", "-accum", "1", "-steps", str(steps),
+               "-workers", "1", "-recon_every", str(max(1, steps // 2)), "-plot_every", str(max(1, steps // 10)),
+               "-save_every", str(max(1, steps // 4))]
+        if (run_dir / "checkpoint_latest.pt").is_file():
+            cmd.append("--c")
+        timings["pretrain"] = _run_step("pre-train MiM (hybrid tiny) on the demo collection", cmd, env)
     else:
-        print("already there, kept")
+        print(f"\n== pre-training: {export} already there, kept")
 
     if not (Path(env["nnUNet_preprocessed"]) / dataset / "nnUNetPlans.json").is_file():
-        _run_step(2, total, "plan and preprocess (stock nnU-Net)",
-                  ["nnUNetv2_plan_and_preprocess", "-d", str(DEMO_DATASET_ID), "-c", CONFIGURATION,
-                   "-np", "2", "--verify_dataset_integrity"], env)
-    else:
-        print(f"\n[2/{total}] plans and preprocessed data already there, kept")
+        timings["plan"] = _run_step("plan and preprocess (stock nnU-Net)",
+                                    ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION,
+                                     "-np", "2"], env)
 
-    if not (model_dir / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
-        resume = ["--c"] if (model_dir / f"fold_{FOLD}" / "checkpoint_latest.pth").is_file() else []
-        _run_step(3, total, f"train {trainer} (stock nnUNetv2_train)",
-                  ["nnUNetv2_train", str(DEMO_DATASET_ID), CONFIGURATION, FOLD, "-tr", trainer,
-                   "-device", device] + resume, env)
-    else:
-        print(f"\n[3/{total}] {model_dir}/fold_{FOLD}/checkpoint_final.pth already there, kept")
+    results = {}
+    for kind, prefix in (("MiM", "nnUNetTrainerMiM"), ("scratch", "nnUNetTrainerMiMScratch")):
+        trainer = f"{prefix}_{conf['finetune']}"
+        model = Path(env["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
+        if not (model / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
+            resume = ["--c"] if (model / f"fold_{FOLD}" / "checkpoint_latest.pth").is_file() else []
+            step_env = dict(env, MIM_PRETRAINED_WEIGHTS=str(export)) if kind == "MiM" else env
+            timings[f"finetune_{kind}"] = _run_step(
+                f"fine-tune {trainer} (stock nnUNetv2_train, fold {FOLD})",
+                ["nnUNetv2_train", dataset_id, CONFIGURATION, FOLD, "-tr", trainer, "-device", device] + resume,
+                step_env)
+        pred = ws / "predictions" / trainer
+        timings[f"predict_{kind}"] = _run_step(
+            f"predict the held-out halves with {trainer} (stock nnUNetv2_predict)",
+            ["nnUNetv2_predict", "-i", str(data["dataset"] / "imagesTs"), "-o", str(pred), "-d", dataset_id,
+             "-c", CONFIGURATION, "-f", FOLD, "-tr", trainer, "--disable_tta", "-device", device,
+             "-npp", "1", "-nps", "1"], env)
+        results[kind] = {"trainer": trainer, "model": model, "predictions": pred}
 
-    _run_step(4, total, "predict the held-out cases (stock nnUNetv2_predict)",
-              ["nnUNetv2_predict", "-i", str(raw / dataset / "imagesTs"), "-o", str(pred_dir),
-               "-d", str(DEMO_DATASET_ID), "-c", CONFIGURATION, "-f", FOLD, "-tr", trainer,
-               "--disable_tta", "-device", device, "-npp", "1", "-nps", "1"], env)
-
-    summary = pred_dir / "summary.json"
-    labels = [str(v) for v in LABELS.values() if v != 0]
-    _run_step(5, total, "evaluate (stock nnUNetv2_evaluate_simple)",
-              ["nnUNetv2_evaluate_simple", str(raw / dataset / "labelsTs"), str(pred_dir), "-l", *labels,
-               "-o", str(summary), "-np", "1"], env)
-
-    result = json.loads(summary.read_text(encoding="utf-8"))
-    names = {str(v): k for k, v in LABELS.items()}
-    print(f"\nDemo finished in {time.time() - started:.0f} s. Dice on the held-out cases:")
-    for label in labels:
-        print(f"  {names[label]:<8} {result['mean'][label]['Dice']:.3f}")
-    print(f"  mean     {result['foreground_mean']['Dice']:.3f}")
-    print(f"Model: {model_dir}\nPredictions: {pred_dir}\nTraining curves: {model_dir}/fold_{FOLD}/progress.png")
+    from .report import write_report
+    report = write_report(ws / REPORT, data["dataset"], results, run_dir, spec, setting, timings,
+                          time.time() - started)
+    print(f"\nDemo finished in {time.time() - started:.0f} s. Report: {report}")
+    print((ws / REPORT / "summary.md").read_text(encoding="utf-8").split("## Scores", 1)[-1].split("##", 1)[0])
     return 0
-
 

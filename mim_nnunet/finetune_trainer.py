@@ -30,6 +30,7 @@ class FineTuneTrainerBase(nnUNetTrainer):
     arch_kwargs: Mapping = {}
     patch_multiple: int = 1
     patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
+    max_patch_size: Optional[tuple] = None      # per-axis cap (multiples of patch_multiple), for CPU variants
     encoder_prefix: Optional[str] = None        # parameters under it get encoder_lr_scale x lr
     recipe: Mapping = FINETUNE_RECIPE
     # Short variants set these; None keeps nnU-Net's defaults (1000 epochs x 250 + 50 iterations).
@@ -45,7 +46,7 @@ class FineTuneTrainerBase(nnUNetTrainer):
         self.configuration_manager = adapt_configuration(
             self.plans_manager.plans, configuration, self.network_class_name, self.arch_kwargs,
             self.patch_multiple, type(self).__name__, log=self.print_to_log_file,
-            patch_size_kwarg=self.patch_size_kwarg)
+            patch_size_kwarg=self.patch_size_kwarg, max_patch_size=self.max_patch_size)
         self.enable_deep_supervision = False  # one output; nnU-Net then builds no DeepSupervisionWrapper
         self.initial_lr = self.recipe["lr"]
         self.weight_decay = self.recipe["weight_decay"]

@@ -42,7 +42,8 @@ def require_3d(plans: dict, configuration: str, trainer_name: str) -> None:
 def adapt_configuration(plans: dict, configuration: str, network_class_name: str, arch_kwargs: Mapping,
                         patch_multiple: int, trainer_name: str,
                         log: Optional[Callable[[str], None]] = None,
-                        patch_size_kwarg: Optional[str] = None) -> ConfigurationManager:
+                        patch_size_kwarg: Optional[str] = None,
+                        max_patch_size: Optional[Sequence[int]] = None) -> ConfigurationManager:
     """Record our network and a patch size it accepts in ``plans`` (mutated); return the new manager.
 
     Writes into ``plans['configurations'][configuration]``: ``patch_size`` (rounded with
@@ -55,6 +56,8 @@ def adapt_configuration(plans: dict, configuration: str, network_class_name: str
     record = resolved.get(RECORD_KEY)
     original = list(record["original_patch_size"]) if record else list(resolved["patch_size"])
     new_patch = round_patch_size(original, patch_multiple)
+    if max_patch_size is not None:     # CPU-sized variants: fewer voxels per iteration
+        new_patch = [min(p, int(m)) for p, m in zip(new_patch, max_patch_size)]
     arch_kwargs = dict(arch_kwargs)
     if patch_size_kwarg:
         arch_kwargs[patch_size_kwarg] = list(new_patch)

@@ -9,17 +9,16 @@ not fit is counted as not loaded; below ``MIN_ENCODER_FRACTION`` of the encoder 
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .defaults import TOKEN_SIZE
 from .errors import MimError
+from .hashing import tensor_sha1
 from .networks.mim_unetr import FINETUNE_ONLY_PARTS, MiMUNETR
 
 MIN_ENCODER_FRACTION = 0.99
@@ -84,10 +83,6 @@ def module_of(key: str) -> str:
     """Table row of a parameter: ``backbone.blocks4`` / ``swinViT.layers1`` / ``decoder3``."""
     parts = key.split(".")
     return ".".join(parts[:2]) if parts[0] in ("backbone", "swinViT") and len(parts) > 2 else parts[0]
-
-
-def tensor_digest(t: Tensor) -> str:
-    return hashlib.sha1(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def backbone_of(network: nn.Module) -> str:
@@ -162,7 +157,7 @@ def transfer(network: nn.Module, state: Mapping[str, Tensor], record: Mapping, s
         raise TransferError(f"{source}: only {100 * report.encoder_fraction:.1f}% of the encoder's parameters "
                             f"would load (at least {100 * min_fraction:.0f}% required){detail}")
     network.load_state_dict(new_state, strict=True)
-    report.digests = {k: tensor_digest(network.state_dict()[k]) for k in report.loaded}
+    report.digests = {k: tensor_sha1([network.state_dict()[k]]) for k in report.loaded}
     return report
 
 

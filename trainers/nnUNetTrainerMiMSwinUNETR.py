@@ -1,7 +1,7 @@
 """MONAI SwinUNETR whose Swin-ViT starts from a swin MiM export (its scratch twin is
 ``nnUNetTrainerSwinUNETR``, same network and recipe). Logic: ``mim_nnunet.mim_trainer``."""
 
-from mim_nnunet.defaults import SWINUNETR_ARCH_KWARGS, SWINUNETR_PATCH_MULTIPLE
+from mim_nnunet.defaults import SWINUNETR_ARCH_KWARGS, SWINUNETR_PATCH_MULTIPLE, TINY_MAX_PATCH_SIZE
 from mim_nnunet.mim_trainer import MiMFineTuneTrainerBase
 from mim_nnunet.networks import SWINUNETR_CLASS_NAME
 
@@ -17,9 +17,11 @@ class nnUNetTrainerMiMSwinUNETR(MiMFineTuneTrainerBase):
 
 
 class nnUNetTrainerMiMSwinUNETR_tiny_1epoch(nnUNetTrainerMiMSwinUNETR):
-    """Smoke-test size: feature_size 12 (swin 'tiny' export), 1 epoch of 2 + 1 iterations."""
+    """Smoke-test size: feature_size 12 (swin 'tiny' export), patch capped for CPUs, 1 epoch of 2 + 1
+    iterations."""
 
     arch_kwargs = {**SWINUNETR_ARCH_KWARGS, "feature_size": 12}
+    max_patch_size = TINY_MAX_PATCH_SIZE
     epochs = 1
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1

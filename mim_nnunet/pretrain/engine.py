@@ -9,7 +9,6 @@ same data as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -23,6 +22,7 @@ import torch
 from ..data.loader import global_batch_index, make_indexed_loader
 from ..defaults import FAULT_INJECTION_ENV
 from ..errors import MimError
+from ..hashing import tensor_sha1 as digest
 from ..mim.model import build_mim
 from ..optim import build_adamw
 from ..schedules import WarmupCosineLR
@@ -39,14 +39,6 @@ MASK_STREAM = 1   # separates the mask generator's seed from the crop generator'
 def mask_seed(seed: int, global_batch: int) -> int:
     """Seed of the masking generator of one global batch (a pure function, so resume is exact)."""
     return int(np.random.SeedSequence([seed, global_batch, MASK_STREAM]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def digest(tensors) -> str:
-    """SHA-1 of the tensors' bytes (order matters): equal digests mean bit-identical values."""
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def injected_failure_step(rank: int):
