@@ -32,6 +32,9 @@ class FineTuneTrainerBase(nnUNetTrainer):
     patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
     max_patch_size: Optional[tuple] = None      # per-axis cap (multiples of patch_multiple), for CPU variants
     encoder_prefix: Optional[str] = None        # parameters under it get encoder_lr_scale x lr
+    # Test-time mirroring in nnU-Net's final validation (8 flips in 3D); CPU variants turn it off, as
+    # their users predict with --disable_tta anyway. Mirroring as training augmentation is unchanged.
+    inference_mirroring: bool = True
     recipe: Mapping = FINETUNE_RECIPE
     # Short variants set these; None keeps nnU-Net's defaults (1000 epochs x 250 + 50 iterations).
     epochs: Optional[int] = None
@@ -67,6 +70,12 @@ class FineTuneTrainerBase(nnUNetTrainer):
         return build_network(configuration_manager.network_arch_class_name,
                              configuration_manager.network_arch_init_kwargs,
                              num_input_channels, num_output_channels)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.inference_mirroring:
+            self.inference_allowed_mirroring_axes = None
+        return configured
 
     def set_deep_supervision_enabled(self, enabled: bool):
         # Our networks have a single output, there is nothing to switch.

@@ -167,6 +167,13 @@ def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup)
     """)
     result = run([sys.executable, "-c", script], env, work)
     assert "nnU-Net loaded it" in result.stdout
+    # and through nnUNetv2_train: the trainer sees the loaded weights and does not search for an export
+    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "1", "-tr", HYBRID, "-device", "cpu",
+         "-pretrained_weights", out], env, work)
+    fold = setup["results"] / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_1"
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "weights were loaded with -pretrained_weights; not searching" in log
+    assert not (fold / "mim_transfer.json").exists()
 
 
 def test_lr_schedule_survives_checkpoint_and_continue(setup):

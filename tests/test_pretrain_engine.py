@@ -237,6 +237,15 @@ def test_export_command_for_both_backbones(collection, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_gradient_clipping_changes_the_step_not_the_logged_norm(collection, tmp_path):
+    run(collection, tmp_path / "free", steps=2)
+    run(collection, tmp_path / "clipped", steps=2, clip_grad=1e-9)
+    free, clipped = read_records(tmp_path / "free" / "log.jsonl"), read_records(tmp_path / "clipped" / "log.jsonl")
+    assert free[0]["loss"] == clipped[0]["loss"] and free[0]["grad_norm"] == clipped[0]["grad_norm"] > 1e-9
+    a, b = weights(tmp_path / "free"), weights(tmp_path / "clipped")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_settings_follow_the_plan_and_reject_what_cannot_work(collection, tmp_path):
     plan = collection["prepared"].plan
     s = resolve_settings(plan, "store", tmp_path, 2, "cpu", input_size=[32])

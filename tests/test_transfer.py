@@ -131,6 +131,17 @@ def test_weights_are_found_in_plans_then_environment_then_results(tmp_path, monk
         find_weights({}, "swin", "tiny", "T")
 
 
+def test_set_weights_records_the_export_in_the_plans(tmp_path):
+    from mim_nnunet.pretrained_weights import set_plans_weights
+    plans = tmp_path / "nnUNetPlans.json"
+    plans.write_text(json.dumps({"dataset_name": "D", "configurations": {}}))
+    export = hybrid_export(tmp_path)
+    set_plans_weights(plans, "hybrid", export, log=lambda *_: None)
+    written = json.loads(plans.read_text())
+    assert written["dataset_name"] == "D" and written[PLANS_KEY] == {"hybrid": str(export.resolve())}
+    assert find_weights(written, "hybrid", "tiny", "T") == (export.resolve(), f"the plans' {PLANS_KEY}['hybrid']")
+
+
 def test_encoder_learning_rate_scale_splits_the_groups():
     net = MiMUNETR(1, 2, (32, 32, 32), size="tiny", feature_size=12)
     opt = build_adamw(net, 1e-3, 0.01, (0.9, 0.999), scaled_prefix="backbone.", lr_scale=0.1)

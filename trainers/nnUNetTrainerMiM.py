@@ -24,41 +24,45 @@ class nnUNetTrainerMiM(MiMFineTuneTrainerBase):
 
 
 class nnUNetTrainerMiM_tiny_1epoch(nnUNetTrainerMiM):
-    """Smoke-test size: hybrid 'tiny', decoder feature_size 12, patch capped for CPUs, 1 epoch of 2 + 1
+    """Smoke-test size: hybrid 'tiny', decoder feature_size 12, patch capped and no test-time mirroring for CPUs, 1 epoch of 2 + 1
     iterations."""
 
     arch_kwargs = TINY
     max_patch_size = TINY_MAX_PATCH_SIZE
+    inference_mirroring = False
     epochs = 1
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1
 
 
 class nnUNetTrainerMiM_tiny_10epochs(nnUNetTrainerMiM):
-    """Hybrid 'tiny', patch capped for CPUs, 10 epochs of 10 + 2 iterations."""
+    """Hybrid 'tiny', patch capped and no test-time mirroring for CPUs, 10 epochs of 10 + 2 iterations."""
 
     arch_kwargs = TINY
     max_patch_size = TINY_MAX_PATCH_SIZE
+    inference_mirroring = False
     epochs = 10
     iterations_per_epoch = 10
     val_iterations_per_epoch = 2
 
 
 class nnUNetTrainerMiM_tiny_100epochs(nnUNetTrainerMiM):
-    """The demo's long setting: hybrid 'tiny', patch capped for CPUs, 100 epochs of 25 + 5 iterations."""
+    """The demo's long setting: hybrid 'tiny', patch capped and no test-time mirroring for CPUs, 100 epochs of 25 + 5 iterations."""
 
     arch_kwargs = TINY
     max_patch_size = TINY_MAX_PATCH_SIZE
+    inference_mirroring = False
     epochs = 100
     iterations_per_epoch = 25
     val_iterations_per_epoch = 5
 
 
 class nnUNetTrainerMiM_tiny_demo(nnUNetTrainerMiM):
-    """The demo's default setting: hybrid 'tiny', patch capped for CPUs, 5 epochs of 10 + 2 iterations."""
+    """The demo's default setting: hybrid 'tiny', patch capped and no test-time mirroring for CPUs, 5 epochs of 10 + 2 iterations."""
 
     arch_kwargs = TINY
     max_patch_size = TINY_MAX_PATCH_SIZE
+    inference_mirroring = False
     epochs = 5
     iterations_per_epoch = 10
     val_iterations_per_epoch = 2

@@ -17,11 +17,12 @@ class nnUNetTrainerMiMSwinUNETR(MiMFineTuneTrainerBase):
 
 
 class nnUNetTrainerMiMSwinUNETR_tiny_1epoch(nnUNetTrainerMiMSwinUNETR):
-    """Smoke-test size: feature_size 12 (swin 'tiny' export), patch capped for CPUs, 1 epoch of 2 + 1
+    """Smoke-test size: feature_size 12 (swin 'tiny' export), patch capped and no test-time mirroring for CPUs, 1 epoch of 2 + 1
     iterations."""
 
     arch_kwargs = {**SWINUNETR_ARCH_KWARGS, "feature_size": 12}
     max_patch_size = TINY_MAX_PATCH_SIZE
+    inference_mirroring = False
     epochs = 1
     iterations_per_epoch = 2
     val_iterations_per_epoch = 1
