@@ -98,19 +98,11 @@ def _cmd_expand_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_set_weights(args: argparse.Namespace) -> int:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
+    from .dataset_network import preprocessed_files
     from .export import load_export
     from .pretrained_weights import set_plans_weights
     _, record = load_export(args.weights)
-    root = require_nnunet_paths(("nnUNet_preprocessed",))["nnUNet_preprocessed"]
-    try:
-        name = maybe_convert_to_dataset_name(args.d)
-    except RuntimeError:
-        raise MimError(f"dataset {args.d}: not found in nnUNet_raw or nnUNet_preprocessed") from None
-    plans_file = Path(root) / name / f"{args.p}.json"
-    if not plans_file.is_file():
-        raise MimError(f"{plans_file}: not found; run nnUNetv2_plan_and_preprocess -d {args.d} first")
+    plans_file, _ = preprocessed_files(args.d, args.p)
     set_plans_weights(plans_file, record["backbone"], Path(args.weights))
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Tuple
 
 from torch import nn
 
@@ -21,15 +21,9 @@ class DatasetNetwork(NamedTuple):
     plans: Dict
 
 
-def network_for_dataset(dataset: str, trainer_name: str, configuration: str = "3d_fullres",
-                        plans_identifier: str = "nnUNetPlans") -> DatasetNetwork:
+def preprocessed_files(dataset: str, plans_identifier: str = "nnUNetPlans") -> Tuple[Path, Path]:
+    """(plans file, dataset.json) of a planned dataset; one-line errors naming what is missing."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from .mim_trainer import MiMFineTuneTrainerBase
-    from .plans_adaptation import adapt_configuration
 
     root = Path(require_nnunet_paths(("nnUNet_preprocessed",))["nnUNet_preprocessed"])
     try:
@@ -40,6 +34,19 @@ def network_for_dataset(dataset: str, trainer_name: str, configuration: str = "3
     for f in (plans_file, dataset_json_file):
         if not f.is_file():
             raise MimError(f"{f}: not found; run nnUNetv2_plan_and_preprocess -d {dataset} first")
+    return plans_file, dataset_json_file
+
+
+def network_for_dataset(dataset: str, trainer_name: str, configuration: str = "3d_fullres",
+                        plans_identifier: str = "nnUNetPlans") -> DatasetNetwork:
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from .mim_trainer import MiMFineTuneTrainerBase
+    from .plans_adaptation import adapt_configuration
+
+    plans_file, dataset_json_file = preprocessed_files(dataset, plans_identifier)
     try:
         trainer = recursive_find_trainer_class_by_name(trainer_name)
     except Exception:

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_write, write_json_atomic
+from .data.image_io import read_image
 from .data.manifest import content_hash
 from .environment import shipped_folder
 from .errors import MimError
@@ -80,12 +81,8 @@ def extract_reference_files(spec: Dict, archive: Path, cache: Path) -> Path:
 
 
 def read_volume(reference: Path, item: Dict) -> sitk.Image:
-    path = reference / item["image"]
-    if item.get("dicom"):
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path)))
-        return reader.Execute()
-    return sitk.ReadImage(str(path))
+    """A recipe item's image: a file or a DICOM series folder."""
+    return read_image(str(reference / item["image"]))
 
 
 def _write(image: sitk.Image, path: Path) -> None:

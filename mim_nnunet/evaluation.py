@@ -7,6 +7,7 @@ NSD is MONAI's ``SurfaceDiceMetric`` with the tolerance in millimetres and the i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -15,6 +16,7 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import DiceMetric, SurfaceDiceMetric
 
+from .data.image_io import read_image
 from .errors import MimError
 
 DEFAULT_NSD_TOLERANCE_MM = 1.0
@@ -47,14 +49,6 @@ def class_scores(pred: np.ndarray, label: np.ndarray, classes: Sequence[int], sp
     return scores
 
 
-def _read(path: Path) -> sitk.Image:
-    try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = (str(exc).strip().splitlines() or ["unreadable"])[-1].strip()
-        raise EvaluationError(f"{path}: cannot read ({first[:200]})") from None
-
-
 def _same_geometry(a: sitk.Image, b: sitk.Image) -> Optional[str]:
     if a.GetSize() != b.GetSize():
         return f"size {a.GetSize()} vs {b.GetSize()}"
@@ -81,7 +75,7 @@ def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence
         raise EvaluationError(f"{pred_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
     cases: Dict[str, Dict] = {}
     for path in labels:
-        label_img, pred_img = _read(path), _read(pred_dir / path.name)
+        label_img, pred_img = read_image(str(path)), read_image(str(pred_dir / path.name))
         problem = _same_geometry(pred_img, label_img)
         if problem:
             raise EvaluationError(f"{pred_dir / path.name}: geometry differs from {path} ({problem})")
@@ -110,7 +104,6 @@ def markdown_table(result: Dict, names: Optional[Dict[int, str]] = None) -> str:
 def class_names(dataset_json: Optional[Path]) -> Dict[int, str]:
     if dataset_json is None or not Path(dataset_json).is_file():
         return {}
-    import json
     labels = json.loads(Path(dataset_json).read_text(encoding="utf-8")).get("labels", {})
     return {int(v): k for k, v in labels.items() if isinstance(v, int)}
 

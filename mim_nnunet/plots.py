@@ -38,7 +38,8 @@ def reconstruction_panels(inputs: torch.Tensor, mask: torch.Tensor, pred: torch.
             "reconstruction": to_volume(recon)}
 
 
-def _atomic_savefig(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` as PNG atomically and close it."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)
 
@@ -57,7 +58,7 @@ def save_reconstructions(levels: List[Dict], grid: Sequence[int], path: os.PathL
             axes[r][col].set_title(f"L{r + 1} {name}")
             axes[r][col].axis("off")
     fig.tight_layout()
-    _atomic_savefig(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
@@ -77,5 +78,5 @@ def save_progress(records: List[Dict], path: os.PathLike) -> Path:
     axes[2].set_ylabel("sub-volumes / s")
     axes[2].set_xlabel("step")
     fig.tight_layout()
-    _atomic_savefig(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)

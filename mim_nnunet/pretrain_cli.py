@@ -184,12 +184,12 @@ def _run_under_torchrun(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from .defaults import DIST_PREPARE_TIMEOUT_S
-    from .pretrain.distributed import close_group, init_group
+    from .pretrain.distributed import close_group, init_group, visible_gpus
     from .pretrain.engine import launch
     from .pretrain.settings import RunSettings
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if visible_gpus() else "cpu")
     init_group(rank, world, device)
     try:
         waiting = dist.new_group(backend="gloo", timeout=timedelta(seconds=DIST_PREPARE_TIMEOUT_S))

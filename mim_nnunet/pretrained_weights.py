@@ -33,8 +33,8 @@ def _record(path: Path) -> dict:
 
 def newest_export(results: Path, backbone: str, size: str) -> Optional[Path]:
     """The most recently written export under ``results`` whose record names ``backbone`` and ``size``."""
-    found = [p for p in Path(results).glob(EXPORT_GLOB)
-             if _record(p).get("backbone") == backbone and _record(p).get("size") == size]
+    records = {p: _record(p) for p in Path(results).glob(EXPORT_GLOB)}
+    found = [p for p, r in records.items() if r.get("backbone") == backbone and r.get("size") == size]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

@@ -17,6 +17,7 @@ import SimpleITK as sitk  # noqa: E402
 from .atomic import atomic_write, write_json_atomic  # noqa: E402
 from .defaults import DEMO_OVERLAY_WINDOW  # noqa: E402
 from .evaluation import class_names, evaluate_folders  # noqa: E402
+from .plots import save_figure  # noqa: E402
 
 COLOURS = np.array([[0, 0, 0], [0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.4, 1.0], [1.0, 0.8, 0.1], [0.8, 0.3, 0.9]])
 
@@ -40,8 +41,7 @@ def overlay_case(image: Path, label: Path, predictions: Dict[str, Path], out: Pa
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[c]) for c in sorted(names)]
     fig.legend(handles, [names[c] for c in sorted(names)], loc="lower center", ncol=len(names), fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
-    plt.close(fig)
+    save_figure(fig, out)
     return out
 
 

@@ -47,8 +47,7 @@ class TransferReport:
 
     @property
     def encoder_fraction(self) -> float:
-        loaded = sum(n for k, n in self.loaded.items())
-        return loaded / self.encoder_expected if self.encoder_expected else 0.0
+        return sum(self.loaded.values()) / self.encoder_expected if self.encoder_expected else 0.0
 
     def rows(self) -> "OrderedDict[str, List[int]]":
         table: "OrderedDict[str, List[int]]" = OrderedDict()

@@ -78,7 +78,8 @@ def nifti_problem(path: Path) -> Optional[str]:
     return None
 
 
-def _read_one(path: str) -> sitk.Image:
+def read_image(path: str) -> sitk.Image:
+    """One image file or DICOM series folder; :class:`BadImage` (one line) when it cannot be read."""
     p = Path(path)
     if not p.exists():
         raise BadImage(f"{path}: file not found")
@@ -123,7 +124,7 @@ def read_case(files: Sequence[str]) -> sitk.Image:
     """The case's channels as one float32 image (vector image when more than one channel)."""
     images = []
     for f in files:
-        img = _read_one(os.fspath(f))
+        img = read_image(os.fspath(f))
         check_volume(img, os.fspath(f))
         images.append(sitk.Cast(img, sitk.sitkFloat32))
     first = images[0]
