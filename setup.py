@@ -39,10 +39,10 @@ setup(
     extras_require={"test": ["pytest>=8,<10"]},
     entry_points={
         "console_scripts": [
-            "mim_nnunet = mim_nnunet.cli:main",
-            "mim_pretrain = mim_nnunet.pretrain_cli:main",
-            "mim_plan_and_preprocess = mim_nnunet.plan_cli:main",
-            "mim_evaluate = mim_nnunet.evaluate_cli:main",
+            "mim_nnunet = mim_nnunet.cli.main:main",
+            "mim_pretrain = mim_nnunet.cli.pretrain:main",
+            "mim_plan_and_preprocess = mim_nnunet.cli.plan:main",
+            "mim_evaluate = mim_nnunet.cli.evaluate:main",
         ]
     },
 )

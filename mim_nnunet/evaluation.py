@@ -16,8 +16,8 @@ import SimpleITK as sitk
 import torch
 from monai.metrics import DiceMetric, SurfaceDiceMetric
 
+from .common.errors import MimError
 from .data.image_io import read_image
-from .errors import MimError
 
 DEFAULT_NSD_TOLERANCE_MM = 1.0
 GEOMETRY_TOLERANCE = 1e-4

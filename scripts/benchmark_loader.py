@@ -34,7 +34,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["nnUNet_preprocessed"] = str(tmp / "pre")
-        from mim_nnunet.data.loader import CropStream
+        from mim_nnunet.data.loader import IndexedCropBatches
         from mim_nnunet.data.pipeline import prepare
 
         rng = np.random.default_rng(0)
@@ -51,13 +51,13 @@ def main() -> int:
             files[-1].parent.mkdir(parents=True, exist_ok=True)
             sitk.WriteImage(img, str(files[-1]), useCompression=True)
         prepared = prepare([str(tmp / "raw")], name="bench", size="base", num_processes=2, log=lambda *_: None)
-        crop = prepared.plan["crop_size"]
+        crop = [2 * s for s in prepared.plan["input_size"]]              # L1 crops are 2S
 
-        stream = iter(CropStream(prepared.store, crop, seed=0))
-        next(stream)                                                        # open files, warm the cache
+        batches = IndexedCropBatches(prepared.store, crop, batch_size=1, seed=0)
+        batches.batch(0)                                                    # open files, warm the cache
         start = time.perf_counter()
-        for _ in range(args.crops):
-            next(stream)
+        for k in range(args.crops):
+            batches.batch(1 + k)
         store_s = (time.perf_counter() - start) / args.crops
 
         start = time.perf_counter()

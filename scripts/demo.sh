@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command 1: install everything, then run the demo (stock nnU-Net commands on generated data).
+# README command 1: install everything, then run the demo (stock nnU-Net commands on real CT).
 # Extra arguments go to 'mim_nnunet demo' (see 'mim_nnunet demo --help').
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,13 +1,14 @@
 import os
-import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
+# Test files mirror the packages (tests/<package>/test_<module>.py) and are imported by pytest's
+# importlib mode; shared helpers live in tests/helpers, importable as ``helpers``.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs real nnU-Net commands (minutes on CPU)")
 
 
 @pytest.fixture
@@ -28,10 +29,3 @@ def clean_env(monkeypatch):
     for name in NNUNET_VARS + ("nnUNet_extTrainer",):
         monkeypatch.delenv(name, raising=False)
     return dict(os.environ)
-
-
-def command(name: str) -> str:
-    """Absolute path of an installed console script (fails clearly if the install is broken)."""
-    path = shutil.which(name)
-    assert path is not None, f"{name} is not on PATH; run the tests through scripts/test.sh"
-    return path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import command
+from helpers.commands import command
 from mim_nnunet.evaluation import EvaluationError, class_scores, evaluate_folders
 
 

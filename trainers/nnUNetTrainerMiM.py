@@ -1,13 +1,14 @@
 """MiMUNETR (the hybrid encoder as the MiM release fine-tunes it) in the stock nnU-Net loop.
 
-``nnUNetTrainerMiM`` starts from a hybrid MiM export (found as ``mim_nnunet.pretrained_weights``
+``nnUNetTrainerMiM`` starts from a hybrid MiM export (found as ``mim_nnunet.weights.finding``
 describes); ``nnUNetTrainerMiMScratch`` is the same network from random weights, the fair baseline.
-Logic: ``mim_nnunet.mim_trainer``.
+Short variants: ``_tiny_<budget>`` (hybrid 'tiny', decoder feature_size 12, CPU-sized; budgets in
+``mim_nnunet.finetune.variants``). Logic: ``mim_nnunet.finetune.trainer``.
 """
 
-from mim_nnunet.defaults import MIMUNETR_ARCH_KWARGS, TINY_MAX_PATCH_SIZE
-from mim_nnunet.mim_trainer import MiMFineTuneTrainerBase
-from mim_nnunet.networks import MIMUNETR_CLASS_NAME
+from mim_nnunet.finetune.trainer import MiMFineTuneTrainerBase
+from mim_nnunet.finetune.variants import CPUVariant
+from mim_nnunet.networks import MIMUNETR_ARCH_KWARGS, MIMUNETR_CLASS_NAME, MIMUNETR_PATCH_MULTIPLE
 
 TINY = {**MIMUNETR_ARCH_KWARGS, "size": "tiny", "feature_size": 12}
 
@@ -17,55 +18,37 @@ class nnUNetTrainerMiM(MiMFineTuneTrainerBase):
 
     network_class_name = MIMUNETR_CLASS_NAME
     arch_kwargs = MIMUNETR_ARCH_KWARGS
-    patch_multiple = 32
+    patch_multiple = MIMUNETR_PATCH_MULTIPLE
     patch_size_kwarg = "img_size"
-    encoder_prefix = "backbone."
     backbone = "hybrid"
 
 
-class nnUNetTrainerMiM_tiny_1epoch(nnUNetTrainerMiM):
-    """Smoke-test size: hybrid 'tiny', decoder feature_size 12, patch capped and no test-time mirroring for CPUs, 1 epoch of 2 + 1
-    iterations."""
+class nnUNetTrainerMiM_tiny_1epoch(CPUVariant, nnUNetTrainerMiM):
+    """Smoke tests: MiMUNETR tiny from a hybrid 'tiny' export, 1 epoch of 2 + 1 iterations."""
 
     arch_kwargs = TINY
-    max_patch_size = TINY_MAX_PATCH_SIZE
-    inference_mirroring = False
-    epochs = 1
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
+    budget = "1epoch"
 
 
-class nnUNetTrainerMiM_tiny_10epochs(nnUNetTrainerMiM):
-    """Hybrid 'tiny', patch capped and no test-time mirroring for CPUs, 10 epochs of 10 + 2 iterations."""
+class nnUNetTrainerMiM_tiny_demo(CPUVariant, nnUNetTrainerMiM):
+    """The demo's default setting: MiMUNETR tiny, 5 epochs of 10 + 2 iterations."""
 
     arch_kwargs = TINY
-    max_patch_size = TINY_MAX_PATCH_SIZE
-    inference_mirroring = False
-    epochs = 10
-    iterations_per_epoch = 10
-    val_iterations_per_epoch = 2
+    budget = "demo"
 
 
-class nnUNetTrainerMiM_tiny_100epochs(nnUNetTrainerMiM):
-    """The demo's long setting: hybrid 'tiny', patch capped and no test-time mirroring for CPUs, 100 epochs of 25 + 5 iterations."""
+class nnUNetTrainerMiM_tiny_10epochs(CPUVariant, nnUNetTrainerMiM):
+    """MiMUNETR tiny, 10 epochs of 10 + 2 iterations."""
 
     arch_kwargs = TINY
-    max_patch_size = TINY_MAX_PATCH_SIZE
-    inference_mirroring = False
-    epochs = 100
-    iterations_per_epoch = 25
-    val_iterations_per_epoch = 5
+    budget = "10epochs"
 
 
-class nnUNetTrainerMiM_tiny_demo(nnUNetTrainerMiM):
-    """The demo's default setting: hybrid 'tiny', patch capped and no test-time mirroring for CPUs, 5 epochs of 10 + 2 iterations."""
+class nnUNetTrainerMiM_tiny_100epochs(CPUVariant, nnUNetTrainerMiM):
+    """The demo's long setting: MiMUNETR tiny, 100 epochs of 25 + 5 iterations."""
 
     arch_kwargs = TINY
-    max_patch_size = TINY_MAX_PATCH_SIZE
-    inference_mirroring = False
-    epochs = 5
-    iterations_per_epoch = 10
-    val_iterations_per_epoch = 2
+    budget = "100epochs"
 
 
 class nnUNetTrainerMiMScratch(nnUNetTrainerMiM):
@@ -80,6 +63,12 @@ class nnUNetTrainerMiMScratch_tiny_1epoch(nnUNetTrainerMiM_tiny_1epoch):
     pretrained = False
 
 
+class nnUNetTrainerMiMScratch_tiny_demo(nnUNetTrainerMiM_tiny_demo):
+    """Scratch twin of nnUNetTrainerMiM_tiny_demo."""
+
+    pretrained = False
+
+
 class nnUNetTrainerMiMScratch_tiny_10epochs(nnUNetTrainerMiM_tiny_10epochs):
     """Scratch twin of nnUNetTrainerMiM_tiny_10epochs."""
 
@@ -88,11 +77,5 @@ class nnUNetTrainerMiMScratch_tiny_10epochs(nnUNetTrainerMiM_tiny_10epochs):
 
 class nnUNetTrainerMiMScratch_tiny_100epochs(nnUNetTrainerMiM_tiny_100epochs):
     """Scratch twin of nnUNetTrainerMiM_tiny_100epochs."""
-
-    pretrained = False
-
-
-class nnUNetTrainerMiMScratch_tiny_demo(nnUNetTrainerMiM_tiny_demo):
-    """Scratch twin of nnUNetTrainerMiM_tiny_demo."""
 
     pretrained = False

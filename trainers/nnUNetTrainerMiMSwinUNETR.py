@@ -1,9 +1,9 @@
 """MONAI SwinUNETR whose Swin-ViT starts from a swin MiM export (its scratch twin is
-``nnUNetTrainerSwinUNETR``, same network and recipe). Logic: ``mim_nnunet.mim_trainer``."""
+``nnUNetTrainerSwinUNETR``, same network and recipe). Logic: ``mim_nnunet.finetune.trainer``."""
 
-from mim_nnunet.defaults import SWINUNETR_ARCH_KWARGS, SWINUNETR_PATCH_MULTIPLE, TINY_MAX_PATCH_SIZE
-from mim_nnunet.mim_trainer import MiMFineTuneTrainerBase
-from mim_nnunet.networks import SWINUNETR_CLASS_NAME
+from mim_nnunet.finetune.trainer import MiMFineTuneTrainerBase
+from mim_nnunet.finetune.variants import CPUVariant
+from mim_nnunet.networks import SWINUNETR_ARCH_KWARGS, SWINUNETR_CLASS_NAME, SWINUNETR_PATCH_MULTIPLE
 
 
 class nnUNetTrainerMiMSwinUNETR(MiMFineTuneTrainerBase):
@@ -12,17 +12,11 @@ class nnUNetTrainerMiMSwinUNETR(MiMFineTuneTrainerBase):
     network_class_name = SWINUNETR_CLASS_NAME
     arch_kwargs = SWINUNETR_ARCH_KWARGS
     patch_multiple = SWINUNETR_PATCH_MULTIPLE
-    encoder_prefix = "swinViT."
     backbone = "swin"
 
 
-class nnUNetTrainerMiMSwinUNETR_tiny_1epoch(nnUNetTrainerMiMSwinUNETR):
-    """Smoke-test size: feature_size 12 (swin 'tiny' export), patch capped and no test-time mirroring for CPUs, 1 epoch of 2 + 1
-    iterations."""
+class nnUNetTrainerMiMSwinUNETR_tiny_1epoch(CPUVariant, nnUNetTrainerMiMSwinUNETR):
+    """Smoke tests: feature_size 12 from a swin 'tiny' export, 1 epoch of 2 + 1 iterations."""
 
     arch_kwargs = {**SWINUNETR_ARCH_KWARGS, "feature_size": 12}
-    max_patch_size = TINY_MAX_PATCH_SIZE
-    inference_mirroring = False
-    epochs = 1
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
+    budget = "1epoch"

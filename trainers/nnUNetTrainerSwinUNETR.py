@@ -1,12 +1,13 @@
 """MONAI SwinUNETR trained from scratch by the stock nnU-Net loop.
 
 Found by nnU-Net through ``nnUNet_extTrainer`` (``mim_nnunet trainers-path`` prints this folder).
-Every trainer class is defined once, here; the logic lives in ``mim_nnunet.finetune_trainer``.
+Every trainer class is defined once, here; the logic lives in ``mim_nnunet.finetune.trainer``.
 """
 
-from mim_nnunet.defaults import SWINUNETR_ARCH_KWARGS, SWINUNETR_PATCH_MULTIPLE
-from mim_nnunet.finetune_trainer import FineTuneTrainerBase
-from mim_nnunet.networks import SWINUNETR_CLASS_NAME
+from mim_nnunet.finetune.trainer import FineTuneTrainerBase
+from mim_nnunet.networks import SWINUNETR_ARCH_KWARGS, SWINUNETR_CLASS_NAME, SWINUNETR_PATCH_MULTIPLE
+
+FS12 = {**SWINUNETR_ARCH_KWARGS, "feature_size": 12}
 
 
 class nnUNetTrainerSwinUNETR(FineTuneTrainerBase):
@@ -20,16 +21,12 @@ class nnUNetTrainerSwinUNETR(FineTuneTrainerBase):
 class nnUNetTrainerSwinUNETR_fs12_1epoch(nnUNetTrainerSwinUNETR):
     """Smoke-test size: feature_size 12, 1 epoch of 2 training and 1 validation iterations."""
 
-    arch_kwargs = {**SWINUNETR_ARCH_KWARGS, "feature_size": 12}
-    epochs = 1
-    iterations_per_epoch = 2
-    val_iterations_per_epoch = 1
+    arch_kwargs = FS12
+    budget = "1epoch"
 
 
 class nnUNetTrainerSwinUNETR_fs12_10epochs(nnUNetTrainerSwinUNETR):
     """Demo size: feature_size 12, 10 epochs of 10 training and 2 validation iterations."""
 
-    arch_kwargs = {**SWINUNETR_ARCH_KWARGS, "feature_size": 12}
-    epochs = 10
-    iterations_per_epoch = 10
-    val_iterations_per_epoch = 2
+    arch_kwargs = FS12
+    budget = "10epochs"

@@ -2,45 +2,54 @@
 
 x is ``(N, C, *S)``; mask is ``(N, T)`` bool with True = masked. The output holds one feature per
 token of the grid G = S/16; what sits at masked positions is ignored by the MAE decoder, which puts
-its mask token there. The MiM model never looks inside.
+its mask token there. The MiM model never looks inside. Each backbone's size table sits beside its
+class; a pre-training plan carries the chosen entry (``backbone_sizes``), which is what a run builds.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 from torch import nn
 
-from ..defaults import HYBRID_SIZES, SWIN_SIZES
-from .hybrid import HybridEncoder
-from .swin import SwinEncoder
+from .hybrid import HYBRID_SIZES, HybridEncoder
+from .swin import SWIN_SIZES, SwinEncoder
 
-BACKBONES = ("hybrid", "swin")
+ENCODERS = {"hybrid": (HybridEncoder, HYBRID_SIZES), "swin": (SwinEncoder, SWIN_SIZES)}
+BACKBONES = tuple(ENCODERS)
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_heads")
 
 
-def backbone_sizes(backbone: str, size: str) -> dict:
-    table = {"hybrid": HYBRID_SIZES, "swin": SWIN_SIZES}.get(backbone)
-    if table is None:
+def size_table(backbone: str) -> Mapping[str, dict]:
+    if backbone not in ENCODERS:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
+    return ENCODERS[backbone][1]
+
+
+def backbone_sizes(backbone: str, size: str) -> dict:
+    """A copy of the size table's entry ``size`` of ``backbone`` (encoder and MAE-decoder sizes)."""
+    table = size_table(backbone)
     if size not in table:
         raise ValueError(f"unknown size {size!r} for {backbone}; choose one of {sorted(table)}")
     return dict(table[size])
 
 
 def build_encoder(backbone: str, size: str, in_channels: int, input_size: Sequence[int],
-                  **overrides) -> Tuple[nn.Module, dict]:
+                  sizes: Optional[Mapping] = None, **overrides) -> Tuple[nn.Module, dict]:
     """The encoder and the decoder sizes that go with it (``decoder_dim``, ``_depth``, ``_heads``).
 
-    ``overrides`` replace entries of the size table (e.g. ``use_checkpoint=True`` for swin)."""
-    sizes = backbone_sizes(backbone, size)
-    unknown = set(overrides) - set(sizes)
-    if unknown:
-        raise ValueError(f"unknown {backbone} size entries {sorted(unknown)}; known: {sorted(sizes)}")
-    sizes.update(overrides)
-    decoder = {k: sizes.pop(k) for k in DECODER_KEYS}
-    cls = HybridEncoder if backbone == "hybrid" else SwinEncoder
-    return cls(in_channels=in_channels, input_size=input_size, **sizes), decoder
+    ``sizes`` (e.g. a plan's ``backbone_sizes``) replaces the table entry of ``size``; ``overrides``
+    replace single entries (e.g. ``use_checkpoint=True`` for swin)."""
+    table = dict(sizes) if sizes is not None else backbone_sizes(backbone, size)
+    known = backbone_sizes(backbone, next(iter(size_table(backbone))))
+    unknown = (set(overrides) | set(table)) - set(known)
+    missing = set(known) - set(table)
+    if unknown or missing:
+        raise ValueError(f"{backbone} sizes: unknown entries {sorted(unknown)}, missing {sorted(missing)}; "
+                         f"expected {sorted(known)}")
+    table.update(overrides)
+    decoder = {k: table.pop(k) for k in DECODER_KEYS}
+    return ENCODERS[backbone][0](in_channels=in_channels, input_size=input_size, **table), decoder
 
 
-__all__ = ["BACKBONES", "HybridEncoder", "SwinEncoder", "backbone_sizes", "build_encoder"]
+__all__ = ["BACKBONES", "HybridEncoder", "SwinEncoder", "backbone_sizes", "build_encoder", "size_table"]

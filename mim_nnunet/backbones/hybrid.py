@@ -1,20 +1,40 @@
-"""The hybrid backbone: the authors' 3D ConvMAE-style encoder (MIM_SPEC.md 3.1).
+"""The hybrid backbone: the authors' 3D ConvMAE-style encoder (MIM_SPEC.md 3.1), as pre-trained and as
+fine-tuned.
 
-Masked conv stages (stride 2, 4, 8), then a ViT on the visible stride-16 tokens only, with stage
-skips added after the ViT. Parameter names and shapes equal the release (``official_mim_keys.json``).
-Visible-token outputs depend only on visible input voxels: every stride-2 conv stays inside a token,
-and the depth-wise conv only sees features multiplied by the visible mask.
+Masked conv stages (stride 2, 4, 8), then a ViT on the stride-16 tokens, with stage skips added after
+the ViT. Parameter names and shapes equal the release (``official_mim_keys.json``): the conv stages are
+built once (:class:`HybridConvStages`) and shared by
+
+- :class:`HybridEncoder` (pre-training): ViT on the visible tokens only, fixed sin-cos position
+  embedding, stage skips ``stage*_output_decode``. Visible-token outputs depend only on visible input
+  voxels: every stride-2 conv stays inside a token, and the depth-wise conv only sees features
+  multiplied by the visible mask.
+- :class:`HybridFinetuneEncoder` (fine-tuning, as the release's ``ConvViT3dUNETR`` backbone): layer
+  scale and relative position bias in every ViT block, drop-path, a learnable position embedding and an
+  extra stride-32 stage ``fpn``; it returns the feature maps of every stride.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 
-from ..defaults import TOKEN_SIZE
-from ..patches import token_mask_to_grid
-from .layers import Block, fixed_pos_embed, init_weights
+from ..mim.tokens import TOKEN_SIZE, token_mask_to_grid
+from .layers import Block, DropPath, ScaledBlock, fixed_pos_embed, init_weights
+
+# Sizes: 'base' is the release; 'tiny' (channels / 4, 3 heads, a small decoder) is for tests and CPUs.
+# decoder_* size the MAE decoder of pre-training (MIM_SPEC.md 3.1).
+HYBRID_SIZES = {
+    "base": {"channels": (48, 96, 192, 384), "depths": (2, 2, 2, 11), "heads": 12, "mlp_ratio": 4.0,
+             "conv_kernel": 5, "decoder_dim": 576, "decoder_depth": 8, "decoder_heads": 16},
+    "tiny": {"channels": (12, 24, 48, 96), "depths": (2, 2, 2, 11), "heads": 3, "mlp_ratio": 4.0,
+             "conv_kernel": 5, "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
+}
+CONV_STAGES = 3           # masked conv stages before the tokens (strides 2, 4, 8)
+# Parameters the release adds for fine-tuning: never in a pre-trained export, initialised by the network.
+FINETUNE_ONLY_PARTS = ("gamma_1", "gamma_2", "relative_position_bias_table", "relative_position_index", "fpn.")
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -49,9 +69,9 @@ class ConvMlp(nn.Module):
 
 
 class MaskedConvBlock(nn.Module):
-    """x + conv2(dwconv(conv1(LN(x)) * visible)); x + MLP(LN(x))."""
+    """x + conv2(dwconv(conv1(LN(x)) * visible)); x + MLP(LN(x)), each branch through drop-path."""
 
-    def __init__(self, dim: int, mlp_ratio: float, kernel: int):
+    def __init__(self, dim: int, mlp_ratio: float, kernel: int, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = ChannelLayerNorm(dim)
         self.conv1 = nn.Conv3d(dim, dim, 1)
@@ -59,40 +79,88 @@ class MaskedConvBlock(nn.Module):
         self.conv2 = nn.Conv3d(dim, dim, 1)
         self.norm2 = ChannelLayerNorm(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: Tensor, visible: Tensor) -> Tensor:
-        """x ``(N, D, X, Y, Z)``; visible ``(N, 1, X, Y, Z)`` in {0, 1}."""
-        x = x + self.conv2(self.attn(self.conv1(self.norm1(x)) * visible))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: Tensor, visible) -> Tensor:
+        """x ``(N, D, X, Y, Z)``; visible ``(N, 1, X, Y, Z)`` in {0, 1}, or 1.0 when nothing is masked."""
+        x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)) * visible)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class HybridEncoder(nn.Module):
-    """Input ``(N, C, *S)`` and token mask ``(N, T)`` (True = masked) -> features ``(N, T, D)``.
+class HybridConvStages(nn.Module):
+    """The release's conv part: ``patch_embed1..4`` (stride 2 each), ``blocks1..3`` (masked conv blocks)
+    and ``patch_embed5`` (a linear on every stride-16 token). Subclasses add the ViT stage.
 
-    Rows of the mask must all hide the same number of tokens (true within a MiM level). Masked
-    positions of the output are zero; they carry nothing about the masked input.
+    Args:
+        in_channels: image channels C.
+        input_size: S, each axis a multiple of 32; fixes the token grid ``grid`` = S / 16.
+        channels: (c1, c2, c3, c4) of the four stride-2 stages.
+        depths: blocks per stage; the first three are conv stages, the last is the ViT's depth.
+        mlp_ratio: hidden width of the MLPs relative to their input.
+        conv_kernel: kernel of the depth-wise conv of the masked conv blocks.
+        conv_drop_path: drop-path rate of each conv block, in order (default: none).
     """
 
-    def __init__(self, in_channels: int, input_size: Sequence[int], channels: Sequence[int],
-                 depths: Sequence[int], heads: int, mlp_ratio: float, conv_kernel: int):
+    def __init__(self, in_channels: int, input_size: Sequence[int], channels: Sequence[int], depths: Sequence[int],
+                 mlp_ratio: float, conv_kernel: int, conv_drop_path: Optional[Sequence[float]] = None):
         super().__init__()
+        if len(channels) != CONV_STAGES + 1 or len(depths) != CONV_STAGES + 1:
+            raise ValueError(f"channels and depths need {CONV_STAGES + 1} entries, got {channels}, {depths}")
         c1, c2, c3, c4 = channels
         self.grid: Tuple[int, int, int] = tuple(s // TOKEN_SIZE for s in input_size)
         self.out_dim = c4
+        rates = list(conv_drop_path) if conv_drop_path is not None else [0.0] * sum(depths[:CONV_STAGES])
         self.patch_embed1 = PatchEmbed(in_channels, c1)
         self.patch_embed2 = PatchEmbed(c1, c2)
         self.patch_embed3 = PatchEmbed(c2, c3)
         self.patch_embed4 = PatchEmbed(c3, c4)
         self.patch_embed5 = nn.Linear(c4, c4)
+        for stage, (dim, depth) in enumerate(zip(channels[:CONV_STAGES], depths[:CONV_STAGES]), start=1):
+            mine, rates = rates[:depth], rates[depth:]
+            setattr(self, f"blocks{stage}", nn.ModuleList(MaskedConvBlock(dim, mlp_ratio, conv_kernel, r)
+                                                         for r in mine))
+
+    def conv_stages(self, x: Tensor, visible: Optional[Tensor] = None) -> List[Tensor]:
+        """``(N, C, *S)`` -> the three conv stages' outputs ``(N, c_k, *S / 2^k)``, k = 1..3.
+
+        ``visible`` ``(N, T)`` bool token flags (True = visible) mask the depth-wise convs; None = all visible.
+        """
+        outputs = []
+        for stage in range(1, CONV_STAGES + 1):
+            x = getattr(self, f"patch_embed{stage}")(x)
+            grid_mask = 1.0 if visible is None else \
+                token_mask_to_grid(visible, self.grid, TOKEN_SIZE >> stage).to(x.dtype)
+            for blk in getattr(self, f"blocks{stage}"):
+                x = blk(x, grid_mask)
+            outputs.append(x)
+        return outputs
+
+    def tokens(self, stage3: Tensor) -> Tuple[Tensor, Tensor]:
+        """The last conv stage's output -> (stride-16 grid ``(N, c4, *G)``, tokens ``(N, T, c4)`` after
+        ``patch_embed5``; no position embedding yet)."""
+        grid4 = self.patch_embed4(stage3)
+        return grid4, self.patch_embed5(grid4.flatten(2).transpose(1, 2))
+
+
+class HybridEncoder(HybridConvStages):
+    """Pre-training encoder: input ``(N, C, *S)`` and token mask ``(N, T)`` (True = masked) -> features
+    ``(N, T, c4)``.
+
+    Rows of the mask must all hide the same number of tokens (true within a MiM level). Masked
+    positions of the output are zero; they carry nothing about the masked input. Arguments as
+    :class:`HybridConvStages` plus ``heads`` of the ViT.
+    """
+
+    def __init__(self, in_channels: int, input_size: Sequence[int], channels: Sequence[int],
+                 depths: Sequence[int], heads: int, mlp_ratio: float, conv_kernel: int):
+        super().__init__(in_channels, input_size, channels, depths, mlp_ratio, conv_kernel)
+        c1, c2, c3, c4 = channels
         self.pos_embed = fixed_pos_embed(self.grid, c4)
-        self.blocks1 = nn.ModuleList(MaskedConvBlock(c1, mlp_ratio, conv_kernel) for _ in range(depths[0]))
-        self.blocks2 = nn.ModuleList(MaskedConvBlock(c2, mlp_ratio, conv_kernel) for _ in range(depths[1]))
-        self.blocks3 = nn.ModuleList(MaskedConvBlock(c3, mlp_ratio, conv_kernel) for _ in range(depths[2]))
         self.blocks4 = nn.ModuleList(Block(c4, heads, mlp_ratio) for _ in range(depths[3]))
         # stage skips: kernel = stride = the stage's voxels per token edge
-        self.stage1_output_decode = nn.Conv3d(c1, c4, 8, stride=8)
-        self.stage2_output_decode = nn.Conv3d(c2, c4, 4, stride=4)
-        self.stage3_output_decode = nn.Conv3d(c3, c4, 2, stride=2)
+        self.stage1_output_decode = nn.Conv3d(c1, c4, TOKEN_SIZE >> 1, stride=TOKEN_SIZE >> 1)
+        self.stage2_output_decode = nn.Conv3d(c2, c4, TOKEN_SIZE >> 2, stride=TOKEN_SIZE >> 2)
+        self.stage3_output_decode = nn.Conv3d(c3, c4, TOKEN_SIZE >> 3, stride=TOKEN_SIZE >> 3)
         self.norm = nn.LayerNorm(c4, eps=1e-6)
         init_weights(self)
 
@@ -104,16 +172,11 @@ class HybridEncoder(nn.Module):
             raise ValueError("every row of the mask must hide the same number of tokens (one MiM level)")
         keep = visible.int().argsort(dim=1, descending=True, stable=True)[:, :n_vis]       # (N, n_vis)
 
-        skips = 0
-        for scale, embed, blocks, decode in ((8, self.patch_embed1, self.blocks1, self.stage1_output_decode),
-                                             (4, self.patch_embed2, self.blocks2, self.stage2_output_decode),
-                                             (2, self.patch_embed3, self.blocks3, self.stage3_output_decode)):
-            x = embed(x)
-            vis_grid = token_mask_to_grid(visible, self.grid, scale).to(x.dtype)
-            for blk in blocks:
-                x = blk(x, vis_grid)
-            skips = skips + decode(x).flatten(2).transpose(1, 2)                        # (N, T, D)
-        tokens = self.patch_embed5(self.patch_embed4(x).flatten(2).transpose(1, 2)) + self.pos_embed
+        stages = self.conv_stages(x, visible)
+        skips = sum(getattr(self, f"stage{k}_output_decode")(s).flatten(2).transpose(1, 2)
+                    for k, s in enumerate(stages, start=1))                                 # (N, T, D)
+        _, tokens = self.tokens(stages[-1])
+        tokens = tokens + self.pos_embed
 
         index = keep.unsqueeze(-1).expand(-1, -1, self.out_dim)
         h = tokens.gather(1, index)
@@ -121,3 +184,33 @@ class HybridEncoder(nn.Module):
             h = blk(h)
         h = self.norm(h + skips.gather(1, index))
         return h.new_zeros(n, tokens.shape[1], self.out_dim).scatter(1, index, h)
+
+
+class HybridFinetuneEncoder(HybridConvStages):
+    """Fine-tuning encoder (the release's): ``(B, C, *S)`` -> feature maps at S/2, S/4, S/8 (conv stages),
+    S/16 (tokens on the grid, c4 channels) and S/32 (``fpn``, 2 c4 channels).
+
+    Arguments as :class:`HybridEncoder` plus ``drop_path_rate``: stochastic depth of the last ViT block,
+    rising linearly from 0 over ``blocks4``.
+    """
+
+    def __init__(self, in_channels: int, input_size: Sequence[int], channels: Sequence[int], depths: Sequence[int],
+                 heads: int, mlp_ratio: float, conv_kernel: int, drop_path_rate: float):
+        super().__init__(in_channels, input_size, channels, depths, mlp_ratio, conv_kernel)
+        c4 = channels[3]
+        tokens = self.grid[0] * self.grid[1] * self.grid[2]
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, c4))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        rates = torch.linspace(0, drop_path_rate, depths[3]).tolist()
+        self.blocks4 = nn.ModuleList(ScaledBlock(c4, heads, mlp_ratio, self.grid, r) for r in rates)
+        self.fpn = nn.Sequential(nn.Conv3d(c4, 2 * c4, 2, stride=2), nn.BatchNorm3d(2 * c4), nn.GELU())
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> List[Tensor]:
+        feats = self.conv_stages(x)                                            # nothing is masked here
+        grid4, tokens = self.tokens(feats[-1])                                 # (B, c4, *G), (B, T, c4)
+        tokens = tokens + self.pos_embed
+        for blk in self.blocks4:
+            tokens = blk(tokens)
+        s4 = tokens.transpose(1, 2).reshape(grid4.shape)
+        return feats + [s4, self.fpn(s4)]

@@ -1,4 +1,5 @@
-"""Transformer pieces shared by the backbones and the MAE decoder (names as in timm/MAE)."""
+"""Transformer and regularisation pieces shared by the backbones, the fine-tuning encoders and the MAE
+decoder (names as in timm/MAE and the MiM release)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,20 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the residual branch per sample while training (identity at p = 0 or in eval)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], *[1] * (x.ndim - 1), device=x.device, dtype=x.dtype) >= self.p
+        return x * keep / (1.0 - self.p)
 
 
 class Attention(nn.Module):
@@ -52,6 +67,54 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+
+def relative_position_index(grid: Sequence[int]) -> Tensor:
+    """``(T, T)`` index into a ``(2Gx-1)(2Gy-1)(2Gz-1)`` table of the offset between two tokens."""
+    coords = torch.stack(torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij")).flatten(1)   # (3, T)
+    rel = coords[:, :, None] - coords[:, None, :]                                                      # (3, T, T)
+    spans = [2 * g - 1 for g in grid]
+    rel = rel + torch.tensor([g - 1 for g in grid]).view(3, 1, 1)
+    return (rel[0] * spans[1] + rel[1]) * spans[2] + rel[2]
+
+
+class RelPosAttention(nn.Module):
+    """Self-attention over all tokens of a grid with a learned relative position bias (SDPA)."""
+
+    def __init__(self, dim: int, heads: int, grid: Sequence[int]):
+        super().__init__()
+        self.heads = heads
+        spans = [2 * g - 1 for g in grid]
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(spans[0] * spans[1] * spans[2], heads))
+        self.register_buffer("relative_position_index", relative_position_index(grid))
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, T, D)`` -> ``(N, T, D)``."""
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        bias = self.relative_position_bias_table[self.relative_position_index].permute(2, 0, 1)   # (H, T, T)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias.unsqueeze(0).to(qkv.dtype))
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class ScaledBlock(nn.Module):
+    """Pre-LN ViT block with layer scale and relative position bias: x + gamma_1 attn(LN x); x + gamma_2 mlp."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, grid: Sequence[int], drop_path: float):
+        super().__init__()
+        self.gamma_1 = nn.Parameter(torch.ones(dim))
+        self.gamma_2 = nn.Parameter(torch.ones(dim))
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = RelPosAttention(dim, heads, grid)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
+        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
 def sincos_pos_embed_3d(grid: Sequence[int], dim: int) -> Tensor:

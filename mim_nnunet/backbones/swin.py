@@ -17,8 +17,20 @@ from monai.networks.nets.swin_unetr import WindowAttention
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..defaults import SWIN_ATTENTION_CHUNK_ELEMENTS, TOKEN_SIZE
-from ..patches import token_mask_to_grid
+from ..mim.tokens import TOKEN_SIZE, token_mask_to_grid
+
+# MONAI SwinViT as SwinUNETR builds it ('base' = feature_size 48, the paper's Swin-B setting); decoder_*
+# size the MAE decoder. use_checkpoint is SwinUNETR's per-block activation checkpointing: less memory,
+# about a third more compute.
+SWIN_SIZES = {
+    "base": {"feature_size": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,
+             "use_checkpoint": False, "decoder_dim": 576, "decoder_depth": 8, "decoder_heads": 16},
+    "tiny": {"feature_size": 12, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24), "window_size": 7,
+             "use_checkpoint": False, "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
+}
+# Largest window-attention matrix (elements) built at once while training; above it attention runs in
+# checkpointed chunks of volumes (512 MB in fp32).
+SWIN_ATTENTION_CHUNK_ELEMENTS = 2 ** 27
 
 
 def sdpa_window_attention(self: WindowAttention, x: Tensor, mask: Optional[Tensor]) -> Tensor:

@@ -15,9 +15,9 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .image_io import BadImage, read_case
+from .preprocess import STORE_ORIENTATION
 
 PERCENTILES = (0.5, 50.0, 99.5)
-STORE_ORIENTATION = "RAS"
 INTENSITY_SAMPLES = 10_000
 
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import MimError
+from ..common.errors import MimError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from .manifest import content_hash
+from ..common.hashing import file_sha256
 from .sources import nnunet_dataset_cases
 
 
@@ -17,7 +17,7 @@ def find_leakage(manifest: Dict, dataset: str) -> List[Dict]:
     found = []
     for case in nnunet_dataset_cases(dataset):
         for f in case.files:
-            h = content_hash(f)
+            h = file_sha256(f)
             if h in by_hash:
                 found.append({"file": f, "case_id": by_hash[h]})
     return found

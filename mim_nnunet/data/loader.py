@@ -1,5 +1,9 @@
-"""Random 2S crops from the store for pre-training: DataLoader workers reading through memory maps,
-seeded per worker and per rank, sharded across ranks, sampling without end (the engine counts steps)."""
+"""Random 2S crops from the store for pre-training: DataLoader workers reading through memory maps.
+
+Batches are a pure function of (seed, global batch index) (:class:`IndexedCropBatches`): ranks never
+share a batch, the stream does not depend on how many devices share it, and a resumed run continues
+with exactly the crops an uninterrupted one would have seen. Sampling never ends; the engine counts steps.
+"""
 
 from __future__ import annotations
 
@@ -32,48 +36,6 @@ def read_crop(array: np.ndarray, crop_size: Sequence[int], background: Sequence[
             dst.append(slice(offset, offset + dim))
     out[tuple(dst)] = array[tuple(src)]          # only the window's bytes are read from the memory map
     return out
-
-
-class CropStream(IterableDataset):
-    """Endless stream of ``(C, *crop_size)`` float32 crops.
-
-    Each (rank, worker) draws from its own generator seeded with ``(seed, rank, worker)`` and, when
-    there are enough cases, from its own shard of them, so no two ranks produce the same crops.
-    """
-
-    def __init__(self, store: Path, crop_size: Sequence[int], seed: int = 0, rank: int = 0, world_size: int = 1,
-                 case_ids: Sequence[str] = ()):
-        self.store = Path(store)
-        self.crop_size = [int(s) for s in crop_size]
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.case_ids: List[str] = list(case_ids) or stored_case_ids(self.store)
-        if not self.case_ids:
-            raise ValueError(f"no preprocessed cases in {self.store}")
-
-    def shard(self, worker: int, workers: int) -> List[str]:
-        slots, slot = self.world_size * workers, self.rank * workers + worker
-        mine = self.case_ids[slot::slots]
-        return mine if len(self.case_ids) >= slots else self.case_ids
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        rng = np.random.default_rng([self.seed, self.rank, worker])
-        cases = self.shard(worker, workers)
-        meta: Dict[str, Dict] = {}
-        while True:
-            case_id = cases[int(rng.integers(len(cases)))]
-            if case_id not in meta:
-                meta[case_id] = load_case_meta(self.store, case_id)
-            array = np.load(case_paths(self.store, case_id)[0], mmap_mode="r")
-            yield torch.from_numpy(read_crop(array, self.crop_size, meta[case_id]["background"], rng))
-
-
-def make_loader(store: Path, crop_size: Sequence[int], batch_size: int, num_workers: int = 2, seed: int = 0,
-                rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Batches ``(B, C, *crop_size)`` without end; iterate it for as many steps as the run needs."""
-    return DataLoader(CropStream(store, crop_size, seed, rank, world_size), batch_size=batch_size,
-                      num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
 def global_batch_index(local_index: int, rank: int, world_size: int) -> int:

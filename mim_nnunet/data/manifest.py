@@ -6,33 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable
 
 from tqdm import tqdm
 
+from ..common.hashing import file_sha256, files_of
 from .sources import Case
-
-CHUNK = 1 << 20
-
-
-def _files_of(path: str) -> List[Path]:
-    p = Path(path)
-    return sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-
-
-def content_hash(path: str) -> str:
-    """sha256 of a file, or of a DICOM folder's files in name order."""
-    h = hashlib.sha256()
-    for f in _files_of(path):
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(CHUNK), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def _size(path: str) -> int:
-    return sum(f.stat().st_size for f in _files_of(path))
+    return sum(f.stat().st_size for f in files_of(path))
 
 
 def build_manifest(cases: Iterable[Case], num_threads: int = 8) -> Dict:
@@ -40,7 +23,7 @@ def build_manifest(cases: Iterable[Case], num_threads: int = 8) -> Dict:
     cases = list(cases)
     paths = sorted({f for c in cases for f in c.files})
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:   # hashing releases the GIL
-        hashes = dict(zip(paths, tqdm(pool.map(content_hash, paths), total=len(paths), desc="Hashing files",
+        hashes = dict(zip(paths, tqdm(pool.map(file_sha256, paths), total=len(paths), desc="Hashing files",
                                       disable=len(paths) < 20)))
     entries = [{"case_id": c.case_id, "source": c.source, "modality": c.modality,
                 "files": [{"path": f, "size": _size(f), "sha256": hashes[f]} for f in c.files]}

@@ -1,5 +1,10 @@
-"""``-d`` specs -> manifest -> fingerprint (cached) -> plan -> preprocessed store, under
-``$nnUNet_preprocessed/MiM_<name>/``. Used by ``mim_plan_and_preprocess`` and ``mim_pretrain``."""
+"""``-d`` specs -> manifest -> fingerprint (cached) -> plan (kept once written) -> preprocessed store, under
+``$nnUNet_preprocessed/MiM_<name>/``. Used by ``mim_plan_and_preprocess`` and ``mim_pretrain``.
+
+A plan is planned once and then read, like nnU-Net's plans: a user may edit it (lr, sizes, batch split)
+and the edits hold. It is planned again when the data (manifest), the backbone, the size or the GPU
+memory target change, or when asked (``--replan``).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,22 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from ..atomic import write_json_atomic
-from ..defaults import DEFAULT_GPU_MEMORY_TARGET_GB
-from ..environment import require_nnunet_paths
-from ..errors import MimError
+from ..common.atomic import write_json_atomic
+from ..common.errors import MimError
+from ..common.layout import FINGERPRINT, MANIFEST, plan_file, preprocessed_folder, store_folder
 from .fingerprint import compute_fingerprint
 from .leakage import find_leakage
 from .manifest import build_manifest
-from .planner import plan_pretraining
+from .planner import DEFAULT_GPU_MEMORY_TARGET_GB, PLAN_KEYS, plan_pretraining
 from .preprocess import preprocess
 from .sources import resolve_sources
+
+# inputs of the planner: a plan planned from other inputs is planned again
+PLANNED_FROM = ("manifest_hash", "backbone", "size", "gpu_memory_target_gb")
+# plan values that shape the stored arrays besides the spacing (edited ones get a store of their own)
+STORE_DEFINING = ("orientation", "intensity", "store_dtype")
 
 
 @dataclass
@@ -27,6 +36,7 @@ class Prepared:
     plan: Dict
     store: Path
     report: Dict
+    plan_edits: List[str]        # plan values that differ from what the planner computes now
 
 
 def collection_name(specs: Sequence[str]) -> str:
@@ -34,17 +44,55 @@ def collection_name(specs: Sequence[str]) -> str:
                     for s in specs)
 
 
+def plan_edits(plan: Dict, planned: Dict) -> List[str]:
+    """Keys whose value in ``plan`` differs from ``planned``; in a record, ``key.entry`` (e.g.
+    ``backbone_sizes.heads``) and also the key itself."""
+    edits = []
+    for key in PLAN_KEYS:
+        if key == "explain":
+            continue
+        mine, fresh = plan.get(key), planned.get(key)
+        if isinstance(mine, dict) and isinstance(fresh, dict):
+            entries = [f"{key}.{k}" for k in sorted(set(mine) | set(fresh))
+                       if json.dumps(mine.get(k)) != json.dumps(fresh.get(k))]
+            edits += [key] + entries if entries else []
+        elif json.dumps(mine) != json.dumps(fresh):
+            edits.append(key)
+    return edits
+
+
+def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_memory_target_gb: float, name: str,
+                 replan: bool = False, log=print):
+    """(plan, edits): the plan in ``path`` when it was planned from the same inputs (edits kept), else a
+    new one written there."""
+    planned = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name)
+    if path.is_file() and not replan:
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise MimError(f"{path}: not valid JSON ({exc}); fix it or plan again with --replan") from None
+        missing = [k for k in PLAN_KEYS if k not in plan]
+        if missing:
+            raise MimError(f"{path}: plan lacks {missing}; plan again with --replan")
+        if all(plan[k] == planned[k] for k in PLANNED_FROM):
+            edits = plan_edits(plan, planned)
+            log(f"plan {path}: kept" + (f" (edited: {', '.join(edits)})" if edits else ""))
+            return plan, edits
+        log(f"plan {path}: planned for other data or settings; planning again")
+    write_json_atomic(path, planned)
+    return planned, []
+
+
 def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "hybrid", size: str = "base",
             gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_TARGET_GB, num_processes: int = 2,
             allow_partial: bool = False, modality: str = "CT", leakage_dataset: Optional[str] = None,
-            leakage_fail: bool = False, log=print) -> Prepared:
-    root = Path(require_nnunet_paths(("nnUNet_preprocessed",))["nnUNet_preprocessed"])
+            leakage_fail: bool = False, replan: bool = False, log=print) -> Prepared:
     name = name or collection_name(specs)
-    folder = root / f"MiM_{name}"
+    folder = preprocessed_folder(name)
     cases = resolve_sources(specs, allow_partial=allow_partial, modality=modality, log=log)
     log(f"{len(cases)} cases from {' '.join(specs)} -> {folder}")
     manifest = build_manifest(cases, num_threads=max(2, num_processes))
-    write_json_atomic(folder / "manifest.json", manifest)
+    write_json_atomic(folder / MANIFEST, manifest)
 
     if leakage_dataset:
         leaks = find_leakage(manifest, leakage_dataset)
@@ -57,7 +105,7 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
         else:
             log(f"leakage check: no image of dataset {leakage_dataset} is in the pre-training data")
 
-    fp_path = folder / "fingerprint.json"
+    fp_path = folder / FINGERPRINT
     fingerprint = json.loads(fp_path.read_text(encoding="utf-8")) if fp_path.is_file() else None
     if fingerprint is None or fingerprint.get("manifest_hash") != manifest["hash"]:
         fingerprint = compute_fingerprint(manifest, num_processes)
@@ -67,10 +115,11 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
     for bad in fingerprint["bad_cases"]:
         log(f"skipping {bad['error']}")
 
-    plan = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name)
-    write_json_atomic(folder / f"plan_{backbone}_{size}.json", plan)
-    store = folder / f"store_{manifest['hash'][:12]}_{'x'.join(f'{s:g}' for s in plan['target_spacing'])}"
+    plan, edits = load_or_plan(plan_file(folder, backbone, size), fingerprint, backbone, size, gpu_memory_target_gb,
+                               name, replan, log)
+    store = store_folder(folder, manifest["hash"], plan["target_spacing"],
+                         variant={k: plan[k] for k in STORE_DEFINING} if set(edits) & set(STORE_DEFINING) else None)
     report = preprocess(manifest, plan, store, num_processes)
     log(f"store {store}: {len(report['ok'])} cases ready ({report['done_before']} from an earlier run), "
         f"{len(report['skipped'])} skipped (listed in {store / 'report.json'})")
-    return Prepared(folder, plan, store, report)
+    return Prepared(folder, plan, store, report, edits)

@@ -1,6 +1,11 @@
-"""The self-configuring pre-training plan: spacing, input size S, crop 2S, batch, accumulation,
-learning rate and intensity scheme from a fingerprint and a GPU memory target. Deterministic; every
-value comes with the reason it has in ``plan["explain"]``."""
+"""The self-configuring pre-training plan: spacing, input size S, batch, accumulation, learning rate,
+intensity scheme, backbone sizes and MiM switches from a fingerprint and a GPU memory target.
+Deterministic; every value comes with the reason it has in ``plan["explain"]``.
+
+The plan is the run's configuration, as nnU-Net's plans are: every value it holds is read back
+(preprocessing: spacing, orientation, intensity, store dtype; the engine: sizes, switches, batch split,
+lr), so editing the plan changes the run. ``PLAN_KEYS`` lists them; ``explain`` documents them.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,30 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from ..backbones import backbone_sizes
-from ..defaults import (ANISOTROPY_THRESHOLD, BASE_LR_PER_256, CT_WINDOW, DEFAULT_INPUT_SIZE, DEVICE_COUNT_MULTIPLE,
-                        EFFECTIVE_BATCH_SUBVOLUMES, GPU_MEMORY_RESERVE_GB, INPUT_MULTIPLE, MEMORY_PER_CROP_GB_AT_96,
-                        MIM_SWITCHES, STORE_DTYPE)
-from ..errors import MimError
+from ..common.errors import MimError
+from ..mim.config import MIM_SWITCHES, subvolumes_per_crop
+from ..mim.tokens import INPUT_MULTIPLE
+from .intensity import intensity_scheme
+from .preprocess import STORE_DTYPE, STORE_ORIENTATION
 
-DEVICE_COUNTS = (1, 2, 4, 8)
+DEFAULT_INPUT_SIZE = 96                 # S per axis for isotropic data (the paper's 96^3)
+ANISOTROPY_THRESHOLD = 3.0              # nnU-Net's: worst/best median spacing ratio that counts as anisotropic
+EFFECTIVE_BATCH_SUBVOLUMES = 256        # the paper's batch, counted in sub-volumes
+DEVICE_COUNTS = (1, 2, 4, 8)            # device counts the plan splits the batch for
+DEVICE_COUNT_MULTIPLE = 4               # effective batch in crops is a multiple of this, so 1, 2 and 4
+                                        # devices reach exactly the same effective batch
+BASE_LR_PER_256 = 1e-4                  # lr = 1e-4 x effective_batch / 256 (spec section 5)
+DEFAULT_GPU_MEMORY_TARGET_GB = 24.0
+GPU_MEMORY_RESERVE_GB = 2.0             # CUDA context, optimiser state, fragmentation
+# GPU memory of one L1 crop (21 sub-volumes, forward + backward, bf16 autocast) at S = 96^3, in GB:
+# estimated as half of the fp32 peaks measured on the CPU by scripts/benchmark_pretrain_step.py
+# (hybrid base 21.8 GB, tiny 7.0 GB, swin tiny 12.3 GB; swin base with activation checkpointing).
+MEMORY_PER_CROP_GB_AT_96 = {("hybrid", "base"): 11.0, ("hybrid", "tiny"): 3.5,
+                            ("swin", "base"): 24.0, ("swin", "tiny"): 6.2}
+# What a plan holds; each is read back by preprocessing or the engine (``explain`` documents them).
+PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb", "in_channels", "target_spacing",
+             "orientation", "intensity", "store_dtype", "input_size", "backbone_sizes", "mim",
+             "effective_batch_subvolumes", "batch_by_device_count", "lr", "explain")
 
 
 def target_spacing(median: Sequence[float], p10: Sequence[float], median_shape: Sequence[float]):
@@ -55,11 +78,6 @@ def lr_for(effective_subvolumes: int) -> float:
     return BASE_LR_PER_256 * effective_subvolumes / 256
 
 
-def subvolumes_per_crop(levels: int, gamma2: int, gamma3: int) -> int:
-    """Sub-volumes one L1 crop yields: 1 L1, gamma2 L2 and gamma2 x gamma3 L3 volumes, per active level."""
-    return 1 + (gamma2 if levels >= 2 else 0) + (gamma2 * gamma3 if levels >= 3 else 0)
-
-
 def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(cap, 1))
 
@@ -75,17 +93,19 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     s = input_size_for(spacing)
     explain["input_size"] = (f"{DEFAULT_INPUT_SIZE} voxels along the finest axis ({min(spacing):.4g} mm), the same "
                              f"physical extent along the others, rounded to multiples of {INPUT_MULTIPLE}: {s}")
-    crop = [2 * v for v in s]
-    explain["crop_size"] = "2S: the L1 crop, resized to S for the network; volumes smaller are padded at load time"
+    explain["input_size"] += ("; L1 crops are 2S, resized to S for the network; volumes smaller than 2S are "
+                              "padded with their background at load time")
 
     g2, g3 = MIM_SWITCHES["gamma2"], MIM_SWITCHES["gamma3"]
     per_crop = subvolumes_per_crop(MIM_SWITCHES["levels"], g2, g3)
     crops = math.ceil(EFFECTIVE_BATCH_SUBVOLUMES / per_crop)
     crops = math.ceil(crops / DEVICE_COUNT_MULTIPLE) * DEVICE_COUNT_MULTIPLE
-    explain["effective_batch_crops"] = (
+    effective = crops * per_crop
+    explain["effective_batch_subvolumes"] = (
         f"the paper's batch of {EFFECTIVE_BATCH_SUBVOLUMES} sub-volumes / {per_crop} sub-volumes per L1 crop "
-        f"(1 + {g2} + {g2}x{g3}) = {math.ceil(EFFECTIVE_BATCH_SUBVOLUMES / per_crop)} crops, rounded up to a "
-        f"multiple of {DEVICE_COUNT_MULTIPLE} so that 1, 2 and 4 devices reach the same effective batch")
+        f"(1 + gamma2 {g2} + gamma2 x gamma3 {g2 * g3}) = {math.ceil(EFFECTIVE_BATCH_SUBVOLUMES / per_crop)} crops, "
+        f"rounded up to a multiple of {DEVICE_COUNT_MULTIPLE} ({crops} crops, {effective} sub-volumes) so that 1, 2 "
+        f"and 4 devices reach the same effective batch; the lr below is for this batch")
 
     mem = MEMORY_PER_CROP_GB_AT_96[(backbone, size)] * float(np.prod(s)) / DEFAULT_INPUT_SIZE ** 3
     fit = int((gpu_memory_target_gb - GPU_MEMORY_RESERVE_GB) // mem)
@@ -103,33 +123,28 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
         explain["batch_by_device_count"] += (" - WARNING: not even one crop fits the target: expect out-of-memory "
                                              "errors; raise -gpu_memory_target or use activation checkpointing")
 
-    effective = crops * per_crop
     lr = lr_for(effective)
-    explain["lr"] = f"{BASE_LR_PER_256:g} x effective batch {effective} sub-volumes / 256 (spec section 5)"
+    explain["lr"] = (f"{BASE_LR_PER_256:g} x effective batch {effective} sub-volumes / 256 (spec section 5); a run "
+                     f"whose batch differs (-batch, -accum, another device count, other switches) scales it linearly")
 
-    modalities = overall["modalities"]
-    intensity = {}
-    if "CT" in modalities:
-        intensity["CT"] = {"scheme": "ct_window", "window": list(CT_WINDOW), "background": 0.0}
-    if "MRI" in modalities:
-        intensity["MRI"] = {"scheme": "zscore", "background": "the normalised value of 0 per case"}
-    explain["intensity"] = (f"CT: clip to {list(CT_WINDOW)} HU and scale to [0, 1] (air = 0 is the padding value); "
-                            f"MRI: z-score per case and channel")
+    intensity, explain["intensity"] = intensity_scheme(overall["modalities"])
     channels = sorted({c["channels"] for c in fingerprint["cases"]})
     if len(channels) != 1:
         raise MimError(f"{name}: cases have different channel counts {channels}; pre-train them separately")
     explain["in_channels"] = "channels per case in the fingerprint (all cases agree)"
-    explain["subvolumes_per_crop"] = f"1 L1 + gamma2 ({g2}) L2 + gamma2 x gamma3 ({g2 * g3}) L3 volumes (spec section 1)"
-    explain["orientation"] = "every case is reoriented to RAS so that array axes mean the same in every volume"
+    explain["orientation"] = f"every case is reoriented to {STORE_ORIENTATION} so that array axes mean the same in every volume"
     explain["store_dtype"] = f"{STORE_DTYPE}: [0, 1] CT in steps of 1/2048 (about 1 HU); halves the store's size"
-    explain["backbone_sizes"] = f"the '{size}' size of the {backbone} backbone (mim_nnunet/defaults.py)"
-    explain["mim"] = "MiM switches at their spec defaults (MIM_SPEC.md); pre-training flags override them"
-    return {
+    explain["backbone_sizes"] = (f"the '{size}' entry of the {backbone} backbone's size table (mim_nnunet/backbones/"
+                                 f"{backbone}.py); the run builds exactly these sizes")
+    explain["mim"] = "MiM switches at their spec defaults (MIM_SPEC.md); mim_pretrain flags override them per run"
+    explain["gpu_memory_target_gb"] = "-gpu_memory_target: the memory per device the batch split is planned for"
+    explain["collection"] = (f"{overall['num_cases']} usable cases, modalities {overall['modalities']} "
+                             f"(fingerprint.json has the per-case details)")
+    plan = {
         "name": name, "manifest_hash": fingerprint["manifest_hash"], "backbone": backbone, "size": size,
-        "num_cases": overall["num_cases"], "modalities": modalities, "in_channels": channels[0],
-        "target_spacing": spacing, "input_size": s, "crop_size": crop, "subvolumes_per_crop": per_crop,
-        "effective_batch_crops": crops, "effective_batch_subvolumes": effective,
-        "batch_by_device_count": batches, "lr": lr, "gpu_memory_target_gb": gpu_memory_target_gb,
-        "intensity": intensity, "store_dtype": STORE_DTYPE, "orientation": "RAS",
-        "backbone_sizes": backbone_sizes(backbone, size), "mim": dict(MIM_SWITCHES), "explain": explain,
+        "gpu_memory_target_gb": gpu_memory_target_gb, "in_channels": channels[0], "target_spacing": spacing,
+        "orientation": STORE_ORIENTATION, "intensity": intensity, "store_dtype": STORE_DTYPE, "input_size": s,
+        "backbone_sizes": backbone_sizes(backbone, size), "mim": dict(MIM_SWITCHES),
+        "effective_batch_subvolumes": effective, "batch_by_device_count": batches, "lr": lr, "explain": explain,
     }
+    return plan

@@ -14,9 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ..atomic import atomic_write, write_json_atomic
-from ..errors import MimError
+from ..common.atomic import atomic_write, write_json_atomic
+from ..common.errors import MimError
 from .image_io import BadImage, read_case
+from .intensity import apply_intensity
+
+STORE_DTYPE = "float16"                 # [0, 1] CT in float16: steps of 1/2048, about 1 HU
+STORE_ORIENTATION = "RAS"               # every case is reoriented so that array axes mean the same everywhere
+REPORT = "report.json"
 
 
 def case_paths(store: Path, case_id: str):
@@ -29,20 +34,6 @@ def resample_to_spacing(image: sitk.Image, spacing_zyx) -> sitk.Image:
     size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), new_spacing)]
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), new_spacing,
                          image.GetDirection(), 0.0, image.GetPixelID())
-
-
-def apply_intensity(array: np.ndarray, modality: str, plan: Dict):
-    """``(C, Z, Y, X)`` float -> (normalised array, background value per channel)."""
-    if modality == "CT":
-        lo, hi = plan["intensity"]["CT"]["window"]
-        return (np.clip(array, lo, hi) - lo) / (hi - lo), [0.0] * array.shape[0]
-    out, background = np.empty_like(array), []
-    for c in range(array.shape[0]):
-        mean, std = float(array[c].mean()), float(array[c].std())
-        std = std if std > 0 else 1.0
-        out[c] = (array[c] - mean) / std
-        background.append((0.0 - mean) / std)
-    return out, background
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -63,7 +54,7 @@ def preprocess_case(job) -> Dict:
     image = resample_to_spacing(image, plan["target_spacing"])
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     array = array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0)            # (C, Z, Y, X)
-    array, background = apply_intensity(array, case["modality"], plan)
+    array, background = apply_intensity(array, case["modality"], plan["intensity"])
     atomic_write(npy, lambda tmp: _save_npy(tmp, array.astype(plan["store_dtype"])))
     write_json_atomic(meta, {"case_id": case["case_id"], "source": case["source"], "modality": case["modality"],
                              "shape": list(array.shape), "spacing": plan["target_spacing"],
@@ -85,10 +76,10 @@ def preprocess(manifest: Dict, plan: Dict, store: Path, num_processes: int = 2) 
         "skipped": sorted(({"case_id": r["case_id"], "files": r["files"], "reason": r["reason"]}
                            for r in results if r["status"] == "skipped"), key=lambda r: r["case_id"]),
     }
-    write_json_atomic(store / "report.json", report)
+    write_json_atomic(store / REPORT, report)
     if not report["ok"]:
         raise MimError(f"no usable case in {store}: all {len(report['skipped'])} were skipped "
-                       f"(see {store / 'report.json'})")
+                       f"(see {store / REPORT})")
     return report
 
 
@@ -98,4 +89,4 @@ def load_case_meta(store: Path, case_id: str) -> Dict:
 
 def stored_case_ids(store: Path) -> List[str]:
     """Cases whose array and metadata are both complete."""
-    return sorted(p.stem for p in store.glob("*.json") if p.name != "report.json" and p.with_suffix(".npy").is_file())
+    return sorted(p.stem for p in store.glob("*.json") if p.name != REPORT and p.with_suffix(".npy").is_file())

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-from ..environment import shipped_folder
-from ..errors import MimError
+from ..common.environment import shipped_folder
+from ..common.errors import MimError
 from .image_io import is_dicom_folder, is_image_file
 
 COLLECTIONS_DIR = "plans/collections"
+DATA_ROOT_ENV = "MIM_DATA_ROOT"          # what collection files name as their root_env
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,32 @@
-"""MiMConfig: every switch of MIM_SPEC.md in one validated record (defaults in ``defaults.py``)."""
+"""MiMConfig: every switch of MIM_SPEC.md in one validated record, with the spec's defaults."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Tuple
 
-from ..defaults import INPUT_MULTIPLE, LEVEL_WEIGHT_SCHEDULES, MIM_SWITCHES, TOKEN_SIZE
+from .losses import LEVEL_WEIGHT_SCHEDULES
+from .tokens import INPUT_MULTIPLE, TOKEN_SIZE
+
+# Every "(switch)" of the spec, at its default: the fields of MiMConfig (besides the input's shape),
+# the pre-training plan's "mim" record and the flags of mim_pretrain.
+MIM_SWITCHES = {
+    "levels": 3,                      # 1 = plain MAE3D, 2 = stop after L2, 3 = full MiM
+    "r1": 0.5,                        # fraction of the 8 L1 units masked
+    "r2": 0.6,                        # fraction of L2 tokens masked
+    "r3": 0.5,                        # fraction of L3 tokens masked
+    "gamma2": 4,                      # L2 volumes cut from each L1 volume
+    "gamma3": 4,                      # L3 volumes cut from each L2 volume
+    "next_level_from": "masked",      # or "visible" (Table 11)
+    "norm_pix_loss": True,
+    "align_loss": "infonce",          # or "byol" (Table 12)
+    "align_pairs": (True, True),      # (L1-L2, L2-L3) terms on/off (Table 10)
+    "detach_parent": True,            # stop-gradient on parent features
+    "tau": 0.1,                       # InfoNCE temperature (the paper gives none)
+    "align_dim": 2048,                # projection output D
+    "loss_weights": (1.0, 1.0, 1.0, 0.1, 0.1),   # b1..b5 of Eq. 10 (Table 3)
+    "level_weight_schedule": "concurrent",       # or coarse_to_fine / fine_to_coarse (Table 14)
+}
 
 
 def _default(name):
@@ -87,9 +108,15 @@ class MiMConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def switch_names(cls) -> Tuple[str, ...]:
-        return tuple(f.name for f in fields(cls) if f.name not in ("input_size", "in_channels"))
+    @property
+    def subvolumes_per_crop(self) -> int:
+        """Sub-volumes one L1 crop yields: 1 L1, gamma2 L2 and gamma2 x gamma3 L3 volumes, per active level."""
+        return subvolumes_per_crop(self.levels, self.gamma2, self.gamma3)
+
+
+def subvolumes_per_crop(levels: int, gamma2: int, gamma3: int) -> int:
+    """1 + gamma2 (if L2 is on) + gamma2 x gamma3 (if L3 is on)."""
+    return 1 + (gamma2 if levels >= 2 else 0) + (gamma2 * gamma3 if levels >= 3 else 0)
 
 
 def num_masked(count: int, ratio: float) -> int:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import MiMConfig, num_masked
-from ..patches import split_tokens, split_units, unit_token_mask
+from .tokens import split_tokens, split_units, unit_token_mask
 
 
 @dataclass

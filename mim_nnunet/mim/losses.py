@@ -8,15 +8,32 @@ from typing import Dict, Sequence, Tuple
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..defaults import LEVEL_WEIGHT_SCHEDULES
+# Table 14: reconstruction weights (L1, L2, L3) at the start and end of training.
+LEVEL_WEIGHT_SCHEDULES = {
+    "concurrent": ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
+    "coarse_to_fine": ((2.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    "fine_to_coarse": ((1.0, 0.0, 2.0), (1.0, 1.0, 1.0)),
+}
+NORM_PIX_EPS = 1e-6
 
 
-def normalise_tokens(target: Tensor, eps: float = 1e-6) -> Tensor:
-    """Norm-pix targets: each token ``(..., P)`` minus its mean over its own P values, divided by
-    sqrt(unbiased variance + eps), as MAE's ``norm_pix_loss``."""
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps).sqrt()
+def token_stats(target: Tensor, eps: float = NORM_PIX_EPS) -> Tuple[Tensor, Tensor]:
+    """Each token's mean and sqrt(unbiased variance + eps) over its own P values: ``(..., P)`` ->
+    two ``(..., 1)`` tensors (MAE's ``norm_pix_loss`` statistics)."""
+    return target.mean(dim=-1, keepdim=True), (target.var(dim=-1, keepdim=True) + eps).sqrt()
+
+
+def normalise_tokens(target: Tensor, eps: float = NORM_PIX_EPS) -> Tensor:
+    """Norm-pix targets: each token ``(..., P)`` minus its mean, divided by its :func:`token_stats` scale."""
+    mean, scale = token_stats(target, eps)
+    return (target - mean) / scale
+
+
+def denormalise_tokens(pred: Tensor, target: Tensor, eps: float = NORM_PIX_EPS) -> Tensor:
+    """Inverse of :func:`normalise_tokens` with the target's own statistics: a norm-pix prediction
+    ``(..., P)`` mapped back to intensities (for pictures)."""
+    mean, scale = token_stats(target, eps)
+    return pred * scale + mean
 
 
 def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:

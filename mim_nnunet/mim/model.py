@@ -7,19 +7,17 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..backbones import build_encoder
-from ..defaults import TOKEN_SIZE
 from .config import MiMConfig
 from .decoder import MAEDecoder
 from .geometry import make_levels
 from .losses import alignment_loss, reconstruction_loss, total_loss
-from ..patches import patchify, unit_means
+from .tokens import TOKEN_SIZE, patchify, unit_means
 
 PAIRS = ("12", "23")
 
@@ -87,7 +85,10 @@ class MiM(nn.Module):
         return {"loss": loss, "terms": terms, "weights": weights, "levels": outputs}
 
 
-def build_mim(backbone: str, size: str, config: MiMConfig) -> MiM:
-    """A MiM model with the named backbone (``hybrid``/``swin``) and size (``base``/``tiny``)."""
-    encoder, decoder_sizes = build_encoder(backbone, size, config.in_channels, config.input_size)
+def build_mim(backbone: str, size: str, config: MiMConfig, sizes: Optional[Mapping] = None) -> MiM:
+    """A MiM model with the named backbone (``hybrid``/``swin``) and size (``base``/``tiny``); ``sizes``
+    (a plan's ``backbone_sizes``) replaces the size table's entry."""
+    from ..backbones import build_encoder  # here, not at the top: the backbones import mim.tokens
+
+    encoder, decoder_sizes = build_encoder(backbone, size, config.in_channels, config.input_size, sizes)
     return MiM(encoder, config, **decoder_sizes)

@@ -6,8 +6,8 @@ from typing import Callable, Dict, Mapping
 
 from torch import nn
 
-from .mim_unetr import MIMUNETR_CLASS_NAME, MiMUNETR, build_mimunetr
-from .swinunetr import SWINUNETR_CLASS_NAME, build_swinunetr
+from .mim_unetr import MIMUNETR_ARCH_KWARGS, MIMUNETR_CLASS_NAME, MIMUNETR_PATCH_MULTIPLE, MiMUNETR, build_mimunetr
+from .swinunetr import SWINUNETR_ARCH_KWARGS, SWINUNETR_CLASS_NAME, SWINUNETR_PATCH_MULTIPLE, build_swinunetr
 
 # plans' architecture["network_class_name"] -> builder(arch_kwargs, in_channels, out_channels)
 BUILDERS: Dict[str, Callable[[Mapping, int, int], nn.Module]] = {
@@ -29,5 +29,6 @@ def build_network(network_class_name: str, arch_kwargs: Mapping, num_input_chann
     return builder(arch_kwargs, num_input_channels, num_output_channels)
 
 
-__all__ = ["BUILDERS", "MIMUNETR_CLASS_NAME", "MiMUNETR", "SWINUNETR_CLASS_NAME", "build_mimunetr", "build_network",
-           "build_swinunetr"]
+__all__ = ["BUILDERS", "MIMUNETR_ARCH_KWARGS", "MIMUNETR_CLASS_NAME", "MIMUNETR_PATCH_MULTIPLE", "MiMUNETR",
+           "SWINUNETR_ARCH_KWARGS", "SWINUNETR_CLASS_NAME", "SWINUNETR_PATCH_MULTIPLE", "build_mimunetr",
+           "build_network", "build_swinunetr"]

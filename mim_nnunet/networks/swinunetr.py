@@ -7,9 +7,23 @@ from typing import Mapping
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from ..defaults import SWINUNETR_ARCH_KWARGS
-
 SWINUNETR_CLASS_NAME = "monai.networks.nets.SwinUNETR"
+# SwinUNETR's five stride-2 stages need every axis of its input to be a multiple of 2**5.
+SWINUNETR_PATCH_MULTIPLE = 2 ** 5
+# MONAI SwinUNETR as the MiM paper fine-tunes it (feature_size 48 is the paper's "Swin-B" setting); the
+# arguments recorded in nnU-Net plans (arch_kwargs).
+SWINUNETR_ARCH_KWARGS = {
+    "feature_size": 48,
+    "depths": [2, 2, 2, 2],
+    "num_heads": [3, 6, 12, 24],
+    "window_size": 7,
+    "norm_name": "instance",
+    "drop_rate": 0.0,
+    "attn_drop_rate": 0.0,
+    "dropout_path_rate": 0.0,
+    "use_checkpoint": False,
+    "use_v2": False,
+}
 
 
 def build_swinunetr(arch_kwargs: Mapping, num_input_channels: int, num_output_channels: int) -> nn.Module:

@@ -1,4 +1,5 @@
-"""Training checkpoints: the complete state of a run, written atomically, read with ``weights_only=True``.
+"""Training checkpoints: the complete state of a run, written atomically, read with ``weights_only=True``;
+and the encoder of a run or of a checkpoint written as an export.
 
 A checkpoint holds the model, optimiser, loss scaler, the number of steps done, the settings and the
 RNG states of every rank. The learning rate is a function of the step and the data stream a function
@@ -9,16 +10,19 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
-from ..errors import MimError
+from ..common.atomic import atomic_write
+from ..common.errors import MimError, first_line, last_line
+from ..common.layout import export_path
+from ..weights.export import export_encoder
+from .settings import RunSettings
 
 CHECKPOINT_FORMAT = "mim-nnunet-pretrain-checkpoint/1"
-LATEST = "checkpoint_latest.pt"
+ENCODER_PREFIX = "encoder."      # the MiM model holds its encoder under this name
 
 
 class CheckpointError(MimError):
@@ -59,8 +63,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: corrupt or not a mim-nnunet checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path}: corrupt or not a mim-nnunet checkpoint ({first_line(exc, 200)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a mim-nnunet pre-training checkpoint "
                               f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
@@ -73,3 +76,40 @@ def remove_stale_temporaries(folder: Path) -> List[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def export_run(encoder: torch.nn.Module, settings: RunSettings, steps: int, path: Path) -> Tuple[Path, Path]:
+    """Write ``encoder`` with the run's adaptation record (spacing, normalisation, sizes, steps)."""
+    config = settings.config
+    return export_encoder(encoder, settings.backbone, settings.size, path, in_channels=config.in_channels,
+                          input_size=config.input_size, spacing=settings.spacing, normalisation=settings.intensity,
+                          manifest_hash=settings.manifest_hash, steps=steps)
+
+
+def export_checkpoint(checkpoint: Path, out: Optional[Path] = None) -> Tuple[Path, Path]:
+    """``mim_nnunet export CHECKPOINT``: the encoder of a (possibly unfinished) run. Default output:
+    ``<run>/export/mim_<backbone>_<size>_step<k>.safetensors`` next to the checkpoint."""
+    from ..backbones import build_encoder
+
+    state = load_checkpoint(Path(checkpoint))
+    settings = RunSettings.from_dict(state["settings"])
+    config = settings.config
+    try:
+        encoder, _ = build_encoder(settings.backbone, settings.size, config.in_channels, config.input_size,
+                                   settings.backbone_sizes)
+    except ValueError as exc:    # its settings name a backbone its sizes do not describe
+        raise CheckpointError(f"{checkpoint}: encoder weights do not fit the {settings.backbone} '{settings.size}' "
+                              f"encoder its settings name ({exc})") from None
+    weights = {k[len(ENCODER_PREFIX):]: v for k, v in state["model"].items() if k.startswith(ENCODER_PREFIX)}
+    try:
+        result = encoder.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:   # shapes differ
+        raise CheckpointError(f"{checkpoint}: encoder weights do not fit the {settings.backbone} '{settings.size}' "
+                              f"encoder ({last_line(str(exc), 200)})") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{checkpoint}: encoder weights do not match the {settings.backbone} "
+                              f"'{settings.size}' encoder ({len(result.missing_keys)} missing, e.g. "
+                              f"{result.missing_keys[:2]}; {len(result.unexpected_keys)} unexpected)")
+    if out is None:
+        out = export_path(Path(checkpoint).parent, settings.backbone, settings.size, step=state["step"])
+    return export_run(encoder, settings, state["step"], Path(out))

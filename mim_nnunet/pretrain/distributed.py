@@ -18,9 +18,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ..defaults import DIST_BUCKET_ELEMENTS, DIST_TIMEOUT_S
-from ..errors import MimError
+from ..common.errors import MimError, last_line
 
+DIST_TIMEOUT_S = 1800            # a collective that waits longer than this fails (a peer is gone)
+DIST_PREPARE_TIMEOUT_S = 72 * 3600   # under torchrun, ranks > 0 wait this long for rank 0's preprocessing
+DIST_BUCKET_ELEMENTS = 2 ** 24   # gradients are all-reduced in flat buckets of this many elements
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -43,10 +45,6 @@ def init_group(rank: int, world_size: int, device: str, timeout_s: float = DIST_
 def close_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def all_reduce_mean_(tensors: Sequence[torch.Tensor], divisor: float) -> None:
@@ -119,7 +117,7 @@ def spawn(fn: Callable, world_size: int, payload: Dict, poll_s: float = 1.0) -> 
         while not context.join(timeout=poll_s):
             pass
     except mp.ProcessRaisedException as exc:
-        raise MimError(f"rank {exc.error_index} failed: {_last_line(str(exc))}") from None
+        raise MimError(f"rank {exc.error_index} failed: {last_line(str(exc))}") from None
     except mp.ProcessExitedException as exc:
         raise MimError(f"rank {exc.error_index} died (exit code {exc.exit_code}"
                        f"{', signal ' + exc.signal_name if exc.signal_name else ''}); the other ranks were stopped") \
@@ -128,11 +126,6 @@ def spawn(fn: Callable, world_size: int, payload: Dict, poll_s: float = 1.0) -> 
         for p in context.processes:
             if p.is_alive():
                 p.terminate()
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "unknown error"
 
 
 def local_device(device: str, local_rank: int) -> torch.device:

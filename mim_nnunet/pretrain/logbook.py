@@ -12,9 +12,12 @@ from typing import Dict, List, Optional
 
 from tqdm import tqdm
 
-from ..atomic import atomic_write
-from ..defaults import ETA_AFTER_STEPS
-from ..plots import save_progress, save_reconstructions
+from ..common.atomic import atomic_write
+from ..common.layout import RECONSTRUCTIONS_DIR
+from .plots import save_progress, save_reconstructions
+
+ETA_AFTER_STEPS = 3              # steps timed before an ETA is shown (the first ones include start-up)
+LOG_TEXT, LOG_JSONL, PROGRESS = "log.txt", "log.jsonl", "progress.png"
 
 
 def read_records(path: Path, up_to_step: Optional[int] = None) -> List[Dict]:
@@ -55,14 +58,14 @@ class Logbook:
 
     @property
     def jsonl(self) -> Path:
-        return self.out / "log.jsonl"
+        return self.out / LOG_JSONL
 
     def text(self, message: str) -> None:
         """A time-stamped line in ``log.txt`` and on the console."""
         if not self.active:
             return
         line = f"{datetime.now().isoformat(timespec='seconds')} {message}"
-        with open(self.out / "log.txt", "a", encoding="utf-8") as f:
+        with open(self.out / LOG_TEXT, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         tqdm.write(line, file=sys.stdout)
 
@@ -96,13 +99,13 @@ class Logbook:
                       f"grad_norm {record['grad_norm']:.3g} {record['subvolumes_per_s']:.1f} sub-volumes/s "
                       f"data wait {100 * record['data_wait_fraction']:.0f}%" + (f" ETA {eta}" if eta else ""))
         if step % self.plot_every == 0 or last:
-            save_progress(self.records, self.out / "progress.png")
+            save_progress(self.records, self.out / PROGRESS)
         if levels is not None and (step % self.recon_every == 0 or last):
-            save_reconstructions(levels, self.grid, self.out / "reconstructions" / f"step_{step:07d}.png",
+            save_reconstructions(levels, self.grid, self.out / RECONSTRUCTIONS_DIR / f"step_{step:07d}.png",
                                  self.norm_pix)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             if self.records:
-                save_progress(self.records, self.out / "progress.png")
+                save_progress(self.records, self.out / PROGRESS)

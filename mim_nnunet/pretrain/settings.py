@@ -1,8 +1,9 @@
 """RunSettings: everything one pre-training run needs, resolved once from the plan and the flags.
 
-The plan gives the sizes, batch split and learning rate; flags may override them, and the resolved
-values are what every rank, the checkpoint and the export record use. Plain data (JSON-able), so it
-travels to spawned processes and into checkpoints loaded with ``weights_only=True``.
+The plan gives the sizes, switches, batch split and learning rate (edited plans included); flags may
+override them, and the resolved values are what every rank, the checkpoint and the export record use.
+``settings.json`` records each value and where it came from. Plain data (JSON-able), so it travels to
+spawned processes and into checkpoints loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,27 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..defaults import PRETRAIN_INTERVALS, PRETRAIN_RECIPE
-from ..errors import MimError
+from ..common.errors import MimError
 from ..mim.config import MiMConfig
-from ..schedules import warmup_steps_for
+from ..optim import warmup_steps_for
+
+# Spec section 5 gives the optimiser; the run length and warm-up are ours (the paper gives neither in
+# steps): 100k optimiser steps, 5 % of them warm-up.
+PRETRAIN_RECIPE = {
+    "betas": (0.9, 0.95),
+    "weight_decay": 0.05,
+    "warmup_fraction": 0.05,
+    "steps": 100_000,
+    "seed": 0,
+}
+# How often (in optimiser steps) the engine writes each artefact.
+PRETRAIN_INTERVALS = {
+    "save_every": 1000,          # checkpoint_latest.pt (atomic)
+    "log_every": 10,             # a line in log.txt (log.jsonl gets every step)
+    "plot_every": 100,           # progress.png
+    "recon_every": 1000,         # reconstructions/step_XXXXXXX.png
+}
+DEFAULT_LOADER_WORKERS = 2
 
 
 @dataclass
@@ -28,6 +46,7 @@ class RunSettings:
     out_dir: str
     store: str
     mim: Dict
+    backbone_sizes: Dict
     per_device_batch: int
     accumulation: int
     world_size: int
@@ -42,7 +61,7 @@ class RunSettings:
     compile: bool = False
     seed: int = PRETRAIN_RECIPE["seed"]
     stop_at: Optional[int] = None
-    loader_workers: int = 2
+    loader_workers: int = DEFAULT_LOADER_WORKERS
     cpu_threads: Optional[int] = None      # per process on the CPU; None = cores / local processes
     save_every: int = PRETRAIN_INTERVALS["save_every"]
     log_every: int = PRETRAIN_INTERVALS["log_every"]
@@ -51,6 +70,8 @@ class RunSettings:
     spacing: Optional[List[float]] = None
     intensity: Optional[Dict] = None
     manifest_hash: Optional[str] = None
+    # where the values came from: "plan", "plan (edited)" or "flag", per value, and the plan's edits
+    provenance: Dict = field(default_factory=dict)
 
     @property
     def config(self) -> MiMConfig:
@@ -66,7 +87,11 @@ class RunSettings:
     @classmethod
     def from_dict(cls, data: Dict) -> "RunSettings":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "backbone_sizes" not in values:   # checkpoints written before runs recorded their sizes
+            from ..backbones import backbone_sizes
+            values["backbone_sizes"] = backbone_sizes(values["backbone"], values["size"])
+        return cls(**values)
 
 
 def pick_precision(requested: str, device: str) -> str:
@@ -95,32 +120,51 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
                      switches: Optional[Dict] = None, input_size: Optional[Sequence[int]] = None,
                      per_device_batch: Optional[int] = None, accumulation: Optional[int] = None,
                      steps: Optional[int] = None, lr: Optional[float] = None, precision: str = "auto",
-                     **operational) -> RunSettings:
-    """Settings from the plan, with the flags that override it (``None`` = the plan's or the default)."""
-    from ..data.planner import lr_for, subvolumes_per_crop
+                     plan_edits: Sequence[str] = (), **operational) -> RunSettings:
+    """Settings from the plan, with the flags that override it (``None`` = the plan's or the default).
+
+    The plan's ``mim`` switches, ``backbone_sizes``, ``input_size`` and batch split are used as written
+    (flags override single values); its ``lr`` is for its ``effective_batch_subvolumes`` and is scaled
+    linearly when this run's effective batch differs. ``plan_edits`` (values a user edited in the plan)
+    are recorded with the provenance of each value."""
+    edits = set(plan_edits or ())
+
+    def source(key: str, flagged: bool) -> str:
+        return "flag" if flagged else ("plan (edited)" if key in edits else "plan")
 
     size = [int(v) for v in (input_size or plan["input_size"])]
     if len(size) == 1:
         size = size * 3
     try:
-        config = MiMConfig(input_size=tuple(size), in_channels=int(plan["in_channels"]), **(switches or {}))
-    except ValueError as exc:
+        config = MiMConfig(input_size=tuple(size), in_channels=int(plan["in_channels"]),
+                           **{**{k: tuple(v) if isinstance(v, list) else v for k, v in plan["mim"].items()},
+                              **(switches or {})})
+    except (TypeError, ValueError) as exc:
         raise MimError(f"MiM settings: {exc}") from None
     batch, accum = batch_split(plan, world_size, per_device_batch, accumulation)
     steps = int(steps or PRETRAIN_RECIPE["steps"])
     if steps < 2:
         raise MimError(f"-steps must be at least 2 (warm-up and decay), got {steps}")
-    per_crop = subvolumes_per_crop(config.levels, config.gamma2, config.gamma3)
-    effective = world_size * batch * accum * per_crop
+    effective = world_size * batch * accum * config.subvolumes_per_crop
+    if lr is None:
+        lr = plan["lr"] * effective / plan["effective_batch_subvolumes"]
+        lr_source = source("lr", False) + (f", x {effective} / {plan['effective_batch_subvolumes']} sub-volumes"
+                                           if effective != plan["effective_batch_subvolumes"] else "")
+    else:
+        lr_source = "flag"
     mim = config.to_dict()
     mim["input_size"] = list(config.input_size)
+    provenance = {"lr": lr_source, "input_size": source("input_size", input_size is not None),
+                  "backbone_sizes": source("backbone_sizes", False),
+                  "batch_split": source("batch_by_device_count", per_device_batch is not None or accumulation is not None),
+                  "mim": {k: source(f"mim.{k}", k in (switches or {})) for k in plan["mim"]},
+                  "plan_edits": sorted(edits)}
     settings = RunSettings(
         name=plan["name"], backbone=plan["backbone"], size=plan["size"], out_dir=str(out_dir), store=str(store),
-        mim=mim, per_device_batch=batch, accumulation=accum, world_size=world_size, steps=steps,
-        warmup_steps=warmup_steps_for(steps, PRETRAIN_RECIPE["warmup_fraction"]),
-        lr=float(lr if lr is not None else lr_for(effective)), device=device,
-        precision=pick_precision(precision, device), spacing=plan.get("target_spacing"),
-        intensity=plan.get("intensity"), manifest_hash=plan.get("manifest_hash"),
+        mim=mim, backbone_sizes=dict(plan["backbone_sizes"]), per_device_batch=batch, accumulation=accum,
+        world_size=world_size, steps=steps, warmup_steps=warmup_steps_for(steps, PRETRAIN_RECIPE["warmup_fraction"]),
+        lr=float(lr), device=device, precision=pick_precision(precision, device), spacing=plan.get("target_spacing"),
+        intensity=plan.get("intensity"), manifest_hash=plan.get("manifest_hash"), provenance=provenance,
         **{k: v for k, v in operational.items() if v is not None})
     if settings.stop_at is not None and not 0 < settings.stop_at <= steps:
         raise MimError(f"-stop_at must be in 1..{steps}, got {settings.stop_at}")

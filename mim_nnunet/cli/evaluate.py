@@ -1,0 +1,40 @@
+"""``mim_evaluate``: DSC and NSD per class and their mean, from a prediction and a label folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ..evaluation import DEFAULT_NSD_TOLERANCE_MM
+from . import run_guarded
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="mim_evaluate", description=__doc__ + (
+        " A class absent from both label and prediction scores 1, absent from one of them 0."))
+    parser.add_argument("-pred", required=True, help="folder of predicted label maps (same file names as -ref)")
+    parser.add_argument("-ref", required=True, help="folder of reference label maps")
+    parser.add_argument("-labels", type=int, nargs="+", default=None,
+                        help="classes to score (default: every non-zero value in each reference)")
+    parser.add_argument("-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
+                        help="NSD tolerance in mm (default: %(default)s)")
+    parser.add_argument("-dataset_json", default=None, help="dataset.json for class names in the table")
+    parser.add_argument("-o", "--output", default=None, help="JSON file to write (default: <pred>/summary_mim.json)")
+    args = parser.parse_args(argv)
+
+    def _run() -> int:
+        from ..common.atomic import write_json_atomic
+        from ..evaluation import class_names, evaluate_folders, markdown_table
+        result = evaluate_folders(Path(args.pred), Path(args.ref), args.labels, args.tolerance)
+        print(markdown_table(result, class_names(Path(args.dataset_json) if args.dataset_json else None)))
+        out = Path(args.output) if args.output else Path(args.pred) / "summary_mim.json"
+        write_json_atomic(out, result)
+        print(f"written: {out}")
+        return 0
+    return run_guarded(_run, "mim_evaluate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

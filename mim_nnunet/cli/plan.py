@@ -1,0 +1,62 @@
+"""``mim_plan_and_preprocess``: fingerprint, plan and preprocess pre-training data (no training)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from ..backbones import BACKBONES
+from ..data.planner import DEFAULT_GPU_MEMORY_TARGET_GB
+from ..data.sources import DATA_ROOT_ENV
+from . import run_guarded
+
+SIZES = ("base", "tiny")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data and planning flags, shared with ``mim_pretrain``."""
+    parser.add_argument("-d", nargs="+", required=True, metavar="DATA",
+                        help=f"collections (1k, 10k: sources under ${DATA_ROOT_ENV}), nnU-Net dataset ids or names, "
+                             "folders of images or DICOM series, MONAI datalist .json files; several may be combined")
+    parser.add_argument("-o", "--name", default=None, help="name of the result folder MiM_<name> (default: from -d)")
+    parser.add_argument("-backbone", choices=BACKBONES, default="hybrid")
+    parser.add_argument("-size", choices=SIZES, default="base")
+    parser.add_argument("-gpu_memory_target", type=float, default=DEFAULT_GPU_MEMORY_TARGET_GB,
+                        help="GPU memory per device to plan the batch for, in GB (default: %(default)s)")
+    parser.add_argument("-np", type=int, default=2, help="processes for fingerprint and preprocessing")
+    parser.add_argument("-modality", choices=("CT", "MRI"), default="CT",
+                        help="modality of folders and datalists (collections and nnU-Net datasets say their own)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="proceed when a collection source is missing or short, with what exists")
+    parser.add_argument("--check_leakage", metavar="DATASET",
+                        help="warn when images of this nnU-Net dataset are in the pre-training data")
+    parser.add_argument("--fail_on_leakage", action="store_true", help="with --check_leakage: stop instead of warn")
+    parser.add_argument("--replan", action="store_true",
+                        help="plan again even if a plan for the same data and settings exists (edits are lost)")
+
+
+def prepare_from(args: argparse.Namespace):
+    """Run the data preparation the flags describe (:func:`mim_nnunet.data.pipeline.prepare`)."""
+    from ..data.pipeline import prepare
+    return prepare(args.d, name=args.name, backbone=args.backbone, size=args.size,
+                   gpu_memory_target_gb=args.gpu_memory_target, num_processes=args.np,
+                   allow_partial=args.allow_partial, modality=args.modality, leakage_dataset=args.check_leakage,
+                   leakage_fail=args.fail_on_leakage, replan=args.replan)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="mim_plan_and_preprocess", description=__doc__)
+    add_data_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def _run() -> int:
+        from ..common.layout import plan_file
+        prepared = prepare_from(args)
+        print(f"plan: {plan_file(prepared.folder, args.backbone, args.size)}\nstore: {prepared.store}")
+        return 0
+    return run_guarded(_run, "mim_plan_and_preprocess")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

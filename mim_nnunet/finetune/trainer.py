@@ -1,0 +1,182 @@
+"""The logic behind our nnU-Net trainers; the classes in ``trainers/`` only set class attributes.
+
+:class:`FineTuneTrainerBase`: a subclass names the network (``network_class_name`` + ``arch_kwargs``,
+recorded into the plans) and the patch-size multiple it needs; the base class adapts the plans, builds
+the network for training and for ``nnUNetv2_predict``, turns deep supervision off and applies the
+fine-tuning recipe (AdamW, linear warm-up, cosine decay). A short variant sets ``budget``
+(:mod:`mim_nnunet.finetune.variants`).
+
+:class:`MiMFineTuneTrainerBase`: the encoder starts from a MiM export. At the start of a fresh run (not
+``--c``, whose checkpoint holds the weights, and not when ``-pretrained_weights`` already loaded a full
+network) the trainer finds the export (:mod:`mim_nnunet.weights.finding`), transfers it with the
+pre-flight check of :mod:`mim_nnunet.weights.transfer`, prints the table and writes it to
+``mim_transfer.json`` in the fold's folder. Prediction builds the network from ``plans.json`` alone and
+never opens the export.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from ..backbones.swin import SWIN_SIZES
+from ..common.atomic import write_json_atomic
+from ..networks import build_network
+from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
+from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
+from ..weights.finding import find_weights
+from ..weights.transfer import transfer
+from .plans import adapt_configuration, require_3d
+from .variants import BUDGETS
+
+# Fine-tuning recipe of the MiM release (inherited from the SwinUNETR BTCV scripts): AdamW,
+# lr 1e-4, weight decay 1e-5, linear warm-up for 50 of 1000 epochs, then cosine decay.
+FINETUNE_RECIPE = {
+    "lr": 1e-4,
+    "weight_decay": 1e-5,
+    "betas": (0.9, 0.999),
+    "warmup_fraction": 0.05,
+    # lr of the pre-trained encoder relative to the rest (1.0 = one lr for all, the release's choice);
+    # overridden per run by the environment variable below, since nnUNetv2_train has no flag for it.
+    "encoder_lr_scale": 1.0,
+}
+ENCODER_LR_SCALE_ENV = "MIM_ENCODER_LR_SCALE"
+TRANSFER_REPORT = "mim_transfer.json"
+
+
+class FineTuneTrainerBase(nnUNetTrainer):
+    """nnU-Net trainer for a single-output 3D network built by :func:`mim_nnunet.networks.build_network`."""
+
+    network_class_name: str = ""
+    arch_kwargs: Mapping = {}
+    patch_multiple: int = 1
+    patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
+    max_patch_size: Optional[tuple] = None      # per-axis cap (multiples of patch_multiple), for CPU variants
+    encoder_prefix: Optional[str] = None        # parameters under it get encoder_lr_scale x lr
+    # Test-time mirroring in nnU-Net's final validation (8 flips in 3D); CPU variants turn it off, as
+    # their users predict with --disable_tta anyway. Mirroring as training augmentation is unchanged.
+    inference_mirroring: bool = True
+    recipe: Mapping = FINETUNE_RECIPE
+    # A short variant names its budget (epochs x iterations); None keeps nnU-Net's 1000 x (250 + 50).
+    budget: Optional[str] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # Fail before nnU-Net creates output folders for a run that cannot work.
+        require_3d(plans, configuration, type(self).__name__)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        adapted, self.configuration_manager = adapt_configuration(
+            self.plans_manager.plans, configuration, self.network_class_name, self.arch_kwargs,
+            self.patch_multiple, type(self).__name__, log=self.print_to_log_file,
+            patch_size_kwarg=self.patch_size_kwarg, max_patch_size=self.max_patch_size)
+        # nnU-Net saves these plans next to the model (plans.json): prediction rebuilds the same network
+        self.plans_manager = PlansManager(adapted)
+        self.enable_deep_supervision = False  # one output; nnU-Net then builds no DeepSupervisionWrapper
+        self.initial_lr = self.recipe["lr"]
+        self.weight_decay = self.recipe["weight_decay"]
+        if self.budget is not None:
+            b = BUDGETS[self.budget]
+            self.num_epochs, self.num_iterations_per_epoch = b.epochs, b.iterations
+            self.num_val_iterations_per_epoch = b.val_iterations
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager,
+                                   configuration_manager: ConfigurationManager,
+                                   num_input_channels: int,
+                                   num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Build the network recorded in the (adapted) plans; used in training and by nnUNetv2_predict."""
+        return build_network(configuration_manager.network_arch_class_name,
+                             configuration_manager.network_arch_init_kwargs,
+                             num_input_channels, num_output_channels)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.inference_mirroring:
+            self.inference_allowed_mirroring_axes = None
+        return configured
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        # Our networks have a single output, there is nothing to switch.
+        pass
+
+    def encoder_lr_scale(self) -> float:
+        """``recipe['encoder_lr_scale']``, or ``$MIM_ENCODER_LR_SCALE`` when set."""
+        return float(os.environ.get(ENCODER_LR_SCALE_ENV, self.recipe.get("encoder_lr_scale", 1.0)))
+
+    def configure_optimizers(self):
+        scale = self.encoder_lr_scale() if self.encoder_prefix else 1.0
+        if scale != 1.0:
+            self.print_to_log_file(f"encoder ({self.encoder_prefix}*) lr = {scale:g} x {self.initial_lr:g}")
+        optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.recipe["betas"],
+                                scaled_prefix=self.encoder_prefix, lr_scale=scale)
+        warmup = warmup_steps_for(self.num_epochs, self.recipe["warmup_fraction"])
+        return optimizer, WarmupCosineLR(optimizer, total_steps=self.num_epochs, warmup_steps=warmup)
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The plain module inside DDP and torch.compile wrappers."""
+    network = getattr(network, "module", network)
+    return getattr(network, "_orig_mod", network)
+
+
+def size_of(backbone: str, arch_kwargs) -> str:
+    """The pre-training size a fine-tuning network's encoder corresponds to."""
+    if backbone == "hybrid":
+        return arch_kwargs["size"]
+    for size, sizes in SWIN_SIZES.items():
+        if sizes["feature_size"] == arch_kwargs["feature_size"]:
+            return size
+    raise ValueError(f"no swin pre-training size has feature_size {arch_kwargs['feature_size']}")
+
+
+class MiMFineTuneTrainerBase(FineTuneTrainerBase):
+    """A :class:`FineTuneTrainerBase` whose encoder starts from a MiM export (``pretrained = True``)."""
+
+    backbone: str = "hybrid"
+    pretrained: bool = True
+
+    @property
+    def encoder_prefix(self) -> str:
+        return NETWORK_PREFIX[self.backbone]
+
+    def initialize(self):
+        super().initialize()
+        # nnU-Net's -pretrained_weights loads after initialize(): remember the stem to notice it
+        self._stem_at_init = self._stem().detach().clone()
+
+    def _stem(self) -> torch.Tensor:
+        return unwrap(self.network).state_dict()[network_key(self.backbone, STEM_KEY[self.backbone])]
+
+    def on_train_start(self):
+        super().on_train_start()
+        if not self.pretrained or self.current_epoch > 0:
+            return
+        if not torch.equal(self._stem(), self._stem_at_init.to(self._stem().device)):
+            self.print_to_log_file("MiM: weights were loaded with -pretrained_weights; not searching for an export")
+            return
+        self.load_pretrained_encoder()
+
+    def load_pretrained_encoder(self, path: Optional[str] = None):
+        """Find (unless given), check and load the export; the transfer table goes to the log."""
+        kwargs = self.configuration_manager.network_arch_init_kwargs
+        if path is None:
+            path, how = find_weights(self.plans_manager.plans, self.backbone, size_of(self.backbone, kwargs),
+                                     type(self).__name__)
+        else:
+            how = "given"
+        self.print_to_log_file(f"MiM: pre-trained encoder {path} (found through {how})")
+        state, record = load_export(path)
+        report = transfer(unwrap(self.network), {k: v.to(self.device) for k, v in state.items()}, record, str(path),
+                          spacing=self.configuration_manager.spacing,
+                          normalization=self.configuration_manager.normalization_schemes)
+        for line in report.table().splitlines():
+            self.print_to_log_file(line)
+        if self.local_rank == 0:
+            write_json_atomic(os.path.join(self.output_folder, TRANSFER_REPORT), {"how": how, **report.to_dict()})
+        return report

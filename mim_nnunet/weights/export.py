@@ -1,0 +1,106 @@
+"""Exported encoders: safetensors weights plus the JSON adaptation record of DESIGN.md. This module is
+the one home of the key-name contract:
+
+- hybrid: the encoder's own keys, which are the MiM release's names (``patch_embed1.proj.weight``, ...);
+  fine-tuning networks (MiMUNETR) hold them under ``backbone.``.
+- swin: MONAI SwinViT keys without the ``swinViT.`` prefix, so the file loads strictly into
+  ``SwinUNETR(...).swinViT``; SwinUNETR holds them under ``swinViT.``.
+
+Both files are written to a temporary name and renamed, the record last: a record never points at
+half-written weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..common.atomic import atomic_write, write_json_atomic
+from ..common.errors import MimError, first_line
+from ..mim.tokens import TOKEN_SIZE
+
+EXPORT_FORMAT = 1
+# prefix of the encoder's own state-dict keys that an export drops
+EXPORT_PREFIX = {"hybrid": "", "swin": "swinViT."}
+# prefix under which a segmentation network holds the exported tensors
+NETWORK_PREFIX = {"hybrid": "backbone.", "swin": "swinViT."}
+# export key of the first conv, the one inflated for multi-channel input
+STEM_KEY = {"hybrid": "patch_embed1.proj.weight", "swin": "patch_embed.proj.weight"}
+KEY_MAPS = {
+    "hybrid": "encoder keys are the MiM release's names; fine-tuning networks hold them under 'backbone.'",
+    "swin": "keys are MONAI SwinViT's without 'swinViT.': load_state_dict into SwinUNETR(...).swinViT, strict",
+}
+
+
+class ExportError(MimError):
+    pass
+
+
+def network_key(backbone: str, key: str) -> str:
+    """Where a segmentation network holds export tensor ``key``."""
+    return NETWORK_PREFIX[backbone] + key
+
+
+def encoder_state(encoder: torch.nn.Module, backbone: str) -> Dict[str, torch.Tensor]:
+    """The tensors an export holds, under the names of the key map."""
+    prefix = EXPORT_PREFIX[backbone]
+    return {k[len(prefix):]: v for k, v in encoder.state_dict().items() if k.startswith(prefix)}
+
+
+def export_record(backbone: str, size: str, in_channels: int, input_size: Sequence[int], *,
+                  spacing: Optional[Sequence[float]] = None, normalisation: Optional[Mapping] = None,
+                  manifest_hash: Optional[str] = None, steps: Optional[int] = None, **extra) -> Dict:
+    """The adaptation record's content (DESIGN.md): what fine-tuning needs to know about the weights."""
+    return {"backbone": backbone, "size": size, "key_map": KEY_MAPS[backbone], "in_channels": int(in_channels),
+            "input_size": [int(s) for s in input_size], "token_size": TOKEN_SIZE, "spacing": spacing,
+            "normalisation": normalisation, "manifest_hash": manifest_hash, "steps": steps, **extra}
+
+
+def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathLike) -> Tuple[Path, Path]:
+    """``path`` (``.safetensors``) and its record ``path`` with ``.json``; returns both paths."""
+    weights = Path(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    meta = weights.with_suffix(".json")
+    record = {"format": EXPORT_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "weights": weights.name, "num_tensors": len(state),
+              "num_parameters": int(sum(t.numel() for t in state.values())), **record}
+    atomic_write(weights, lambda p: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(p)))
+    write_json_atomic(meta, record)
+    return weights, meta
+
+
+def export_encoder(encoder: torch.nn.Module, backbone: str, size: str, path: os.PathLike, *, in_channels: int,
+                   input_size, **record) -> Tuple[Path, Path]:
+    """Write a pre-trained encoder and its adaptation record (``record``: see :func:`export_record`)."""
+    return write_export(encoder_state(encoder, backbone),
+                        export_record(backbone, size, in_channels, input_size, **record), path)
+
+
+def load_export(path: os.PathLike) -> Tuple[Dict[str, torch.Tensor], Dict]:
+    """(tensors, record) of an export; one-line errors for missing, corrupt or foreign files."""
+    weights = Path(path)
+    meta = weights.with_suffix(".json")
+    for p in (weights, meta):
+        if not p.is_file():
+            raise ExportError(f"{p}: not found (an export is a .safetensors file with its .json record)")
+    try:
+        record = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{meta}: not a JSON record ({first_line(exc)})") from None
+    if not isinstance(record, dict) or record.get("format") != EXPORT_FORMAT or record.get("backbone") not in KEY_MAPS:
+        fmt, backbone = (record.get("format"), record.get("backbone")) if isinstance(record, dict) else (None, None)
+        raise ExportError(f"{meta}: not a mim-nnunet export record (format {fmt!r}, backbone {backbone!r})")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ExportError(f"{weights}: corrupt or not a safetensors file ({first_line(exc)})") from None
+    if len(state) != record.get("num_tensors", len(state)):
+        raise ExportError(f"{weights}: holds {len(state)} tensors, its record says {record['num_tensors']}")
+    return state, record

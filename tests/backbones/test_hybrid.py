@@ -1,0 +1,76 @@
+"""The hybrid backbone: the release's names load, masked voxels never reach visible tokens."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.masking import masked_change
+from mim_nnunet.backbones import build_encoder
+from mim_nnunet.backbones.hybrid import HYBRID_SIZES, HybridFinetuneEncoder
+from mim_nnunet.mim import MiMConfig, build_mim
+
+KEYS = json.loads((Path(__file__).parents[1] / "fixtures" / "official_mim_keys.json").read_text(encoding="utf-8"))
+
+
+def random_state(shapes):
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.randn(v, generator=g) if v else torch.tensor(0) for k, v in shapes.items()}
+
+
+def test_official_release_names_load_into_hybrid_encoder_and_decoder():
+    model = build_mim("hybrid", "base", MiMConfig(input_size=(96, 96, 96)))
+    official = random_state(KEYS["pretrain"])
+    decoder_keys = {k for k in official if k.startswith("decoder_") or k == "mask_token"}
+    heads = {k for k in official if k.startswith("aggregate_")}     # the release's alignment heads: ours differ
+    encoder_state = {k: v for k, v in official.items() if k not in decoder_keys | heads}
+    assert model.encoder.load_state_dict(encoder_state, strict=True)          # raises on missing/unexpected
+    model.decoder.load_state_dict({k: official[k] for k in decoder_keys}, strict=True)
+    assert torch.equal(model.encoder.blocks4[10].mlp.fc2.weight, official["blocks4.10.mlp.fc2.weight"])
+
+
+def test_hybrid_visible_outputs_ignore_masked_voxels():
+    encoder, _ = build_encoder("hybrid", "tiny", 2, (64, 32, 32))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 2, 64, 32, 32, generator=g)
+    mask = torch.zeros(3, 16, dtype=torch.bool)
+    for row, hidden in enumerate(([0, 3, 5, 6, 9, 12, 14, 15], [1, 2, 4, 7, 8, 10, 11, 13], list(range(8)))):
+        mask[row, hidden] = True
+    with torch.no_grad():
+        a, b = encoder(x, mask), encoder(masked_change(x, mask, encoder.grid), mask)
+        visible = ~mask
+        assert torch.equal(a[visible], b[visible])                           # bit-identical
+        assert a[mask].abs().max() == 0
+        x2 = x.clone()
+        x2[0, :, 16:32, 0:16, 0:16] += 1.0                                    # token 1 of row 0 is visible
+        assert not torch.equal(encoder(x2, mask)[0][visible[0]], a[0][visible[0]])
+
+
+def test_shapes_for_non_cubic_input_and_channels():
+    encoder, decoder = build_encoder("hybrid", "tiny", 3, (64, 32, 96))
+    assert encoder.grid == (4, 2, 6) and encoder.out_dim == 96 and decoder["decoder_dim"] == 144
+    mask = torch.zeros(2, 48, dtype=torch.bool)
+    mask[:, ::2] = True
+    with torch.no_grad():
+        assert encoder(torch.randn(2, 3, 64, 32, 96), mask).shape == (2, 48, 96)
+    sizes = HYBRID_SIZES["tiny"]
+    finetune = HybridFinetuneEncoder(3, (64, 32, 96), sizes["channels"], sizes["depths"], sizes["heads"],
+                                     sizes["mlp_ratio"], sizes["conv_kernel"], drop_path_rate=0.1).eval()
+    with torch.no_grad():
+        maps = finetune(torch.randn(1, 3, 64, 32, 96))
+    assert [tuple(m.shape) for m in maps] == [(1, 12, 32, 16, 48), (1, 24, 16, 8, 24), (1, 48, 8, 4, 12),
+                                              (1, 96, 4, 2, 6), (1, 192, 2, 1, 3)]
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown size 'huge' for hybrid"):
+        build_encoder("hybrid", "huge", 1, (32, 32, 32))
+    with pytest.raises(ValueError, match="unknown backbone 'vit'"):
+        build_encoder("vit", "tiny", 1, (32, 32, 32))
+    with pytest.raises(ValueError, match="hybrid sizes: unknown entries \\['feature_size'\\]"):
+        build_encoder("hybrid", "tiny", 1, (32, 32, 32), feature_size=12)
+    encoder, _ = build_encoder("hybrid", "tiny", 1, (32, 32, 32))
+    uneven = torch.tensor([[True] * 4 + [False] * 4, [True] * 3 + [False] * 5])
+    with pytest.raises(ValueError, match="same number of tokens"):
+        encoder(torch.randn(2, 1, 32, 32, 32), uneven)

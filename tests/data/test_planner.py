@@ -1,0 +1,61 @@
+"""The planner's choices on synthetic fingerprints, each expected value derived by hand below."""
+
+import json
+
+import pytest
+
+from mim_nnunet.data.planner import plan_pretraining
+
+
+def fingerprint(median_spacing, p10, median_shape, modality="CT", channels=1):
+    return {"manifest_hash": "abc", "overall": {
+        "num_cases": 10, "median_spacing": median_spacing, "spacing_p10": p10, "median_shape": median_shape,
+        "modalities": [modality]}, "cases": [{"channels": channels}] * 10}
+
+
+def test_isotropic_ct():
+    plan = plan_pretraining(fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [300, 512, 512]), "hybrid", "base", 24.0)
+    assert plan["target_spacing"] == [1.0, 1.0, 1.0]                  # median, nothing anisotropic
+    assert plan["input_size"] == [96, 96, 96]
+    # 256 sub-volumes / 21 per crop = 12.2 -> 13 crops -> multiple of 4 -> 16 crops = 336 sub-volumes
+    assert plan["effective_batch_subvolumes"] == 336
+    assert {n * e["per_device_batch"] * e["accumulation"] for n, e in
+            ((int(k), v) for k, v in plan["batch_by_device_count"].items())} == {16}
+    # hybrid base: 11 GB per crop at 96^3; (24 - 2) // 11 = 2 crops fit per device
+    assert plan["batch_by_device_count"] == {
+        "1": {"per_device_batch": 2, "accumulation": 8}, "2": {"per_device_batch": 2, "accumulation": 4},
+        "4": {"per_device_batch": 2, "accumulation": 2}, "8": {"per_device_batch": 2, "accumulation": 1}}
+    assert plan["lr"] == pytest.approx(1e-4 * 336 / 256)
+    assert plan["intensity"]["CT"]["window"] == [-1000.0, 1000.0]
+    assert set(plan["explain"]) >= {"target_spacing", "input_size", "batch_by_device_count", "lr", "intensity"}
+
+
+def test_thick_slice_ct():
+    # z spacing 5 mm vs 0.7 mm in plane (7.1x > 3) and 60 slices vs 512 (60 * 3 < 512): anisotropic, so z
+    # takes the 10th percentile of the z spacings, 2.5 mm. S: 96 voxels of 0.7 mm = 67.2 mm; along z
+    # 67.2 / 2.5 = 26.9 voxels -> nearest multiple of 32 (at least 32) = 32.
+    plan = plan_pretraining(fingerprint([5.0, 0.7, 0.7], [2.5, 0.6, 0.6], [60, 512, 512]), "hybrid", "base", 24.0)
+    assert plan["target_spacing"] == [2.5, 0.7, 0.7]
+    assert plan["input_size"] == [32, 96, 96]
+    # one crop of 32x96x96 needs 11 GB / 3 = 3.67 GB: (24 - 2) // 3.67 = 5 fit; the largest divisor of 16 <= 5 is 4
+    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 4, "accumulation": 4}
+    # a 10th percentile finer than the in-plane spacing is raised just above it
+    plan = plan_pretraining(fingerprint([5.0, 0.7, 0.7], [0.5, 0.6, 0.6], [60, 512, 512]))
+    assert plan["target_spacing"][0] == pytest.approx(0.70001)
+
+
+def test_mri_and_memory_pressure():
+    # 1.5 mm z over 1.0 mm: ratio 1.5 <= 3, median kept; S along z = 96 * 1.0 / 1.5 = 64
+    plan = plan_pretraining(fingerprint([1.5, 1.0, 1.0], [1.2, 1.0, 1.0], [120, 256, 256], "MRI", channels=4),
+                            "hybrid", "base", 8.0)
+    assert plan["target_spacing"] == [1.5, 1.0, 1.0] and plan["input_size"] == [64, 96, 96]
+    assert plan["in_channels"] == 4 and plan["intensity"] == {"MRI": {"scheme": "zscore",
+                                                                   "background": "the normalised value of 0 per case"}}
+    # 64x96x96 = 2/3 of 96^3 -> 7.33 GB per crop; (8 - 2) // 7.33 = 0: one crop per device, with a warning
+    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16}
+    assert "WARNING" in plan["explain"]["batch_by_device_count"]
+
+
+def test_planning_is_deterministic():
+    fp = fingerprint([0.8, 0.78, 0.78], [0.7, 0.7, 0.7], [200, 512, 512])
+    assert json.dumps(plan_pretraining(fp, "swin", "tiny")) == json.dumps(plan_pretraining(fp, "swin", "tiny"))

@@ -1,0 +1,65 @@
+"""The README's first command, minus the install: `mim_nnunet demo` at its quickest setting on real CT,
+and the demo data: archive checked, labels on their organs, held-out halves."""
+
+import json
+import math
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers.commands import command
+from mim_nnunet.demo.data import demo_spec, prepare_demo_data
+
+KINDS = ("MiM", "scratch")
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_data")
+    return prepare_demo_data(root / "raw", root / "data", log=lambda *_: None)
+
+
+def test_demo_data_labels_sit_on_their_organs(demo_data):
+    spec = demo_spec()
+    dataset = demo_data["dataset"]
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "spleen": 1, "liver": 2, "stomach": 3, "aorta": 4}
+    assert sorted(p.name for p in demo_data["collection"].glob("*.nii.gz")) == sorted(
+        f"{p['name']}.nii.gz" for p in spec["pretrain"])
+    for split in ("Tr", "Ts"):
+        for case in ("abdomen", "contrast"):
+            image = sitk.ReadImage(str(dataset / f"images{split}" / f"{case}_0000.nii.gz"))
+            label = sitk.ReadImage(str(dataset / f"labels{split}" / f"{case}.nii.gz"))
+            assert image.GetSize() == label.GetSize() and np.allclose(image.GetOrigin(), label.GetOrigin())
+            ct, lab = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)
+            assert set(np.unique(lab)) == {0, 1, 2, 3, 4}, (split, case)            # every organ in every half
+            liver = ct[lab == 2].mean()
+            assert 0 < liver < 250, (split, case, liver)                           # soft tissue, not air or fat
+    # the contrast CT's label is stored flipped along y relative to the DICOM order: without the
+    # resampling through world coordinates the liver label would land on other tissue
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "imagesTr" / "contrast_0000.nii.gz")))
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "labelsTr" / "contrast.nii.gz")))
+    assert abs(ct[lab == 2].mean() - ct[lab[:, ::-1, :] == 2].mean()) > 50
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_the_report(tmp_path, clean_env):
+    env = {**clean_env, "nnUNet_n_proc_DA": "2"}
+    result = subprocess.run([command("mim_nnunet"), "demo", "--workspace", str(tmp_path / "ws"), "--device", "cpu",
+                             "--setting", "quick"], env=env, capture_output=True, encoding="utf-8", errors="replace",
+                            timeout=1800)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = tmp_path / "ws" / "report"
+    for name in ("summary.md", "progress_pretrain.png", "reconstructions.png", "progress_finetune_MiM.png",
+                 "progress_finetune_scratch.png", "overlay_abdomen.png", "overlay_contrast.png"):
+        assert (report / name).stat().st_size > 0, name
+    summary = (report / "summary.md").read_text()
+    for kind in KINDS:
+        scores = json.loads((report / f"scores_{kind}.json").read_text())
+        assert set(scores["cases"]) == {"abdomen", "contrast"}
+        values = [v[m] for v in scores["mean"].values() for m in ("dsc", "nsd")] + list(scores["overall"].values())
+        assert all(math.isfinite(v) and 0 <= v <= 1 for v in values)
+        assert f"{100 * scores['overall']['dsc']:.1f}" in summary
+    assert "| **mean** |" in summary and "Demo finished" in result.stdout

@@ -1,0 +1,70 @@
+"""Our trainer classes as nnU-Net finds and builds them (no training here: see the integration test)."""
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+from helpers.plans_factory import DATASET_JSON, make_plans
+from mim_nnunet.common.environment import trainers_dir
+from mim_nnunet.common.errors import PlansError
+from mim_nnunet.optim import WarmupCosineLR
+
+
+@pytest.fixture
+def find_trainer(monkeypatch, nnunet_dirs):
+    monkeypatch.setenv("nnUNet_extTrainer", str(trainers_dir()))
+    return recursive_find_trainer_class_by_name
+
+
+def make_trainer(cls, configuration="3d_fullres", patch_3d=(80, 160, 100)):
+    plans = make_plans(patch_3d=patch_3d)
+    plans["continue_training"] = False          # what nnUNetv2_train adds before building a trainer
+    return cls(plans=plans, configuration=configuration, fold=0, dataset_json=dict(DATASET_JSON),
+               device=torch.device("cpu"))
+
+
+def test_trainer_adapts_plans_and_turns_off_deep_supervision(find_trainer):
+    trainer = make_trainer(find_trainer("nnUNetTrainerSwinUNETR"))
+    assert trainer.configuration_manager.patch_size == [96, 160, 96]
+    # the dict nnU-Net writes to <model folder>/plans.json on train start
+    saved = trainer.plans_manager.plans["configurations"]["3d_fullres"]
+    assert saved["patch_size"] == [96, 160, 96]
+    assert saved["architecture"]["network_class_name"] == "monai.networks.nets.SwinUNETR"
+    assert saved["architecture"]["arch_kwargs"]["feature_size"] == 48
+    assert trainer.enable_deep_supervision is False
+    loss = trainer._build_loss()
+    assert not isinstance(loss, DeepSupervisionWrapper)
+    assert trainer._get_deep_supervision_scales() is None
+
+
+def test_built_network_is_monai_swinunetr_with_short_variant_size(find_trainer):
+    trainer = make_trainer(find_trainer("nnUNetTrainerSwinUNETR_fs12_1epoch"))
+    net = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1,
+                                             trainer.label_manager.num_segmentation_heads, True)
+    assert isinstance(net, SwinUNETR)
+    assert net.swinViT.patch_embed.proj.out_channels == 12 and net.out.conv.conv.out_channels == 3
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (1, 2, 1)
+    trainer.set_deep_supervision_enabled(True)   # nnU-Net calls this on every network; must not fail
+
+
+def test_optimiser_is_adamw_with_warmup_then_cosine(find_trainer):
+    trainer = make_trainer(find_trainer("nnUNetTrainerSwinUNETR"))
+    trainer.network = torch.nn.Linear(4, 2)
+    optimizer, scheduler = trainer.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW) and isinstance(scheduler, WarmupCosineLR)
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {1e-5, 0.0}
+    # 1000 epochs, 5 % warm-up = 50 epochs, lr 1e-4 (values by hand)
+    expected = {0: 1e-4 / 51, 49: 1e-4 * 50 / 51, 50: 1e-4, 525: 0.5e-4, 999: 0.5e-4 * (1 + torch.cos(
+        torch.tensor(torch.pi * 949 / 950, dtype=torch.float64)).item())}
+    for epoch, lr in expected.items():
+        scheduler.step(epoch)                    # as nnU-Net's on_train_epoch_start does
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_2d_plans_are_refused_before_anything_is_written(find_trainer, nnunet_dirs):
+    cls = find_trainer("nnUNetTrainerSwinUNETR")
+    with pytest.raises(PlansError, match="nnUNetTrainerSwinUNETR is 3D only: configuration '2d'"):
+        make_trainer(cls, configuration="2d")
+    assert not any(nnunet_dirs["nnUNet_results"].iterdir())

@@ -1,0 +1,14 @@
+"""Small real exports for tests."""
+
+import torch
+
+from mim_nnunet.backbones import build_encoder
+from mim_nnunet.weights.export import export_encoder
+
+
+def hybrid_export(tmp_path, name="h", size="tiny", input_size=(32, 32, 32), spacing=(1.0, 1.0, 1.0)):
+    torch.manual_seed(0)
+    encoder, _ = build_encoder("hybrid", size, 1, input_size)
+    return export_encoder(encoder, "hybrid", size, tmp_path / f"{name}.safetensors", in_channels=1,
+                          input_size=input_size, spacing=list(spacing),
+                          normalisation={"CT": {"scheme": "ct_window", "window": [-1000.0, 1000.0]}})[0]

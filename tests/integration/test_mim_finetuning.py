@@ -1,0 +1,210 @@
+"""MiM fine-tuning through stock nnU-Net, in subprocesses: mim_pretrain (tiny) -> plan -> check-transfer ->
+nnUNetv2_train with each MiM trainer -> pre-training files deleted -> nnUNetv2_predict; a 4-channel dataset
+with an inflated stem; -pretrained_weights through expand-weights; lr schedule across --c."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers.commands import command
+from helpers.synthetic import LABELS, write_dataset
+from mim_nnunet.weights.export import load_export
+
+DATASET, DATASET4 = 902, 903
+HYBRID, SWIN = "nnUNetTrainerMiM_tiny_1epoch", "nnUNetTrainerMiMSwinUNETR_tiny_1epoch"
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, env, cwd, ok=True):
+    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=1200)
+    if ok:
+        assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def sha1(t):
+    """Independent of the code under test: hashlib over the tensor's raw bytes."""
+    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def four_channel_copy(root: Path, raw: Path) -> Path:
+    """Dataset903: the same cases with 4 channels (the image and three transformed copies)."""
+    target = raw / f"Dataset{DATASET4:03d}_MiMFour"
+    shutil.copytree(root / "labelsTr", target / "labelsTr")
+    (target / "imagesTr").mkdir()
+    for image in sorted((root / "imagesTr").glob("*_0000.nii.gz")):
+        itk = sitk.ReadImage(str(image))
+        for c in range(4):
+            copy = sitk.GetImageFromArray(sitk.GetArrayFromImage(itk) * (1 + c) + 10 * c)
+            copy.CopyInformation(itk)
+            sitk.WriteImage(copy, str(target / "imagesTr" / image.name.replace("_0000", f"_{c:04d}")))
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {str(c): f"ch{c}" for c in range(4)}
+    meta["numTraining"] = len(list((target / "labelsTr").glob("*.nii.gz")))
+    (target / "dataset.json").write_text(json.dumps(meta))
+    return target
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    work = tmp_path_factory.mktemp("mim")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[name] = str(work / name)
+    env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, work).stdout.strip()
+    env["nnUNet_n_proc_DA"] = "2"
+    root = write_dataset(work / "nnUNet_raw", DATASET, num_train=5, num_test=2, shape=(64, 64, 64), seed=2)
+    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "2"], env, work)
+    exports = {}
+    for backbone in ("hybrid", "swin"):
+        run([command("mim_pretrain"), "-d", DATASET, "-o", "pre", "-backbone", backbone, "-size", "tiny", "-np", "1",
+             "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0"], env, work)
+        exports[backbone] = Path(env["nnUNet_results"]) / "MiM_pre" / f"{backbone}_tiny" / "export" / \
+            f"mim_{backbone}_tiny.safetensors"
+    kept = work / "kept" / "mim_hybrid_tiny.safetensors"          # a copy that outlives the deletion below
+    kept.parent.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(exports["hybrid"].with_suffix(suffix), kept.with_suffix(suffix))
+    return {"work": work, "env": env, "root": root, "exports": exports, "kept": kept,
+            "results": Path(env["nnUNet_results"]) / root.name}
+
+
+def test_transfer_check_passes_and_fails_with_named_problems(setup):
+    env, work, exports = setup["env"], setup["work"], setup["exports"]
+    check = [command("mim_nnunet"), "check-transfer", "-d", DATASET]
+    good = run(check + ["-tr", HYBRID, exports["hybrid"]], env, work)
+    assert "100.00% of" in good.stdout and "transfer check passed" in good.stdout
+    assert "backbone.blocks4" in good.stdout and "position embedding interpolated" in good.stdout
+    # truncated export
+    cut = work / "cut.safetensors"
+    cut.write_bytes(exports["hybrid"].read_bytes()[:5000])
+    shutil.copy(exports["hybrid"].with_suffix(".json"), cut.with_suffix(".json"))
+    failures = {
+        "truncated": (run(check + ["-tr", HYBRID, cut], env, work, ok=False), "cut.safetensors: corrupt"),
+        "backbone": (run(check + ["-tr", HYBRID, exports["swin"]], env, work, ok=False),
+                     "a 'swin' export, but MiMUNETR needs a 'hybrid' one"),
+        "shapes": (run(check + ["-tr", "nnUNetTrainerMiM", exports["hybrid"]], env, work, ok=False),
+                   "of the encoder's parameters would load (at least 99% required); shapes differ"),
+    }
+    for name, (result, message) in failures.items():
+        assert result.returncode == 2 and message in result.stderr, (name, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, name
+    swin = run(check + ["-tr", SWIN, exports["swin"]], env, work)
+    assert "100.00% of" in swin.stdout
+
+
+def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(setup):
+    env, work, exports, results = setup["env"], setup["work"], setup["exports"], setup["results"]
+    for trainer, backbone in ((HYBRID, "hybrid"), (SWIN, "swin")):
+        run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env, work)
+        report = json.loads((results / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0" / "mim_transfer.json")
+                            .read_text())
+        assert "newest" in report["how"] and report["encoder_fraction"] == 1.0
+        state, _ = load_export(exports[backbone])
+        prefix = "backbone." if backbone == "hybrid" else "swinViT."
+        compared = [k for k in report["digests"] if k not in report["adapted"]]
+        assert len(compared) > 20
+        for key in compared:          # the network's encoder at the start of fine-tuning = the export
+            assert report["digests"][key] == sha1(state[key[len(prefix):]]), key
+    # prediction needs only the fine-tuned model: delete every pre-training file first
+    for folder in (Path(env["nnUNet_results"]) / "MiM_pre", Path(env["nnUNet_preprocessed"]) / "MiM_pre"):
+        shutil.rmtree(folder)
+    for trainer in (HYBRID, SWIN):
+        out = work / f"pred_{trainer}"
+        run([command("nnUNetv2_predict"), "-i", setup["root"] / "imagesTs", "-o", out, "-d", DATASET, "-c",
+             "3d_fullres", "-f", "0", "-tr", trainer, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"],
+            env, work)
+        preds = sorted(out.glob("*.nii.gz"))
+        assert len(preds) == 2
+        for p in preds:
+            assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))) <= set(LABELS.values())
+    # nnU-Net's validation with probabilities (--val --npz) also runs from the fine-tuned model alone
+    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu", "--val", "--npz"],
+        env, work)
+    validation = results / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_0" / "validation"
+    assert (validation / "summary.json").is_file() and list(validation.glob("*.npz"))
+
+
+def test_four_channel_dataset_trains_with_an_inflated_stem(setup):
+    env, work = dict(setup["env"]), setup["work"]
+    four_channel_copy(setup["root"], Path(env["nnUNet_raw"]))
+    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET4, "-c", "3d_fullres", "-np", "2"], env, work)
+    env["MIM_PRETRAINED_WEIGHTS"] = str(setup["kept"])
+    run([command("nnUNetv2_train"), DATASET4, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu"], env, work)
+    folder = Path(env["nnUNet_results"]) / f"Dataset{DATASET4:03d}_MiMFour" / f"{HYBRID}__nnUNetPlans__3d_fullres"
+    report = json.loads((folder / "fold_0" / "mim_transfer.json").read_text())
+    assert report["how"] == "$MIM_PRETRAINED_WEIGHTS"
+    assert "inflated from 1 to 4" in report["adapted"]["backbone.patch_embed1.proj.weight"]
+    assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+
+
+def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup):
+    env, work = setup["env"], setup["work"]
+    export = setup["kept"]
+    out = work / "expanded.pth"
+    result = run([command("mim_nnunet"), "expand-weights", "-d", DATASET, "-tr", HYBRID, export, "-o", out], env, work)
+    assert f"-pretrained_weights {out}" in result.stdout
+    script = textwrap.dedent(f"""
+        import torch
+        from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+        from mim_nnunet.finetune.dataset_network import network_for_dataset
+        from mim_nnunet.weights.export import load_export
+        net = network_for_dataset("{DATASET}", "{HYBRID}").network
+        load_pretrained_weights(net, r"{out}")          # nnU-Net's loader: every key, same shapes
+        state, _ = load_export(r"{export}")
+        assert torch.equal(net.backbone.blocks4[0].attn.qkv.weight, state["blocks4.0.attn.qkv.weight"])
+        print("nnU-Net loaded it")
+    """)
+    result = run([sys.executable, "-c", script], env, work)
+    assert "nnU-Net loaded it" in result.stdout
+    # and through nnUNetv2_train: the trainer sees the loaded weights and does not search for an export
+    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "1", "-tr", HYBRID, "-device", "cpu",
+         "-pretrained_weights", out], env, work)
+    fold = setup["results"] / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_1"
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "weights were loaded with -pretrained_weights; not searching" in log
+    assert not (fold / "mim_transfer.json").exists()
+
+
+def test_lr_schedule_survives_checkpoint_and_continue(setup):
+    """nnU-Net's own save_checkpoint / load_checkpoint, then the step nnU-Net takes at each epoch start:
+    mid-warm-up (epoch 10 of 50 warm-up epochs) and after it (epoch 400), the lr is on its schedule."""
+    env, work = setup["env"], setup["work"]
+    script = textwrap.dedent(f"""
+        import json, os, torch
+        from nnunetv2.run.run_training import get_trainer_from_args
+        def make(continue_training):          # as nnUNetv2_train builds it
+            t = get_trainer_from_args("{DATASET}", "3d_fullres", 0, "nnUNetTrainerMiMScratch", "nnUNetPlans",
+                                      continue_training, torch.device("cpu"))
+            t.initialize()
+            return t
+        out = {{}}
+        for epoch in (10, 400):
+            first = make(False)
+            first.current_epoch = epoch - 1       # nnU-Net saves the epoch to continue with: current + 1
+            os.makedirs(first.output_folder, exist_ok=True)
+            first.save_checkpoint(first.output_folder + "/ck.pth")
+            second = make(True)
+            second.load_checkpoint(first.output_folder + "/ck.pth")
+            second.lr_scheduler.step(second.current_epoch)     # what on_train_epoch_start does
+            out[epoch] = [second.current_epoch, second.optimizer.param_groups[0]["lr"], second.num_epochs]
+        print(json.dumps(out))
+    """)
+    result = run([sys.executable, "-c", script], env, work)
+    values = json.loads(result.stdout.strip().splitlines()[-1])
+    for epoch, (current, lr, total) in values.items():
+        epoch, warmup = int(epoch), round(0.05 * total)
+        assert current == epoch and total == 1000 and warmup == 50
+        expected = 1e-4 * ((epoch + 1) / (warmup + 1) if epoch < warmup else
+                           0.5 * (1 + np.cos(np.pi * (epoch - warmup) / (total - warmup))))
+        assert lr == pytest.approx(expected, rel=1e-9), epoch

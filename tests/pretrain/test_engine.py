@@ -1,0 +1,280 @@
+"""The pre-training engine: exact resume, distribution on gloo, accumulation, crash propagation,
+SIGKILL safety, checkpoints and exports. Tiny models at S = 32 on a 3-scan collection, fp32 on CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.commands import command
+from helpers.volumes import ct_array, write
+from mim_nnunet.backbones import backbone_sizes
+from mim_nnunet.common.errors import MimError
+from mim_nnunet.common.layout import CHECKPOINT
+from mim_nnunet.data.loader import IndexedCropBatches
+from mim_nnunet.data.pipeline import prepare
+from mim_nnunet.pretrain.checkpoint import CheckpointError, export_checkpoint, load_checkpoint, save_checkpoint
+from mim_nnunet.pretrain.engine import digest, launch
+from mim_nnunet.pretrain.logbook import read_records
+from mim_nnunet.pretrain.settings import continued_settings, resolve_settings
+from mim_nnunet.weights.export import load_export
+
+TINY = dict(input_size=[32], per_device_batch=1, accumulation=1, steps=6, loader_workers=0, save_every=1,
+            plot_every=3, recon_every=3)
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Three CT-like scans prepared once; nnU-Net folders exported for this module's tests."""
+    root = tmp_path_factory.mktemp("pretrain")
+    scans = root / "scans"
+    for i in range(3):
+        write(ct_array((40, 48, 44), seed=i), scans / f"s{i}.nii.gz")
+    env = {"nnUNet_raw": root / "raw", "nnUNet_preprocessed": root / "pre", "nnUNet_results": root / "res"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            v.mkdir()
+            mp.setenv(k, str(v))
+        prepared = prepare([str(scans)], name="tiny", size="tiny", num_processes=1, log=lambda *_: None)
+        yield {"root": root, "scans": scans, "prepared": prepared,
+               "env": {**os.environ, **{k: str(v) for k, v in env.items()}}}
+
+
+def run(collection, out, world=1, backbone="hybrid", **overrides):
+    plan = dict(collection["prepared"].plan, backbone=backbone, backbone_sizes=backbone_sizes(backbone, "tiny"))
+    settings = resolve_settings(plan, collection["prepared"].store, out, world, "cpu", **{**TINY, **overrides})
+    launch(settings, resume=False)
+    return settings
+
+
+def resume(out, collection, world=1, **operational):
+    saved = load_checkpoint(Path(out) / CHECKPOINT)["settings"]
+    settings = continued_settings(saved, world, "cpu", out, collection["prepared"].store, **operational)
+    launch(settings, resume=True)
+    return settings
+
+
+def losses(out):
+    return [{k: v for k, v in r.items() if k == "step" or k == "loss" or k.startswith(("rec_", "align_", "lr"))}
+            for r in read_records(Path(out) / "log.jsonl")]
+
+
+def weights(out):
+    return load_checkpoint(Path(out) / CHECKPOINT)["model"]
+
+
+def test_resume_after_a_stop_gives_identical_weights_and_losses(collection, tmp_path):
+    run(collection, tmp_path / "straight")
+    run(collection, tmp_path / "stopped", stop_at=3)
+    assert load_checkpoint(tmp_path / "stopped" / CHECKPOINT)["step"] == 3
+    assert not (tmp_path / "stopped" / "export").exists()               # not finished: no export yet
+    resume(tmp_path / "stopped", collection)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "straight") == losses(tmp_path / "stopped")
+    assert [r["step"] for r in losses(tmp_path / "stopped")] == [1, 2, 3, 4, 5, 6]
+    # and the weights moved: resume is not trivially equal
+    first = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
+    assert first["step"] == 6 and first["optimizer"]["state"]
+    # artefacts of the run
+    out = tmp_path / "straight"
+    records = read_records(out / "log.jsonl")
+    assert all(k in records[-1] for k in ("loss", "rec_l1", "rec_l2", "rec_l3", "align_12", "align_23", "lr",
+                                         "grad_norm", "subvolumes_per_s", "data_wait_fraction"))
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records) and "eta_s" in records[-1]
+    assert records[-1]["subvolumes_per_s"] > 0 and 0 <= records[-1]["data_wait_fraction"] <= 1
+    assert (out / "progress.png").stat().st_size > 0
+    assert sorted(p.name for p in (out / "reconstructions").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+    assert "step 6/6 loss" in (out / "log.txt").read_text(encoding="utf-8")
+
+
+def test_accumulation_and_processes_are_interchangeable(collection, tmp_path):
+    """1 process x accumulation 2 and 2 gloo processes x accumulation 1 see the same crops and masks,
+    so one step gives bit-identical weights; the 2 ranks take different crops and agree on weights.
+    One CPU thread per process in both runs: float sums are only reproducible at a fixed thread count."""
+    run(collection, tmp_path / "accum", world=1, accumulation=2, steps=2, stop_at=1, cpu_threads=1)
+    run(collection, tmp_path / "ranks", world=2, accumulation=1, steps=2, stop_at=1, cpu_threads=1)
+    a, b = weights(tmp_path / "accum"), weights(tmp_path / "ranks")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    record = read_records(tmp_path / "ranks" / "log.jsonl")[-1]
+    assert len(set(record["rank_weights_sha1"])) == 1 and len(record["rank_weights_sha1"]) == 2
+    crops = record["rank_crops_sha1"]
+    assert crops[0] != crops[1]
+    # the digests are those of the loader's batches: rank r's first batch is global batch r
+    store = collection["prepared"].store
+    expected = [digest([IndexedCropBatches(store, (64, 64, 64), 1, rank=r, world_size=2).batch(0)]) for r in (0, 1)]
+    assert crops == expected
+    ckpt = load_checkpoint(tmp_path / "ranks" / CHECKPOINT)
+    assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
+
+
+def test_a_half_written_checkpoint_never_replaces_a_good_one(tmp_path, monkeypatch):
+    model, path = torch.nn.Linear(3, 2), tmp_path / CHECKPOINT
+    opt = torch.optim.AdamW(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    save_checkpoint(path, model=model, optimizer=opt, scaler=scaler, step=4, settings={"a": 1}, rng=[])
+
+    def dies_half_way(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK\x03\x04 half of a zip")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model=model, optimizer=opt, scaler=scaler, step=5, settings={"a": 1}, rng=[])
+    assert load_checkpoint(path)["step"] == 4 and sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
+    path.write_bytes(path.read_bytes()[:200])                               # a truncated file
+    with pytest.raises(CheckpointError, match=f"{CHECKPOINT}: corrupt or not a mim-nnunet checkpoint"):
+        load_checkpoint(path)
+
+
+def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tmp_path):
+    env = collection["env"]
+    args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny", "-np", "1",
+            "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-save_every", "1", "-steps", "400",
+            "-run", "killed"]
+    out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_killed"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(read_records(out / "log.jsonl")) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(out / CHECKPOINT)                                   # loads: never half-written
+    assert 3 <= state["step"] < 400
+    result = subprocess.run(args + ["--c", "-stop_at", str(state["step"] + 2)], env=env, capture_output=True,
+                            encoding="utf-8", errors="replace", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resumed at step {state['step']} of 400" in result.stdout
+    assert [r["step"] for r in read_records(out / "log.jsonl")] == list(range(1, state["step"] + 3))
+    assert not list(out.rglob(".tmp_*"))
+    # without --c the folder is not overwritten
+    again = subprocess.run(args, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--c" in again.stderr
+
+
+def test_cli_two_gloo_processes_finish_and_export(collection):
+    env = collection["env"]
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+                             "-np", "1", "-gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
+                             "-accum", "1", "-workers", "1", "-steps", "3", "-run", "gloo", "-r2", "0.5",
+                             "-align_loss", "byol", "-align_pairs", "true", "false"],
+                            env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_gloo"
+    assert "on 2 cpu process(es)" in result.stdout and "encoder exported to" in result.stdout
+    settings = json.loads((out / "settings.json").read_text(encoding="utf-8"))
+    assert settings["world_size"] == 2 and settings["mim"]["r2"] == 0.5 and settings["mim"]["align_pairs"] == [
+        True, False] and settings["mim"]["align_loss"] == "byol"
+    records = read_records(out / "log.jsonl")
+    assert "align_23" not in records[-1] and "align_12" in records[-1]
+    state, record = load_export(out / "export" / "mim_hybrid_tiny.safetensors")
+    encoder = {k[len("encoder."):]: v for k, v in weights(out).items() if k.startswith("encoder.")}
+    assert state.keys() == encoder.keys() and all(torch.equal(state[k], encoder[k]) for k in state)
+    assert record["steps"] == 3 and record["spacing"] == collection["prepared"].plan["target_spacing"]
+    assert record["normalisation"] == collection["prepared"].plan["intensity"] and record["input_size"] == [32] * 3
+
+
+def test_a_crashing_rank_ends_the_job_quickly(collection):
+    env = {**collection["env"], "MIM_PRETRAIN_FAIL_AT": "1:1"}
+    started = time.time()
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+                             "-np", "1", "-gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
+                             "-workers", "0", "-steps", "50", "-run", "crash"],
+                            env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert result.returncode == 2
+    assert "mim_pretrain: error: rank 1 failed:" in result.stderr and "injected failure on rank 1 at step 1" in \
+        result.stderr
+    assert time.time() - started < 240
+
+
+def test_torchrun_joins_the_given_group(collection):
+    env = collection["env"]
+    result = subprocess.run([command("torchrun"), "--standalone", "--nproc_per_node", "2", command("mim_pretrain"),
+                             "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny", "-np", "1", "-device",
+                             "cpu", "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-steps", "2",
+                             "-run", "torchrun"],
+                            env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_torchrun"
+    assert json.loads((out / "settings.json").read_text(encoding="utf-8"))["world_size"] == 2
+    assert len(read_records(out / "log.jsonl")[-1]["rank_weights_sha1"]) == 2
+    assert (out / "export" / "mim_hybrid_tiny.safetensors").is_file()
+
+
+def test_export_command_for_both_backbones(collection, tmp_path):
+    from monai.networks.nets import SwinUNETR
+
+    run(collection, tmp_path / "swin", backbone="swin", steps=2)
+    out, meta = export_checkpoint(tmp_path / "swin" / CHECKPOINT)
+    assert out.name == "mim_swin_tiny_step2.safetensors"
+    state, record = load_export(out)
+    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12)
+    net.swinViT.load_state_dict(state, strict=True)                       # loads strictly into SwinViT
+    assert record["backbone"] == "swin" and record["steps"] == 2
+
+    run(collection, tmp_path / "hybrid", steps=2)
+    result = subprocess.run([command("mim_nnunet"), "export", str(tmp_path / "hybrid" / CHECKPOINT), "-o",
+                             str(tmp_path / "h.safetensors")], capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=300)
+    assert result.returncode == 0, result.stderr
+    state, record = load_export(tmp_path / "h.safetensors")
+    assert "pos_embed" in state and "patch_embed1.proj.weight" in state and record["backbone"] == "hybrid"
+
+    # a checkpoint whose weights do not fit the backbone its settings name
+    ckpt = load_checkpoint(tmp_path / "hybrid" / CHECKPOINT)
+    ckpt["settings"]["backbone"] = "swin"
+    torch.save(ckpt, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="wrong.pt: encoder weights do not"):
+        export_checkpoint(tmp_path / "wrong.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    result = subprocess.run([command("mim_nnunet"), "export", str(tmp_path / "bad.pt")], capture_output=True,
+                            encoding="utf-8", errors="replace", timeout=300)
+    assert result.returncode == 2 and "bad.pt: corrupt or not a mim-nnunet checkpoint" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_gradient_clipping_changes_the_step_not_the_logged_norm(collection, tmp_path):
+    run(collection, tmp_path / "free", steps=2)
+    run(collection, tmp_path / "clipped", steps=2, clip_grad=1e-9)
+    free, clipped = read_records(tmp_path / "free" / "log.jsonl"), read_records(tmp_path / "clipped" / "log.jsonl")
+    assert free[0]["loss"] == clipped[0]["loss"] and free[0]["grad_norm"] == clipped[0]["grad_norm"] > 1e-9
+    a, b = weights(tmp_path / "free"), weights(tmp_path / "clipped")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_settings_follow_the_plan_and_reject_what_cannot_work(collection, tmp_path):
+    plan = collection["prepared"].plan
+    s = resolve_settings(plan, "store", tmp_path, 2, "cpu", input_size=[32])
+    entry = plan["batch_by_device_count"]["2"]
+    assert (s.per_device_batch, s.accumulation) == (entry["per_device_batch"], entry["accumulation"])
+    assert s.effective_batch_crops == plan["effective_batch_subvolumes"] // 21 == 16
+    assert s.lr == pytest.approx(1e-4 * 16 * 21 / 256)
+    s = resolve_settings(plan, "store", tmp_path, 1, "cpu", input_size=[32], per_device_batch=2, accumulation=3,
+                         switches={"levels": 2})
+    assert s.lr == pytest.approx(1e-4 * 6 * (1 + 4) / 256)                  # levels 2: 5 sub-volumes per crop
+    with pytest.raises(MimError, match="no batch split for 3 devices"):
+        resolve_settings(plan, "store", tmp_path, 3, "cpu")
+    with pytest.raises(MimError, match="gamma3=9"):
+        resolve_settings(plan, "store", tmp_path, 1, "cpu", input_size=[32], switches={"gamma3": 9})
+    with pytest.raises(MimError, match="needs a GPU"):
+        resolve_settings(plan, "store", tmp_path, 1, "cpu", precision="bf16")
+    saved = resolve_settings(plan, "store", tmp_path, 2, "cpu", input_size=[32], per_device_batch=1,
+                             accumulation=2).to_dict()
+    moved = continued_settings(saved, 4, "cpu", tmp_path, "store", log=lambda *_: None)
+    assert (moved.world_size, moved.accumulation) == (4, 1)
+    with pytest.raises(MimError, match="cannot keep that effective batch"):
+        continued_settings(saved, 3, "cpu", tmp_path, "store")
+
+
+def test_help_documents_every_flag():
+    result = subprocess.run([command("mim_pretrain"), "--help"], capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=120)
+    for flag in ("-gpus", "-backbone", "-size", "-steps", "-device", "--c", "-gpu_memory_target", "-np", "-stop_at",
+                 "-precision", "-clip_grad", "--compile", "-levels", "-next_level_from", "-align_loss",
+                 "-level_weight_schedule", "-loss_weights", "-o NAME"):
+        assert flag in result.stdout, flag

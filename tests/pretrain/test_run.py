@@ -1,0 +1,76 @@
+"""The plan is the run's configuration: an edited plan is kept and drives the run, settings.json says
+where each value came from, and --replan (or other data) plans again."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.volumes import ct_array, write
+from mim_nnunet.common.layout import plan_file
+from mim_nnunet.data.pipeline import prepare
+from mim_nnunet.pretrain.engine import build
+from mim_nnunet.pretrain.settings import resolve_settings
+
+
+@pytest.fixture
+def prepared(tmp_path, nnunet_dirs):
+    folder = tmp_path / "scans"
+    for i in range(2):
+        write(ct_array((16, 24, 20), seed=i), folder / f"s{i}.nii.gz")
+    run = lambda **kw: prepare([str(folder)], name="cfg", size="tiny", num_processes=1, log=lambda *_: None, **kw)
+    return run, run()
+
+
+def test_an_edited_plan_is_kept_and_drives_the_run(prepared, tmp_path):
+    run, first = prepared
+    path = plan_file(first.folder, "hybrid", "tiny")
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    plan["lr"] = 0.002                                           # for the plan's effective batch (336 sub-volumes)
+    plan["backbone_sizes"]["decoder_depth"] = 1
+    plan["backbone_sizes"]["depths"] = [1, 1, 1, 2]
+    plan["mim"]["r2"] = 0.75
+    path.write_text(json.dumps(plan), encoding="utf-8")
+
+    again = run()
+    assert again.plan["lr"] == 0.002 and again.store == first.store
+    assert set(again.plan_edits) == {"lr", "backbone_sizes", "backbone_sizes.decoder_depth",
+                                     "backbone_sizes.depths", "mim", "mim.r2"}
+    settings = resolve_settings(again.plan, again.store, tmp_path / "run", 1, "cpu", input_size=[32],
+                                per_device_batch=1, accumulation=2, plan_edits=again.plan_edits)
+    # 2 crops x 21 sub-volumes instead of the plan's 336: the plan's (edited) lr scaled linearly
+    assert settings.lr == pytest.approx(0.002 * 42 / 336)
+    assert settings.provenance["lr"].startswith("plan (edited), x 42 / 336")
+    assert settings.provenance["backbone_sizes"] == "plan (edited)" and settings.provenance["mim"]["r2"] == "plan (edited)"
+    assert settings.provenance["mim"]["r1"] == "plan" and settings.config.r2 == 0.75
+    trainee = build(settings, torch.device("cpu"))
+    assert len(trainee.model.decoder.decoder_blocks) == 1
+    assert [len(getattr(trainee.model.encoder, f"blocks{i}")) for i in (1, 2, 3, 4)] == [1, 1, 1, 2]
+
+    replanned = run(replan=True)
+    assert replanned.plan_edits == [] and replanned.plan["lr"] != 0.002
+    assert json.loads(path.read_text(encoding="utf-8"))["backbone_sizes"]["decoder_depth"] == 2
+
+
+def test_edited_preprocessing_values_get_a_store_of_their_own(prepared):
+    run, first = prepared
+    path = plan_file(first.folder, "hybrid", "tiny")
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    plan["intensity"]["CT"]["window"] = [-200.0, 300.0]
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    edited = run()
+    assert edited.store != first.store and edited.store.name.startswith(first.store.name + "_")
+    case = sorted(edited.store.glob("*.npy"))[0]
+    old, new = np.load(first.store / case.name), np.load(case)
+    assert not np.array_equal(old, new)                         # the new window was applied
+
+
+def test_a_plan_for_other_settings_is_planned_again(prepared):
+    run, first = prepared
+    path = plan_file(first.folder, "hybrid", "tiny")
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    plan["lr"] = 0.5
+    path.write_text(json.dumps(plan), encoding="utf-8")
+    other_target = run(gpu_memory_target_gb=40.0)
+    assert other_target.plan["gpu_memory_target_gb"] == 40.0 and other_target.plan["lr"] != 0.5
