@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..mim.tokens import TOKEN_SIZE, token_mask_to_grid
-from .layers import Block, DropPath, ScaledBlock, fixed_pos_embed, init_weights
+from .layers import Block, DropPath, ScaledBlock, fixed_pos_embed, init_finetune_weights, init_weights
 
 # Sizes: 'base' is the release; 'tiny' (channels / 4, 3 heads, a small decoder) is for tests and CPUs.
 # decoder_* size the MAE decoder of pre-training (MIM_SPEC.md 3.1).
@@ -190,21 +190,23 @@ class HybridFinetuneEncoder(HybridConvStages):
     """Fine-tuning encoder (the release's): ``(B, C, *S)`` -> feature maps at S/2, S/4, S/8 (conv stages),
     S/16 (tokens on the grid, c4 channels) and S/32 (``fpn``, 2 c4 channels).
 
-    Arguments as :class:`HybridEncoder` plus ``drop_path_rate``: stochastic depth of the last ViT block,
-    rising linearly from 0 over ``blocks4``.
+    Arguments as :class:`HybridEncoder` plus ``drop_path_rate``: stochastic depth of the last block, rising
+    linearly from 0 over all blocks, conv and ViT (17 at base), as the release does. Initialised as the
+    release fine-tunes (:func:`init_finetune_weights`); pre-trained weights then replace the encoder's.
     """
 
     def __init__(self, in_channels: int, input_size: Sequence[int], channels: Sequence[int], depths: Sequence[int],
                  heads: int, mlp_ratio: float, conv_kernel: int, drop_path_rate: float):
-        super().__init__(in_channels, input_size, channels, depths, mlp_ratio, conv_kernel)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        conv_blocks = sum(depths[:CONV_STAGES])
+        super().__init__(in_channels, input_size, channels, depths, mlp_ratio, conv_kernel, rates[:conv_blocks])
         c4 = channels[3]
         tokens = self.grid[0] * self.grid[1] * self.grid[2]
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, c4))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        rates = torch.linspace(0, drop_path_rate, depths[3]).tolist()
-        self.blocks4 = nn.ModuleList(ScaledBlock(c4, heads, mlp_ratio, self.grid, r) for r in rates)
+        self.blocks4 = nn.ModuleList(ScaledBlock(c4, heads, mlp_ratio, self.grid, r) for r in rates[conv_blocks:])
         self.fpn = nn.Sequential(nn.Conv3d(c4, 2 * c4, 2, stride=2), nn.BatchNorm3d(2 * c4), nn.GELU())
-        init_weights(self)
+        init_finetune_weights(self, self.blocks4)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: Tensor) -> List[Tensor]:
         feats = self.conv_stages(x)                                            # nothing is masked here

@@ -143,11 +143,12 @@ def fixed_pos_embed(grid: Sequence[int], dim: int) -> nn.Parameter:
 
 
 def init_weights(module: nn.Module) -> None:
-    """MAE's initialisation: xavier-uniform linears and convs, zero linear biases, unit norms.
+    """MAE's initialisation of pre-training models: xavier-uniform linears, zero linear biases, unit norms.
 
-    Conv biases keep PyTorch's default (uniform, non-zero), as in MAE/ConvMAE: with zero biases, the
-    exactly-zero air and padding of CT (-1000 HU -> 0) gives zero activations whose channel LayerNorms
-    amplify the gradient 1/sqrt(eps) = 1000x each, about 1e32 at the stem after a few of them."""
+    Convs keep PyTorch's default initialisation, as the MiM release does (weights and biases uniform, the
+    biases non-zero: with zero biases, the exactly-zero air and padding of CT (-1000 HU -> 0) gives zero
+    activations whose channel LayerNorms amplify the gradient 1/sqrt(eps) = 1000x each, about 1e32 at the
+    stem after a few of them)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -156,6 +157,25 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv3d):
-            w = m.weight
-            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+
+
+VIT_INIT_STD = 0.02
+
+
+def init_finetune_weights(module: nn.Module, blocks: Sequence[nn.Module]) -> None:
+    """The release's fine-tuning initialisation (BEiT/timm style): truncated-normal (std 0.02) linears with
+    zero biases, unit norms, convs at PyTorch's default; then each ViT block's output projections
+    (``attn.proj``, ``mlp.fc2``) divided by sqrt(2 x its 1-based depth), so the residual stream does not
+    grow with depth."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=VIT_INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for depth, block in enumerate(blocks, start=1):
+            for weight in (block.attn.proj.weight, block.mlp.fc2.weight):
+                weight.div_((2.0 * depth) ** 0.5)

@@ -32,6 +32,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check_leakage", metavar="DATASET",
                         help="warn when images of this nnU-Net dataset are in the pre-training data")
     parser.add_argument("--fail_on_leakage", action="store_true", help="with --check_leakage: stop instead of warn")
+    parser.add_argument("-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
+                        help="target spacing in mm (image axes x y z) instead of the planned one")
     parser.add_argument("--replan", action="store_true",
                         help="plan again even if a plan for the same data and settings exists (edits are lost)")
 
@@ -42,7 +44,7 @@ def prepare_from(args: argparse.Namespace):
     return prepare(args.d, name=args.name, backbone=args.backbone, size=args.size,
                    gpu_memory_target_gb=args.gpu_memory_target, num_processes=args.np,
                    allow_partial=args.allow_partial, modality=args.modality, leakage_dataset=args.check_leakage,
-                   leakage_fail=args.fail_on_leakage, replan=args.replan)
+                   leakage_fail=args.fail_on_leakage, replan=args.replan, spacing_xyz=args.spacing)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

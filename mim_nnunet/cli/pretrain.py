@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from ..mim.config import MIM_SWITCHES
 from ..mim.losses import LEVEL_WEIGHT_SCHEDULES
-from ..pretrain.settings import DEFAULT_LOADER_WORKERS, PRETRAIN_INTERVALS, PRETRAIN_RECIPE
+from ..pretrain.settings import DEFAULT_LOADER_WORKERS, PRETRAIN_INTERVALS, PRETRAIN_RECIPE, VALIDATION_CROPS
 from . import run_guarded
 from .plan import add_data_arguments, prepare_from
 
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"data-loading workers per process (default: {DEFAULT_LOADER_WORKERS})")
     run.add_argument("-threads", type=int, default=None,
                      help="CPU threads per process with -device cpu (default: cores / processes)")
+    run.add_argument("-val_crops", type=int, default=None,
+                     help=f"fixed held-out crops of the validation loss, 0 = none (default: {VALIDATION_CROPS})")
     for name, value in PRETRAIN_INTERVALS.items():
         run.add_argument(f"-{name}", type=int, default=None, help=f"steps (default: {value})")
     add_switch_arguments(parser)
@@ -107,7 +109,7 @@ def switches_from(args: argparse.Namespace) -> Dict:
 
 def operational_from(args: argparse.Namespace) -> Dict:
     values = {"stop_at": args.stop_at, "loader_workers": args.workers, "compile": args.compile,
-              "cpu_threads": args.threads,
+              "cpu_threads": args.threads, "val_crops": args.val_crops,
               **{name: getattr(args, name) for name in PRETRAIN_INTERVALS}}
     return {k: v for k, v in values.items() if v is not None}
 

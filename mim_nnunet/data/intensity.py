@@ -1,5 +1,6 @@
-"""Intensity normalisation of pre-training data (MIM_SPEC.md section 6): CT clipped to a HU window and
-scaled to [0, 1], MRI z-scored per case and channel. The plan records the scheme; preprocessing applies it."""
+"""Intensities of pre-training data (MIM_SPEC.md section 6): CT clipped to a HU window and scaled to
+[0, 1], MRI z-scored per case and channel; and the foreground (body) mask that crop sampling draws
+centres from. The plan records both rules; preprocessing applies them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,40 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 CT_WINDOW = (-1000.0, 1000.0)           # HU clip before scaling CT to [0, 1]; air (and padding) = 0
+# Foreground (body) of a case: CT above -500 HU (between air at -1000 and fat at about -100: lungs
+# count, the air around the patient and the table foam do not); MRI above a low percentile of the case.
+CT_BODY_HU = -500.0
+MRI_FOREGROUND_PERCENTILE = 10.0
+FOREGROUND_COORDINATES = 10_000        # voxel coordinates sampled per case, enough for random centres
+
+
+def foreground_rule() -> Tuple[Dict, str]:
+    """The plan's ``foreground`` record and its explanation."""
+    rule = {"CT": {"above_hu": CT_BODY_HU}, "MRI": {"above_percentile": MRI_FOREGROUND_PERCENTILE},
+            "coordinates_per_case": FOREGROUND_COORDINATES}
+    why = (f"crop centres are drawn from the body: CT voxels above {CT_BODY_HU:g} HU, MRI voxels above the case's "
+           f"{MRI_FOREGROUND_PERCENTILE:g}th percentile (channel 0); up to {FOREGROUND_COORDINATES} coordinates "
+           f"per case are stored with it")
+    return rule, why
+
+
+def foreground_coordinates(array: np.ndarray, modality: str, scheme: Dict, rule: Dict,
+                           rng: np.random.Generator) -> Tuple[np.ndarray, int]:
+    """The foreground of a normalised case ``array`` ``(C, Z, Y, X)``: ``(K, 3)`` int32 (z, y, x) voxels, a
+    random sample of at most ``rule['coordinates_per_case']`` of them (K = 0 when there is none), and the
+    number of foreground voxels.
+
+    CT's HU threshold is applied in the stored scale (the window maps HU linearly to [0, 1])."""
+    if modality == "CT":
+        lo, hi = scheme["CT"]["window"]
+        mask = array[0] > (rule["CT"]["above_hu"] - lo) / (hi - lo)
+    else:
+        mask = array[0] > np.percentile(array[0], rule["MRI"]["above_percentile"])
+    coords = np.argwhere(mask)
+    total = len(coords)
+    if total > rule["coordinates_per_case"]:
+        coords = coords[np.sort(rng.choice(total, rule["coordinates_per_case"], replace=False))]
+    return coords.astype(np.int32), total
 
 
 def intensity_scheme(modalities: Sequence[str]) -> Tuple[Dict, str]:

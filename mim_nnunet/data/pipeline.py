@@ -27,7 +27,7 @@ from .sources import resolve_sources
 # inputs of the planner: a plan planned from other inputs is planned again
 PLANNED_FROM = ("manifest_hash", "backbone", "size", "gpu_memory_target_gb")
 # plan values that shape the stored arrays besides the spacing (edited ones get a store of their own)
-STORE_DEFINING = ("orientation", "intensity", "store_dtype")
+STORE_DEFINING = ("orientation", "intensity", "foreground", "store_dtype")
 
 
 @dataclass
@@ -62,10 +62,11 @@ def plan_edits(plan: Dict, planned: Dict) -> List[str]:
 
 
 def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_memory_target_gb: float, name: str,
-                 replan: bool = False, log=print):
+                 replan: bool = False, spacing_zyx: Optional[Sequence[float]] = None, log=print):
     """(plan, edits): the plan in ``path`` when it was planned from the same inputs (edits kept), else a
     new one written there."""
-    planned = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name)
+    planned = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name, spacing_zyx)
+    inputs = PLANNED_FROM + (("target_spacing",) if spacing_zyx is not None else ())
     if path.is_file() and not replan:
         try:
             plan = json.loads(path.read_text(encoding="utf-8"))
@@ -73,12 +74,13 @@ def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_me
             raise MimError(f"{path}: not valid JSON ({exc}); fix it or plan again with --replan") from None
         missing = [k for k in PLAN_KEYS if k not in plan]
         if missing:
-            raise MimError(f"{path}: plan lacks {missing}; plan again with --replan")
-        if all(plan[k] == planned[k] for k in PLANNED_FROM):
+            log(f"plan {path}: written by an older mim-nnunet (no {', '.join(missing)}); planning again")
+        elif all(plan[k] == planned[k] for k in inputs):
             edits = plan_edits(plan, planned)
             log(f"plan {path}: kept" + (f" (edited: {', '.join(edits)})" if edits else ""))
             return plan, edits
-        log(f"plan {path}: planned for other data or settings; planning again")
+        else:
+            log(f"plan {path}: planned for other data or settings; planning again")
     write_json_atomic(path, planned)
     return planned, []
 
@@ -86,7 +88,10 @@ def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_me
 def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "hybrid", size: str = "base",
             gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_TARGET_GB, num_processes: int = 2,
             allow_partial: bool = False, modality: str = "CT", leakage_dataset: Optional[str] = None,
-            leakage_fail: bool = False, replan: bool = False, log=print) -> Prepared:
+            leakage_fail: bool = False, replan: bool = False, spacing_xyz: Optional[Sequence[float]] = None,
+            log=print) -> Prepared:
+    """Prepare the data ``specs`` name (see the module's docstring); ``spacing_xyz`` (mm, x y z) replaces the
+    planned target spacing."""
     name = name or collection_name(specs)
     folder = preprocessed_folder(name)
     cases = resolve_sources(specs, allow_partial=allow_partial, modality=modality, log=log)
@@ -115,8 +120,9 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
     for bad in fingerprint["bad_cases"]:
         log(f"skipping {bad['error']}")
 
+    spacing_zyx = list(spacing_xyz)[::-1] if spacing_xyz is not None else None
     plan, edits = load_or_plan(plan_file(folder, backbone, size), fingerprint, backbone, size, gpu_memory_target_gb,
-                               name, replan, log)
+                               name, replan, spacing_zyx, log)
     store = store_folder(folder, manifest["hash"], plan["target_spacing"],
                          variant={k: plan[k] for k in STORE_DEFINING} if set(edits) & set(STORE_DEFINING) else None)
     report = preprocess(manifest, plan, store, num_processes)

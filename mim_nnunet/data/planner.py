@@ -10,7 +10,7 @@ lr), so editing the plan changes the run. ``PLAN_KEYS`` lists them; ``explain`` 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from ..backbones import backbone_sizes
 from ..common.errors import MimError
 from ..mim.config import MIM_SWITCHES, subvolumes_per_crop
 from ..mim.tokens import INPUT_MULTIPLE
-from .intensity import intensity_scheme
+from .intensity import foreground_rule, intensity_scheme
+from .loader import UNIFORM_CROP_FRACTION
 from .preprocess import STORE_DTYPE, STORE_ORIENTATION
 
 DEFAULT_INPUT_SIZE = 96                 # S per axis for isotropic data (the paper's 96^3)
@@ -27,7 +28,12 @@ EFFECTIVE_BATCH_SUBVOLUMES = 256        # the paper's batch, counted in sub-volu
 DEVICE_COUNTS = (1, 2, 4, 8)            # device counts the plan splits the batch for
 DEVICE_COUNT_MULTIPLE = 4               # effective batch in crops is a multiple of this, so 1, 2 and 4
                                         # devices reach exactly the same effective batch
-BASE_LR_PER_256 = 1e-4                  # lr = 1e-4 x effective_batch / 256 (spec section 5)
+# The learning-rate rule: the paper's lr at the paper's batch (spec section 5: 1e-4 at 256 sub-volumes),
+# scaled by the square root of the batch ratio, the scaling rule for Adam-type optimisers (Malladi et al.,
+# "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms", NeurIPS 2022). The linear rule of
+# the spec is SGD's: it starves small batches (8e-6 for one 21-sub-volume crop) and overshoots large ones.
+REFERENCE_LR = 1e-4
+REFERENCE_BATCH_SUBVOLUMES = 256
 DEFAULT_GPU_MEMORY_TARGET_GB = 24.0
 GPU_MEMORY_RESERVE_GB = 2.0             # CUDA context, optimiser state, fragmentation
 # GPU memory of one L1 crop (21 sub-volumes, forward + backward, bf16 autocast) at S = 96^3, in GB:
@@ -37,8 +43,8 @@ MEMORY_PER_CROP_GB_AT_96 = {("hybrid", "base"): 11.0, ("hybrid", "tiny"): 3.5,
                             ("swin", "base"): 24.0, ("swin", "tiny"): 6.2}
 # What a plan holds; each is read back by preprocessing or the engine (``explain`` documents them).
 PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb", "in_channels", "target_spacing",
-             "orientation", "intensity", "store_dtype", "input_size", "backbone_sizes", "mim",
-             "effective_batch_subvolumes", "batch_by_device_count", "lr", "explain")
+             "orientation", "intensity", "foreground", "store_dtype", "input_size", "uniform_crop_fraction",
+             "backbone_sizes", "mim", "effective_batch_subvolumes", "batch_by_device_count", "lr", "explain")
 
 
 def target_spacing(median: Sequence[float], p10: Sequence[float], median_shape: Sequence[float]):
@@ -73,9 +79,14 @@ def input_size_for(spacing: Sequence[float], base: int = DEFAULT_INPUT_SIZE) -> 
             for s in spacing]
 
 
-def lr_for(effective_subvolumes: int) -> float:
-    """Spec section 5: ``1e-4 x effective batch / 256`` (the batch counted in sub-volumes)."""
-    return BASE_LR_PER_256 * effective_subvolumes / 256
+def lr_for(effective_subvolumes: float) -> float:
+    """The lr rule: ``1e-4 x sqrt(effective batch / 256)``, the batch counted in sub-volumes."""
+    return REFERENCE_LR * math.sqrt(effective_subvolumes / REFERENCE_BATCH_SUBVOLUMES)
+
+
+def rescale_lr(lr: float, from_subvolumes: float, to_subvolumes: float) -> float:
+    """``lr`` (chosen for a batch of ``from_subvolumes``) for a batch of ``to_subvolumes``, by the lr rule."""
+    return lr * math.sqrt(to_subvolumes / from_subvolumes)
 
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
@@ -83,13 +94,23 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
 
 
 def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "base",
-                     gpu_memory_target_gb: float = 24.0, name: str = "collection") -> Dict:
+                     gpu_memory_target_gb: float = 24.0, name: str = "collection",
+                     spacing_zyx: Optional[Sequence[float]] = None) -> Dict:
+    """The plan for a collection's fingerprint; ``spacing_zyx`` (mm, the store's z, y, x axes) replaces the
+    planned target spacing (``-spacing``)."""
     overall = fingerprint.get("overall")
     if not overall:
         raise MimError(f"{name}: no usable case in the fingerprint; nothing to plan")
     explain: Dict[str, str] = {}
-    spacing, explain["target_spacing"] = target_spacing(overall["median_spacing"], overall["spacing_p10"],
-                                                        overall["median_shape"])
+    if spacing_zyx is not None:
+        if len(spacing_zyx) != 3 or min(spacing_zyx) <= 0:
+            raise MimError(f"-spacing needs three positive values in mm, got {list(spacing_zyx)}")
+        spacing = [float(v) for v in spacing_zyx]
+        explain["target_spacing"] = (f"given (-spacing), axes z, y, x; the collection's median spacing is "
+                                     f"{[round(v, 4) for v in overall['median_spacing']]}")
+    else:
+        spacing, explain["target_spacing"] = target_spacing(overall["median_spacing"], overall["spacing_p10"],
+                                                            overall["median_shape"])
     s = input_size_for(spacing)
     explain["input_size"] = (f"{DEFAULT_INPUT_SIZE} voxels along the finest axis ({min(spacing):.4g} mm), the same "
                              f"physical extent along the others, rounded to multiples of {INPUT_MULTIPLE}: {s}")
@@ -124,10 +145,17 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
                                              "errors; raise -gpu_memory_target or use activation checkpointing")
 
     lr = lr_for(effective)
-    explain["lr"] = (f"{BASE_LR_PER_256:g} x effective batch {effective} sub-volumes / 256 (spec section 5); a run "
-                     f"whose batch differs (-batch, -accum, another device count, other switches) scales it linearly")
+    explain["lr"] = (f"{REFERENCE_LR:g} x sqrt(effective batch {effective} / {REFERENCE_BATCH_SUBVOLUMES} sub-volumes): the "
+                     f"paper's lr at the paper's batch, scaled by the square root of the batch ratio, the scaling "
+                     f"rule of Adam-type optimisers (Malladi et al., NeurIPS 2022); the spec's linear rule is SGD's "
+                     f"and gives 8e-6 to a run of one crop per step. A run whose batch differs (-batch, -accum, "
+                     f"another device count, other switches) rescales this lr by the same rule. Short runs (a few "
+                     f"hundred steps, e.g. the demo) learn faster at a higher lr: set it here or with -lr")
 
     intensity, explain["intensity"] = intensity_scheme(overall["modalities"])
+    foreground, explain["foreground"] = foreground_rule()
+    explain["uniform_crop_fraction"] = (f"{UNIFORM_CROP_FRACTION:g} of the crops are placed uniformly (air, table, "
+                                        f"padding included); the others are centred on a foreground voxel")
     channels = sorted({c["channels"] for c in fingerprint["cases"]})
     if len(channels) != 1:
         raise MimError(f"{name}: cases have different channel counts {channels}; pre-train them separately")
@@ -143,7 +171,8 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     plan = {
         "name": name, "manifest_hash": fingerprint["manifest_hash"], "backbone": backbone, "size": size,
         "gpu_memory_target_gb": gpu_memory_target_gb, "in_channels": channels[0], "target_spacing": spacing,
-        "orientation": STORE_ORIENTATION, "intensity": intensity, "store_dtype": STORE_DTYPE, "input_size": s,
+        "orientation": STORE_ORIENTATION, "intensity": intensity, "foreground": foreground, "store_dtype": STORE_DTYPE,
+        "input_size": s, "uniform_crop_fraction": UNIFORM_CROP_FRACTION,
         "backbone_sizes": backbone_sizes(backbone, size), "mim": dict(MIM_SWITCHES),
         "effective_batch_subvolumes": effective, "batch_by_device_count": batches, "lr": lr, "explain": explain,
     }

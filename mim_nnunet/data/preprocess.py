@@ -5,10 +5,11 @@ bad files are skipped and reported."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError
 from .image_io import BadImage, read_case
-from .intensity import apply_intensity
+from .intensity import apply_intensity, foreground_coordinates
 
 STORE_DTYPE = "float16"                 # [0, 1] CT in float16: steps of 1/2048, about 1 HU
 STORE_ORIENTATION = "RAS"               # every case is reoriented so that array axes mean the same everywhere
@@ -25,7 +26,25 @@ REPORT = "report.json"
 
 
 def case_paths(store: Path, case_id: str):
+    """(array, metadata) of a stored case; the metadata is written last and marks the case complete."""
     return store / f"{case_id}.npy", store / f"{case_id}.json"
+
+
+def foreground_path(store: Path, case_id: str) -> Path:
+    """The case's foreground: ``coords`` ``(K, 3)`` (z, y, x) sampled voxels and ``voxels``, their total count."""
+    return store / f"{case_id}.fg.npz"
+
+
+def write_foreground(store: Path, case_id: str, array: np.ndarray, modality: str, plan: Dict) -> None:
+    """Sample and store the case's foreground coordinates (seeded by the case id: reruns agree)."""
+    seed = int(hashlib.sha256(case_id.encode()).hexdigest()[:8], 16)
+    coords, voxels = foreground_coordinates(array, modality, plan["intensity"], plan["foreground"],
+                                            np.random.default_rng(seed))
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:    # a handle: np.savez would append ".npz" to the temporary name
+            np.savez(fh, coords=coords, voxels=np.int64(voxels))
+    atomic_write(foreground_path(store, case_id), save)
 
 
 def resample_to_spacing(image: sitk.Image, spacing_zyx) -> sitk.Image:
@@ -45,6 +64,8 @@ def preprocess_case(job) -> Dict:
     case, plan, store = job
     npy, meta = case_paths(Path(store), case["case_id"])
     if npy.is_file() and meta.is_file():
+        if not foreground_path(Path(store), case["case_id"]).is_file():   # a store written before sampling did
+            write_foreground(Path(store), case["case_id"], np.load(npy, mmap_mode="r"), case["modality"], plan)
         return {"case_id": case["case_id"], "status": "done_before"}
     files = [f["path"] for f in case["files"]]
     try:
@@ -55,7 +76,9 @@ def preprocess_case(job) -> Dict:
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     array = array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0)            # (C, Z, Y, X)
     array, background = apply_intensity(array, case["modality"], plan["intensity"])
-    atomic_write(npy, lambda tmp: _save_npy(tmp, array.astype(plan["store_dtype"])))
+    stored = array.astype(plan["store_dtype"])
+    atomic_write(npy, lambda tmp: _save_npy(tmp, stored))
+    write_foreground(Path(store), case["case_id"], stored, case["modality"], plan)
     write_json_atomic(meta, {"case_id": case["case_id"], "source": case["source"], "modality": case["modality"],
                              "shape": list(array.shape), "spacing": plan["target_spacing"],
                              "origin": list(image.GetOrigin()), "direction": list(image.GetDirection()),
@@ -90,3 +113,13 @@ def load_case_meta(store: Path, case_id: str) -> Dict:
 def stored_case_ids(store: Path) -> List[str]:
     """Cases whose array and metadata are both complete."""
     return sorted(p.stem for p in store.glob("*.json") if p.name != REPORT and p.with_suffix(".npy").is_file())
+
+
+def load_foreground(store: Path, case_id: str) -> Tuple[np.ndarray, int]:
+    """(sampled foreground coordinates ``(K, 3)``, total foreground voxels) of a case; ``((0, 3), 0)`` when
+    the store has none for it."""
+    path = foreground_path(store, case_id)
+    if not path.is_file():
+        return np.zeros((0, 3), np.int32), 0
+    with np.load(path) as data:
+        return data["coords"], int(data["voxels"])

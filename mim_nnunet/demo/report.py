@@ -49,41 +49,108 @@ def _copy(src: Path, dst: Path) -> bool:
     return False
 
 
+def pretraining_validation(pretrain_dir: Path) -> Dict:
+    """The validation reconstruction loss per level at the first and last validation of the run."""
+    from ..pretrain.logbook import read_records
+    from ..pretrain.validation import validation_summary
+    return validation_summary(read_records(pretrain_dir / "log.jsonl"))
+
+
+def spread(values: List[float]) -> str:
+    """``mean ± half range`` in percent over seeds (just the value for one seed)."""
+    mean = 100 * float(np.mean(values))
+    if len(values) < 2:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {50 * (max(values) - min(values)):.1f}"
+
+
+def verdict(mim: List[float], scratch: List[float]) -> str:
+    """Whether the difference of the means exceeds the seed-to-seed spread (max - min) of either."""
+    diff = 100 * (np.mean(mim) - np.mean(scratch))
+    widest = 100 * max(max(mim) - min(mim), max(scratch) - min(scratch))
+    if len(mim) < 2:
+        return f"MiM - scratch = {diff:+.1f} points (one seed: no spread to compare with)"
+    larger = "larger" if abs(diff) > widest else "not larger"
+    return (f"MiM - scratch = {diff:+.1f} points; the widest seed-to-seed range is {widest:.1f} points: the "
+            f"difference is {larger} than the spread")
+
+
 def write_report(folder: Path, dataset: Path, results: Dict[str, Dict], pretrain_dir: Path, spec: Dict,
                  setting: str, timings: Dict[str, float], total_seconds: float) -> Path:
-    """Write the report; ``results[kind]`` holds ``trainer``, ``model`` and ``predictions`` folders."""
+    """Write the report. ``results["<label>/<seed>/<kind>"]`` holds ``label``, ``seed``, ``kind``,
+    ``trainer``, ``model``, ``fold`` and ``predictions`` (a folder of the held-out halves' predictions)."""
     folder = Path(folder)
     names = class_names(dataset / "dataset.json")
-    scores = {}
-    for kind, r in results.items():
-        scores[kind] = evaluate_folders(r["predictions"], dataset / "labelsTs")
-        write_json_atomic(folder / f"scores_{kind}.json", scores[kind])
+    scores: Dict[str, Dict] = {}
+    for key, r in results.items():
+        scores[key] = evaluate_folders(Path(r["predictions"]), dataset / "labelsTs")
+        write_json_atomic(folder / f"scores_{r['label']}_seed{r['seed']}_{r['kind']}.json", scores[key])
+    labels = sorted({r["label"] for r in results.values()}, key=["all", "one"].index)
+    seeds = sorted({r["seed"] for r in results.values()})
+    kinds = sorted({r["kind"] for r in results.values()}, key=["MiM", "scratch"].index)
+    classes = list(next(iter(scores.values()))["mean"])
+
+    def values(label: str, kind: str, cls=None, metric: str = "dsc") -> List[float]:
+        picked = [scores[f"{label}/{seed}/{kind}"] for seed in seeds]
+        return [s["overall"][metric] if cls is None else s["mean"][cls][metric] for s in picked]
+
+    sections = []
+    for label in labels:
+        title = {"all": "both labelled training halves", "one": f"one labelled case ({spec['one_labelled_case']})"}[label]
+        header = "| class | " + " | ".join(f"{k} DSC (%) | {k} NSD (%)" for k in kinds) + " |"
+        lines = [f"### Trained on {title}", "", f"Mean ± half range over seeds {seeds}:", "", header,
+                 "|---|" + "---|---|" * len(kinds)]
+        for c in classes:
+            cells = " | ".join(f"{spread(values(label, k, c))} | {spread(values(label, k, c, 'nsd'))}" for k in kinds)
+            lines.append(f"| {names.get(int(c), c)} | {cells} |")
+        lines.append("| **mean** | " + " | ".join(f"{spread(values(label, k))} | {spread(values(label, k, None, 'nsd'))}"
+                                                 for k in kinds) + " |")
+        if set(kinds) == {"MiM", "scratch"}:
+            lines += ["", f"Mean DSC: {verdict(values(label, 'MiM'), values(label, 'scratch'))}."]
+            liver = next((c for c in classes if names.get(int(c)) == "liver"), None)
+            if liver is not None:
+                lines.append(f"Liver DSC: {verdict(values(label, 'MiM', liver), values(label, 'scratch', liver))}.")
+        lines += ["", "Per seed (mean DSC / liver DSC, %):", "",
+                  "| seed | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for seed in seeds:
+            cells = []
+            for k in kinds:
+                s = scores[f"{label}/{seed}/{k}"]
+                liver = next((c for c in classes if names.get(int(c)) == "liver"), None)
+                cells.append(f"{100 * s['overall']['dsc']:.1f} / "
+                             + (f"{100 * s['mean'][liver]['dsc']:.1f}" if liver is not None else "-"))
+            lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+
     files: List[str] = []
     if _copy(pretrain_dir / "progress.png", folder / "progress_pretrain.png"):
-        files.append("progress_pretrain.png")
+        files.append("progress_pretrain.png (pre-training: losses, validation reconstruction loss, lr)")
     recons = sorted((pretrain_dir / "reconstructions").glob("step_*.png"))
     if recons and _copy(recons[-1], folder / "reconstructions.png"):
-        files.append(f"reconstructions.png (pre-training, {recons[-1].stem})")
-    for kind, r in results.items():
-        if _copy(r["model"] / "fold_all" / "progress.png", folder / f"progress_finetune_{kind}.png"):
-            files.append(f"progress_finetune_{kind}.png")
-    for label in sorted((dataset / "labelsTs").glob("*.nii.gz")):
-        case = label.name[:-len(".nii.gz")]
-        out = overlay_case(dataset / "imagesTs" / f"{case}_0000.nii.gz", label,
-                           {k: r["predictions"] / label.name for k, r in results.items()},
+        files.append(f"reconstructions.png (pre-training, {recons[-1].stem}: a fixed validation crop)")
+    first = {k: r for k, r in results.items() if r["label"] == labels[0] and r["seed"] == seeds[0]}
+    for r in first.values():
+        if _copy(Path(r["model"]) / f"fold_{r['fold']}" / "progress.png", folder / f"progress_finetune_{r['kind']}.png"):
+            files.append(f"progress_finetune_{r['kind']}.png ({labels[0]} labelled, seed {seeds[0]})")
+    for label_file in sorted((dataset / "labelsTs").glob("*.nii.gz")):
+        case = label_file.name[:-len(".nii.gz")]
+        out = overlay_case(dataset / "imagesTs" / f"{case}_0000.nii.gz", label_file,
+                           {r["kind"]: Path(r["predictions"]) / label_file.name for r in first.values()},
                            folder / f"overlay_{case}.png", names)
-        files.append(out.name)
+        files.append(f"{out.name} ({labels[0]} labelled, seed {seeds[0]})")
 
-    kinds = list(results)
-    header = "| class | " + " | ".join(f"{k} DSC (%) | {k} NSD (%)" for k in kinds) + " |"
-    lines = [header, "|---|" + "---|---|" * len(kinds)]
-    for c in scores[kinds[0]]["mean"]:
-        cells = " | ".join(f"{100 * scores[k]['mean'][c]['dsc']:.1f} | {100 * scores[k]['mean'][c]['nsd']:.1f}"
-                           for k in kinds)
-        lines.append(f"| {names.get(int(c), c)} | {cells} |")
-    lines.append("| **mean** | " + " | ".join(f"{100 * scores[k]['overall']['dsc']:.1f} | "
-                                             f"{100 * scores[k]['overall']['nsd']:.1f}" for k in kinds) + " |")
-    tolerance = scores[kinds[0]]["nsd_tolerance_mm"]
+    val = pretraining_validation(pretrain_dir)
+    if val:
+        levels = [k for k in val["first"] if k != "step"]
+        pre_lines = ["| | step | " + " | ".join(levels) + " |", "|---|---|" + "---|" * len(levels)]
+        for when in ("first", "last"):
+            pre_lines.append(f"| {when} | {val[when]['step']} | " + " | ".join(f"{val[when][k]:.3f}" for k in levels) + " |")
+        pretraining = (f"Validation reconstruction loss (masked, non-constant tokens of {val['crops']} fixed crops; "
+                       f"1.0 = predicting each token's mean):\n\n" + "\n".join(pre_lines))
+    else:
+        pretraining = "No validation record in the pre-training log."
+    tolerance = next(iter(scores.values()))["nsd_tolerance_mm"]
+    recipe = spec["recipe"]
     text = f"""# mim-nnunet demo report ({setting})
 
 ## Data
@@ -92,21 +159,25 @@ def write_report(folder: Path, dataset: Path, results: Dict[str, Dict], pretrain
   They include the CTs the held-out halves are cut from (unlabelled; no label is used in pre-training):
   with three real volumes there is nothing else to pre-train on, so the setting is transductive.
 - Fine-tuning: {spec['split']}. Classes: {', '.join(names[c] for c in sorted(names))} ({spec['class_source']}).
+- Recipe (both networks): spacing {recipe['spacing_xyz']} mm, CT window {recipe['window']} HU scaled to [0, 1] (the
+  pre-training scale), patch {recipe['patch_xyz']} (x, y, z).
+
+## Pre-training
+{pretraining}
 
 ## Scores
 Held-out halves, DSC and NSD (tolerance {tolerance:g} mm, MONAI metrics; a class absent from both label
-and prediction scores 1, from one of them 0). Same network (MiMUNETR tiny), same budget:
-{', '.join(f"{k}: `{r['trainer']}`" for k, r in results.items())}.
+and prediction scores 1, from one of them 0). Same network (MiMUNETR tiny), same budget, same seeds:
+{', '.join(f"{k}: `{r['trainer']}`" for k, r in first.items())}.
 
-{chr(10).join(lines)}
-
+{chr(10).join(s + chr(10) for s in sections)}
 ## Run time
 {chr(10).join(f"- {k}: {v:.0f} s" for k, v in timings.items())}
 - total: {total_seconds:.0f} s
 
 ## Files
 {chr(10).join(f"- {f}" for f in files)}
-- scores_<kind>.json: per case and class
+- scores_<label>_seed<seed>_<kind>.json: per case and class
 """
     atomic_write(folder / "summary.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return folder

@@ -1,8 +1,13 @@
 """The demo on real CT: pre-train MiM briefly, fine-tune MiM-initialised and from-scratch networks on
-the same budget with stock nnU-Net, predict held-out cases, evaluate, and write a report folder.
+the same budget with stock nnU-Net (several seeds; both labelled cases, and one), predict the held-out
+halves, evaluate, and write a report folder.
 
 Every step is the command a user would type, run in a subprocess; steps whose output exists are
-skipped, so an interrupted demo resumes where it stopped. Data: :mod:`mim_nnunet.demo.data`.
+skipped, so an interrupted demo resumes where it stopped. Data: :mod:`mim_nnunet.demo.data`; the
+dataset's recipe (spacing, HU window, patch): ``plans/demo/demo_ct.json``; the budgets: :mod:`.settings`.
+
+Fine-tuning is reproducible: each run is seeded (``MIM_SEED``) and nnU-Net's augmentation runs in the
+trainer's process (``nnUNet_n_proc_DA=0``), so a rerun gives the same weights and scores.
 """
 
 from __future__ import annotations
@@ -14,17 +19,23 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from ..common.atomic import write_json_atomic
 from ..common.environment import trainers_dir
 from ..common.errors import MimError
 from ..common.layout import CHECKPOINT, export_path, run_folder
 from ..data.sources import DATA_ROOT_ENV
+from ..finetune.trainer import SEED_ENV
+from ..weights.finding import WEIGHTS_ENV
 from .settings import DEMO_SETTINGS
 
 CONFIGURATION = "3d_fullres"
-FOLD = "all"          # two training cases: fewer than nnU-Net's 5 folds (plans/demo/demo_ct.json)
+PLANS = "nnUNetPlansMiMDemo"       # the demo recipe's plans variant (spacing, HU window, patch)
 REPORT = "report"
 COLLECTION = "demo"
 BACKBONE, SIZE = "hybrid", "tiny"
+KINDS = {"MiM": "nnUNetTrainerMiM", "scratch": "nnUNetTrainerMiMScratch"}
+# label settings: which nnU-Net fold trains on what (fold 0 of the splits the demo writes: one case)
+FOLDS = {"all": "all", "one": "0"}
 
 
 class DemoError(MimError):
@@ -43,17 +54,28 @@ def _run_step(title: str, cmd: List[str], env: Dict[str, str]) -> float:
 
 
 def demo_environment(workspace: Path) -> Dict[str, str]:
-    """The process environment for the demo: its own nnU-Net folders and data root, our trainers found."""
-    env = {k: v for k, v in os.environ.items() if k != "MIM_PRETRAINED_WEIGHTS"}
+    """The process environment for the demo: its own nnU-Net folders and data root, our trainers found,
+    nnU-Net's augmentation in the trainer's process (seeded runs repeat exactly)."""
+    env = {k: v for k, v in os.environ.items() if k not in (WEIGHTS_ENV, SEED_ENV)}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(workspace / name)
         (workspace / name).mkdir(parents=True, exist_ok=True)
     env[DATA_ROOT_ENV] = str(workspace / "data")
-    # nnU-Net's default worker count is tuned for its cluster; on a laptop use the cores there are.
-    env.setdefault("nnUNet_n_proc_DA", str(min(os.cpu_count() or 1, 8)))
+    env["nnUNet_n_proc_DA"] = "0"
     ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
     env["nnUNet_extTrainer"] = os.pathsep.join([str(trainers_dir())] + ext)
     return env
+
+
+def write_one_case_split(preprocessed: Path, cases: List[str], spec: Dict) -> Path:
+    """``splits_final.json`` whose fold 0 trains on the recipe's one labelled case and validates on the
+    other (nnU-Net needs a validation case; the held-out halves are never in it)."""
+    one = spec["one_labelled_case"]
+    if one not in cases:
+        raise DemoError(f"the recipe's one_labelled_case {one!r} is not among the training cases {cases}")
+    path = preprocessed / "splits_final.json"
+    write_json_atomic(path, [{"train": [one], "val": sorted(c for c in cases if c != one)}])
+    return path
 
 
 def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: str = "default") -> int:
@@ -64,59 +86,82 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     conf = DEMO_SETTINGS[setting]
+    pre, fine = conf["pretrain"], conf["finetune"]
     ws = Path(workspace).resolve()
     env = demo_environment(ws)
     spec = demo_spec()
+    recipe = spec["recipe"]
     started, timings = time.time(), {}
     print(f"mim_nnunet demo ({setting}): workspace {ws}, device {device}")
 
     print("\n== data: TotalSegmentator's reference CT (PyPI source archive) -> collection 'demo' and a dataset")
     data = prepare_demo_data(Path(env["nnUNet_raw"]), Path(env[DATA_ROOT_ENV]))
     dataset_id, dataset = str(spec["dataset_id"]), data["dataset"].name
+    spacing = [str(s) for s in recipe["spacing_xyz"]]
 
     run_dir = run_folder(COLLECTION, BACKBONE, SIZE, results=Path(env["nnUNet_results"]))
     export = export_path(run_dir, BACKBONE, SIZE)
     if not export.is_file():
-        steps = conf["pretrain_steps"]
+        steps = pre["steps"]
         cmd = ["mim_pretrain", "-d", COLLECTION, "-o", COLLECTION, "-backbone", BACKBONE, "-size", SIZE, "-np", "2",
-               "-device", device,
-               "-input_size", str(conf["input_size"]), "-batch", "1", "-accum", "1", "-steps", str(steps),
-               "-workers", "1", "-recon_every", str(max(1, steps // 2)), "-plot_every", str(max(1, steps // 10)),
-               "-save_every", str(max(1, steps // 4))]
+               "-device", device, "-spacing", *spacing, "-input_size", str(pre["input_size"]), "-batch",
+               str(pre["batch"]), "-accum", "1", "-steps", str(steps), "-workers", "1",
+               "-val_every", str(pre["val_every"]), "-val_crops", str(pre["val_crops"]),
+               "-recon_every", str(max(1, steps // 2)), "-plot_every", str(max(1, steps // 10)),
+               "-save_every", str(max(1, steps // 4))] + (["-lr", str(pre["lr"])] if pre["lr"] else [])
         if (run_dir / CHECKPOINT).is_file():
             cmd.append("--c")
-        timings["pretrain"] = _run_step("pre-train MiM (hybrid tiny) on the demo collection", cmd, env)
+        timings["pre-training"] = _run_step("pre-train MiM (hybrid tiny) on the demo collection", cmd, env)
     else:
         print(f"\n== pre-training: {export} already there, kept")
 
-    if not (Path(env["nnUNet_preprocessed"]) / dataset / "nnUNetPlans.json").is_file():
-        timings["plan"] = _run_step("plan and preprocess (stock nnU-Net)",
-                                    ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION,
-                                     "-np", "2"], env)
+    preprocessed = Path(env["nnUNet_preprocessed"]) / dataset
+    if not (preprocessed / f"{PLANS}.json").is_file():
+        timings["planning"] = _run_step(
+            "nnU-Net's fingerprint and plans (stock; no preprocessing with its default plans)",
+            ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION, "--no_pp", "-np", "2"], env)
+        timings["planning"] += _run_step(
+            "the recipe's plans variant: spacing, the pre-training HU window, patch",
+            ["mim_nnunet", "plans-variant", "-d", dataset_id, "-o", PLANS, "--spacing", *spacing,
+             "--window", *[str(w) for w in recipe["window"]], "--patch", *[str(p) for p in recipe["patch_xyz"]]], env)
+    if not (preprocessed / f"{PLANS}_{CONFIGURATION}").is_dir():
+        timings["preprocessing"] = _run_step(
+            "preprocess with the variant (stock nnUNetv2_preprocess)",
+            ["nnUNetv2_preprocess", "-d", dataset_id, "-plans_name", PLANS, "-c", CONFIGURATION, "-np", "2"], env)
+    if "one" in fine["labels"]:
+        cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (data["dataset"] / "imagesTr").glob("*_0000.nii.gz"))
+        write_one_case_split(preprocessed, cases, spec)
 
-    results = {}
-    for kind, prefix in (("MiM", "nnUNetTrainerMiM"), ("scratch", "nnUNetTrainerMiMScratch")):
-        trainer = f"{prefix}_{conf['finetune']}"
-        model = Path(env["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
-        if not (model / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
-            resume = ["--c"] if (model / f"fold_{FOLD}" / "checkpoint_latest.pth").is_file() else []
-            step_env = dict(env, MIM_PRETRAINED_WEIGHTS=str(export)) if kind == "MiM" else env
-            timings[f"finetune_{kind}"] = _run_step(
-                f"fine-tune {trainer} (stock nnUNetv2_train, fold {FOLD})",
-                ["nnUNetv2_train", dataset_id, CONFIGURATION, FOLD, "-tr", trainer, "-device", device] + resume,
-                step_env)
-        pred = ws / "predictions" / trainer
-        timings[f"predict_{kind}"] = _run_step(
-            f"predict the held-out halves with {trainer} (stock nnUNetv2_predict)",
-            ["nnUNetv2_predict", "-i", str(data["dataset"] / "imagesTs"), "-o", str(pred), "-d", dataset_id,
-             "-c", CONFIGURATION, "-f", FOLD, "-tr", trainer, "--disable_tta", "-device", device,
-             "-npp", "1", "-nps", "1"], env)
-        results[kind] = {"trainer": trainer, "model": model, "predictions": pred}
+    results: Dict[str, Dict] = {}
+    for label in fine["labels"]:
+        fold = FOLDS[label]
+        for seed in fine["seeds"]:
+            run_env = dict(env, nnUNet_results=str(ws / "finetune" / f"{label}_seed{seed}"), **{SEED_ENV: str(seed)})
+            for kind, prefix in KINDS.items():
+                trainer = f"{prefix}_tiny_{fine['budget']}"
+                model = Path(run_env["nnUNet_results"]) / dataset / f"{trainer}__{PLANS}__{CONFIGURATION}"
+                tag = f"{kind}, {label} labelled, seed {seed}"
+                if not (model / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+                    resume = ["--c"] if (model / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
+                    step_env = dict(run_env, **{WEIGHTS_ENV: str(export)}) if kind == "MiM" else run_env
+                    timings[f"fine-tuning {tag}"] = _run_step(
+                        f"fine-tune {trainer} ({tag}; stock nnUNetv2_train, fold {fold})",
+                        ["nnUNetv2_train", dataset_id, CONFIGURATION, fold, "-tr", trainer, "-p", PLANS,
+                         "-device", device] + resume, step_env)
+                pred = ws / "predictions" / f"{label}_seed{seed}" / kind
+                if not pred.is_dir() or len(list(pred.glob("*.nii.gz"))) < len(list((data["dataset"] / "labelsTs").glob("*.nii.gz"))):
+                    timings[f"prediction {tag}"] = _run_step(
+                        f"predict the held-out halves ({tag}; stock nnUNetv2_predict)",
+                        ["nnUNetv2_predict", "-i", str(data["dataset"] / "imagesTs"), "-o", str(pred), "-d",
+                         dataset_id, "-c", CONFIGURATION, "-f", fold, "-tr", trainer, "-p", PLANS,
+                         "--disable_tta", "-device", device, "-npp", "1", "-nps", "1"], run_env)
+                results[f"{label}/{seed}/{kind}"] = {"label": label, "seed": seed, "kind": kind, "trainer": trainer,
+                                                     "model": str(model), "fold": fold, "predictions": str(pred)}
 
     from .report import write_report
     report = write_report(ws / REPORT, data["dataset"], results, run_dir, spec, setting, timings,
                           time.time() - started)
     print(f"\nDemo finished in {time.time() - started:.0f} s. Report: {report}")
-    print((ws / REPORT / "summary.md").read_text(encoding="utf-8").split("## Scores", 1)[-1].split("##", 1)[0])
+    print((ws / REPORT / "summary.md").read_text(encoding="utf-8").split("## Scores", 1)[-1].split("## Run", 1)[0])
+    write_json_atomic(ws / REPORT / "runs.json", results)
     return 0
-

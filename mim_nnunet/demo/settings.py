@@ -1,8 +1,17 @@
-"""The demo's settings: pre-training length and input size, and the fine-tuning trainers' budget
-(``nnUNetTrainerMiM_<finetune>`` and its scratch twin) per setting."""
+"""The demo's settings. ``pretrain``: mim_pretrain's run (steps, S, crops per step, learning rate,
+validation); ``finetune``: the budget of the fine-tuning trainers (``nnUNetTrainerMiM_tiny_<budget>`` and
+its scratch twin), the seeds each is trained with, and the label settings (``all``: both labelled halves;
+``one``: a single labelled case, the label-efficiency setting). Spacing, HU window and patch are the
+demo dataset's recipe (``plans/demo/demo_ct.json``)."""
 
 DEMO_SETTINGS = {
-    "quick": {"pretrain_steps": 4, "input_size": 32, "finetune": "tiny_1epoch"},        # tests, smoke runs
-    "default": {"pretrain_steps": 40, "input_size": 64, "finetune": "tiny_demo"},       # < 20 min on 2 CPU cores
-    "long": {"pretrain_steps": 2000, "input_size": 64, "finetune": "tiny_100epochs"},   # better numbers, hours on CPU
+    # tests and smoke runs: every step once, numbers meaningless
+    "quick": {"pretrain": {"steps": 4, "input_size": 32, "batch": 1, "lr": None, "val_every": 2, "val_crops": 2},
+              "finetune": {"budget": "1epoch", "seeds": [0], "labels": ["all"]}},
+    # under 20 minutes on 2 CPU cores
+    "default": {"pretrain": {"steps": 400, "input_size": 32, "batch": 1, "lr": None, "val_every": 50, "val_crops": 4},
+                "finetune": {"budget": "demo", "seeds": [0, 1], "labels": ["all", "one"]}},
+    # better numbers, hours on a CPU
+    "long": {"pretrain": {"steps": 4000, "input_size": 32, "batch": 2, "lr": None, "val_every": 250, "val_crops": 8},
+             "finetune": {"budget": "100epochs", "seeds": [0, 1, 2], "labels": ["all", "one"]}},
 }

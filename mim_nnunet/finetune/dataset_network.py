@@ -78,7 +78,8 @@ def transfer_for_dataset(dataset: str, trainer_name: str, weights: str, configur
     target = network_for_dataset(dataset, trainer_name, configuration, plans_identifier)
     state, record = load_export(weights)
     report = transfer(target.network, state, record, weights, spacing=target.configuration.spacing,
-                      normalization=target.configuration.normalization_schemes)
+                      normalization=target.configuration.normalization_schemes,
+                      intensity_properties=target.plans.get("foreground_intensity_properties_per_channel"))
     return target, report
 
 

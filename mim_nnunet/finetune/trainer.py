@@ -17,8 +17,10 @@ never opens the export.
 from __future__ import annotations
 
 import os
+import random
 from typing import Mapping, Optional
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -26,6 +28,7 @@ from torch import nn
 
 from ..backbones.swin import SWIN_SIZES
 from ..common.atomic import write_json_atomic
+from ..common.errors import PlansError
 from ..networks import build_network
 from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
 from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
@@ -46,6 +49,9 @@ FINETUNE_RECIPE = {
     "encoder_lr_scale": 1.0,
 }
 ENCODER_LR_SCALE_ENV = "MIM_ENCODER_LR_SCALE"
+# nnUNetv2_train has no seed flag: with this variable set, the trainer seeds Python, NumPy and torch before
+# it builds the network, so initialisation and (with nnUNet_n_proc_DA=0) the data stream are reproducible.
+SEED_ENV = "MIM_SEED"
 TRANSFER_REPORT = "mim_transfer.json"
 
 
@@ -70,6 +76,10 @@ class FineTuneTrainerBase(nnUNetTrainer):
         # Fail before nnU-Net creates output folders for a run that cannot work.
         require_3d(plans, configuration, type(self).__name__)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.seed = seed_from_environment()
+        if self.seed is not None:
+            self.print_to_log_file(f"seeded with ${SEED_ENV}={self.seed} (the data stream is reproducible with "
+                                   f"nnUNet_n_proc_DA=0)")
         adapted, self.configuration_manager = adapt_configuration(
             self.plans_manager.plans, configuration, self.network_class_name, self.arch_kwargs,
             self.patch_multiple, type(self).__name__, log=self.print_to_log_file,
@@ -117,6 +127,21 @@ class FineTuneTrainerBase(nnUNetTrainer):
                                 scaled_prefix=self.encoder_prefix, lr_scale=scale)
         warmup = warmup_steps_for(self.num_epochs, self.recipe["warmup_fraction"])
         return optimizer, WarmupCosineLR(optimizer, total_steps=self.num_epochs, warmup_steps=warmup)
+
+
+def seed_from_environment() -> Optional[int]:
+    """Seed Python, NumPy and torch from ``$MIM_SEED`` when it is set; returns the seed (None: not set)."""
+    value = os.environ.get(SEED_ENV)
+    if value is None or value == "":
+        return None
+    try:
+        seed = int(value)
+    except ValueError:
+        raise PlansError(f"${SEED_ENV}={value!r}: not an integer seed") from None
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    return seed
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -174,7 +199,8 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
         state, record = load_export(path)
         report = transfer(unwrap(self.network), {k: v.to(self.device) for k, v in state.items()}, record, str(path),
                           spacing=self.configuration_manager.spacing,
-                          normalization=self.configuration_manager.normalization_schemes)
+                          normalization=self.configuration_manager.normalization_schemes,
+                          intensity_properties=self.plans_manager.foreground_intensity_properties_per_channel)
         for line in report.table().splitlines():
             self.print_to_log_file(line)
         if self.local_rank == 0:

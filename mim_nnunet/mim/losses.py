@@ -36,6 +36,13 @@ def denormalise_tokens(pred: Tensor, target: Tensor, eps: float = NORM_PIX_EPS) 
     return pred * scale + mean
 
 
+def has_content(target: Tensor) -> Tensor:
+    """``(N, T, P)`` tokens -> ``(N, T)`` bool: the token is not constant. A constant token (padding, air
+    clipped to the window's floor) has the norm-pix target 0, which predicting 0 scores exactly, so it
+    would pull the loss of the mean predictor below 1.0."""
+    return target.var(dim=-1) > 0
+
+
 def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
     """Eqs. 1-2: mean over masked tokens of the per-token mean squared error.
 

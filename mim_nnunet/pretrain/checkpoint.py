@@ -78,12 +78,15 @@ def remove_stale_temporaries(folder: Path) -> List[Path]:
     return stale
 
 
-def export_run(encoder: torch.nn.Module, settings: RunSettings, steps: int, path: Path) -> Tuple[Path, Path]:
-    """Write ``encoder`` with the run's adaptation record (spacing, normalisation, sizes, steps)."""
+def export_run(encoder: torch.nn.Module, settings: RunSettings, steps: int, path: Path,
+               validation: Optional[Dict] = None) -> Tuple[Path, Path]:
+    """Write ``encoder`` with the run's adaptation record (spacing, normalisation, sizes, steps and, when
+    known, the validation reconstruction loss at the run's first and last validation)."""
     config = settings.config
+    extra = {"validation": validation} if validation else {}
     return export_encoder(encoder, settings.backbone, settings.size, path, in_channels=config.in_channels,
                           input_size=config.input_size, spacing=settings.spacing, normalisation=settings.intensity,
-                          manifest_hash=settings.manifest_hash, steps=steps)
+                          manifest_hash=settings.manifest_hash, steps=steps, **extra)
 
 
 def export_checkpoint(checkpoint: Path, out: Optional[Path] = None) -> Tuple[Path, Path]:

@@ -28,12 +28,14 @@ from ..common.errors import MimError
 from ..common.hashing import tensor_sha1 as digest
 from ..common.layout import CHECKPOINT, export_path
 from ..data.loader import global_batch_index, make_indexed_loader
+from ..data.preprocess import stored_case_ids
 from ..mim.model import MiM, build_mim
 from ..optim import WarmupCosineLR, build_adamw
 from . import distributed as D
 from .checkpoint import capture_rng, export_run, load_checkpoint, restore_rng, save_checkpoint
 from .logbook import Logbook
 from .settings import RunSettings
+from .validation import ValidationSet, picture_levels, validation_summary
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MASK_STREAM = 1   # separates the mask generator's seed from the crop generator's
@@ -164,13 +166,22 @@ def verify_ranks(model: torch.nn.Module, crops: torch.Tensor, record: Dict, sett
     return [r["rng"] for r in shared]
 
 
+def validate(trainee: Trainee, validation: ValidationSet, step: int, device: torch.device, log: Logbook) -> None:
+    """The validation reconstruction loss per level after ``step`` steps, into the log (rank 0 only)."""
+    values = validation.evaluate(trainee.model, device)
+    log.validation({"step": step, **values, "crops": validation.settings.val_crops,
+                    "held_out_cases": len(validation.settings.val_cases)})
+
+
 def finish(model: MiM, settings: RunSettings, stop: int, log: Logbook) -> None:
-    """At the end of the run, the encoder's export; at ``-stop_at``, how to continue."""
+    """At the end of the run, the encoder's export (its record carries the validation loss); at
+    ``-stop_at``, how to continue."""
     if stop < settings.steps:
         log.text(f"stopped at step {stop} of {settings.steps} (-stop_at); continue with --c")
         return
     weights, _ = export_run(model.encoder, settings, settings.steps,
-                            export_path(Path(settings.out_dir), settings.backbone, settings.size))
+                            export_path(Path(settings.out_dir), settings.backbone, settings.size),
+                            validation=validation_summary(log.records))
     log.text(f"done: {settings.steps} steps; encoder exported to {weights}")
 
 
@@ -211,17 +222,29 @@ def _train(rank: int, world: int, device: torch.device, settings: RunSettings, r
                   settings.recon_every, config.norm_pix_loss, config.grid)
     log.text(_describe(settings, start, resume, world, device))
     stop, fail_at = settings.stop_at or settings.steps, injected_failure_step(rank)
+    training_cases = sorted(set(stored_case_ids(Path(settings.store))) - set(settings.val_cases))
     batches = iter(make_indexed_loader(settings.store, config.l1_crop_size, settings.per_device_batch,
                                        start=start * settings.accumulation, num_workers=settings.loader_workers,
-                                       seed=settings.seed, rank=rank, world_size=world)) if start < stop else None
+                                       seed=settings.seed, rank=rank, world_size=world, case_ids=training_cases,
+                                       uniform_fraction=settings.uniform_crop_fraction)) if start < stop else None
+    validation = ValidationSet(settings) if rank == 0 and settings.val_crops > 0 else None
     try:
+        if validation is not None and start == 0 < stop:
+            validate(trainee, validation, 0, device, log)
         for step in range(start, stop):
             if fail_at == step:
                 raise MimError(f"injected failure on rank {rank} at step {step} (${FAULT_INJECTION_ENV})")
             record, result, crops = train_step(trainee, batches, step, settings, rank, world, device)
             due = record["step"] % settings.save_every == 0 or record["step"] == stop
             rngs = verify_ranks(trainee.model, crops, record, settings) if due else None
-            log.step(record, result["levels"] if rank == 0 else None)
+            if validation is not None and (record["step"] % settings.val_every == 0
+                                           or record["step"] == settings.steps):
+                validate(trainee, validation, record["step"], device, log)
+            if rank == 0 and (record["step"] % settings.recon_every == 0 or record["step"] == stop):
+                pictured = picture_levels(validation, trainee.model, device) if validation else result["levels"]
+            else:
+                pictured = None
+            log.step(record, pictured)
             if due and rank == 0:
                 save_checkpoint(out / CHECKPOINT, model=trainee.model, optimizer=trainee.optimizer,
                                 scaler=trainee.scaler, step=record["step"], settings=settings.to_dict(), rng=rngs)

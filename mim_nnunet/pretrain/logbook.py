@@ -100,9 +100,21 @@ class Logbook:
                       f"data wait {100 * record['data_wait_fraction']:.0f}%" + (f" ETA {eta}" if eta else ""))
         if step % self.plot_every == 0 or last:
             save_progress(self.records, self.out / PROGRESS)
-        if levels is not None and (step % self.recon_every == 0 or last):
+        if levels is not None:          # the engine passes levels when a picture is due
             save_reconstructions(levels, self.grid, self.out / RECONSTRUCTIONS_DIR / f"step_{step:07d}.png",
                                  self.norm_pix)
+
+    def validation(self, record: Dict) -> None:
+        """A validation record (``step`` and ``val_rec_l*``) into ``log.jsonl``, ``log.txt`` and the plot."""
+        if not self.active:
+            return
+        record = {"kind": "validation", **record}
+        self.records.append(record)
+        with open(self.jsonl, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        terms = " ".join(f"{k[len('val_'):]} {v:.4f}" for k, v in record.items() if k.startswith("val_"))
+        self.text(f"validation after step {record['step']}: {terms} (masked-token reconstruction, {record['crops']} "
+                  f"fixed crops; 1.0 = predicting each token's mean)")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -34,17 +34,25 @@ def reconstruction_panels(inputs: torch.Tensor, mask: torch.Tensor, pred: torch.
             "reconstruction": to_volume(recon)}
 
 
+def most_structured(volumes: torch.Tensor) -> int:
+    """Index of the volume ``(N, C, *S)`` whose voxels vary most (anatomy rather than air or padding)."""
+    return int(volumes.flatten(1).float().std(dim=1).argmax())
+
+
 def save_reconstructions(levels: List[Dict], grid: Sequence[int], path: os.PathLike, norm_pix: bool = True) -> Path:
-    """A grid of middle slices (rows: levels; columns: input, masked, reconstruction) for the first
-    volume of each level; ``levels`` as returned by the MiM model's forward."""
+    """One row per level (columns: input, masked, reconstruction): of each level's volumes the one with the
+    most structure, and its slice along the first axis with the most structure; ``levels`` as returned by
+    the MiM model's forward."""
     rows = len(levels)
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
     for r, level in enumerate(levels):
-        panels = reconstruction_panels(level["inputs"][0], level["mask"][0], level["pred"][0], grid, norm_pix)
+        v = most_structured(level["inputs"])
+        panels = reconstruction_panels(level["inputs"][v], level["mask"][v], level["pred"][v], grid, norm_pix)
         lo, hi = float(panels["input"].min()), float(panels["input"].max())
+        z = int(panels["input"][0].reshape(panels["input"].shape[1], -1).std(axis=1).argmax())
         for col, name in enumerate(("input", "masked", "reconstruction")):
             volume = panels[name][0]
-            axes[r][col].imshow(volume[volume.shape[0] // 2].T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+            axes[r][col].imshow(volume[z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
             axes[r][col].set_title(f"L{r + 1} {name}")
             axes[r][col].axis("off")
     fig.tight_layout()
@@ -53,20 +61,28 @@ def save_reconstructions(levels: List[Dict], grid: Sequence[int], path: os.PathL
 
 
 def save_progress(records: List[Dict], path: os.PathLike) -> Path:
-    """``progress.png`` from log records (dicts with ``step`` and any of the keys plotted): every loss
-    term, the learning rate and the throughput, one panel each, against the step."""
-    steps = [r["step"] for r in records]
-    loss_keys = sorted({k for r in records for k in r if k == "loss" or k.startswith(("rec_", "align_"))})
-    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    """``progress.png`` from log records: every loss term per step, the validation reconstruction loss per
+    level (``kind == "validation"`` records, with markers, and the 1.0 of the mean predictor), the learning
+    rate and the throughput, one panel each, against the step."""
+    train = [r for r in records if r.get("kind") != "validation"]
+    val = [r for r in records if r.get("kind") == "validation"]
+    steps = [r["step"] for r in train]
+    loss_keys = sorted({k for r in train for k in r if k == "loss" or k.startswith(("rec_", "align_"))})
+    fig, axes = plt.subplots(4, 1, figsize=(9, 12), sharex=True)
     for key in loss_keys:
-        axes[0].plot(steps, [r.get(key, np.nan) for r in records], label=key)
-    axes[0].set_ylabel("loss")
+        axes[0].plot(steps, [r.get(key, np.nan) for r in train], label=key)
+    axes[0].set_ylabel("training loss")
     axes[0].legend(loc="upper right", fontsize=8)
-    axes[1].plot(steps, [r.get("lr", np.nan) for r in records])
-    axes[1].set_ylabel("learning rate")
-    axes[2].plot(steps, [r.get("subvolumes_per_s", np.nan) for r in records])
-    axes[2].set_ylabel("sub-volumes / s")
-    axes[2].set_xlabel("step")
+    for key in sorted({k for r in val for k in r if k.startswith("val_rec_")}):
+        axes[1].plot([r["step"] for r in val], [r.get(key, np.nan) for r in val], marker="o", label=key)
+    axes[1].axhline(1.0, color="grey", linestyle="--", linewidth=1, label="mean predictor (1.0)")
+    axes[1].set_ylabel("validation\nreconstruction")
+    axes[1].legend(loc="upper right", fontsize=8)
+    axes[2].plot(steps, [r.get("lr", np.nan) for r in train])
+    axes[2].set_ylabel("learning rate")
+    axes[3].plot(steps, [r.get("subvolumes_per_s", np.nan) for r in train])
+    axes[3].set_ylabel("sub-volumes / s")
+    axes[3].set_xlabel("step")
     fig.tight_layout()
     save_figure(fig, Path(path))
     return Path(path)

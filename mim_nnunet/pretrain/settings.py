@@ -9,6 +9,7 @@ spawned processes and into checkpoints loaded with ``weights_only=True``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -32,8 +33,10 @@ PRETRAIN_INTERVALS = {
     "log_every": 10,             # a line in log.txt (log.jsonl gets every step)
     "plot_every": 100,           # progress.png
     "recon_every": 1000,         # reconstructions/step_XXXXXXX.png
+    "val_every": 500,            # validation reconstruction loss (and at step 0 and the last step)
 }
 DEFAULT_LOADER_WORKERS = 2
+VALIDATION_CROPS = 8             # fixed held-out crops of the validation loss
 
 
 @dataclass
@@ -67,6 +70,10 @@ class RunSettings:
     log_every: int = PRETRAIN_INTERVALS["log_every"]
     plot_every: int = PRETRAIN_INTERVALS["plot_every"]
     recon_every: int = PRETRAIN_INTERVALS["recon_every"]
+    val_every: int = PRETRAIN_INTERVALS["val_every"]
+    val_crops: int = VALIDATION_CROPS
+    val_cases: List[str] = field(default_factory=list)      # held out of training; empty: fixed crops
+    uniform_crop_fraction: float = 1.0                       # runs before foreground sampling: all uniform
     spacing: Optional[List[float]] = None
     intensity: Optional[Dict] = None
     manifest_hash: Optional[str] = None
@@ -124,8 +131,8 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
     """Settings from the plan, with the flags that override it (``None`` = the plan's or the default).
 
     The plan's ``mim`` switches, ``backbone_sizes``, ``input_size`` and batch split are used as written
-    (flags override single values); its ``lr`` is for its ``effective_batch_subvolumes`` and is scaled
-    linearly when this run's effective batch differs. ``plan_edits`` (values a user edited in the plan)
+    (flags override single values); its ``lr`` is for its ``effective_batch_subvolumes`` and is rescaled by
+    the lr rule (:func:`mim_nnunet.data.planner.rescale_lr`) when this run's effective batch differs. ``plan_edits`` (values a user edited in the plan)
     are recorded with the provenance of each value."""
     edits = set(plan_edits or ())
 
@@ -147,16 +154,22 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
         raise MimError(f"-steps must be at least 2 (warm-up and decay), got {steps}")
     effective = world_size * batch * accum * config.subvolumes_per_crop
     if lr is None:
-        lr = plan["lr"] * effective / plan["effective_batch_subvolumes"]
-        lr_source = source("lr", False) + (f", x {effective} / {plan['effective_batch_subvolumes']} sub-volumes"
+        from ..data.planner import rescale_lr
+        lr = rescale_lr(plan["lr"], plan["effective_batch_subvolumes"], effective)
+        lr_source = source("lr", False) + (f", x sqrt({effective} / {plan['effective_batch_subvolumes']} sub-volumes)"
                                            if effective != plan["effective_batch_subvolumes"] else "")
     else:
         lr_source = "flag"
+    from ..data.loader import validation_cases
+    from ..data.preprocess import stored_case_ids
+    seed = PRETRAIN_RECIPE["seed"] if operational.get("seed") is None else operational["seed"]
+    held_out = validation_cases(stored_case_ids(Path(store)), seed) if Path(store).is_dir() else []
     mim = config.to_dict()
     mim["input_size"] = list(config.input_size)
     provenance = {"lr": lr_source, "input_size": source("input_size", input_size is not None),
                   "backbone_sizes": source("backbone_sizes", False),
                   "batch_split": source("batch_by_device_count", per_device_batch is not None or accumulation is not None),
+                  "uniform_crop_fraction": source("uniform_crop_fraction", False),
                   "mim": {k: source(f"mim.{k}", k in (switches or {})) for k in plan["mim"]},
                   "plan_edits": sorted(edits)}
     settings = RunSettings(
@@ -165,6 +178,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
         world_size=world_size, steps=steps, warmup_steps=warmup_steps_for(steps, PRETRAIN_RECIPE["warmup_fraction"]),
         lr=float(lr), device=device, precision=pick_precision(precision, device), spacing=plan.get("target_spacing"),
         intensity=plan.get("intensity"), manifest_hash=plan.get("manifest_hash"), provenance=provenance,
+        uniform_crop_fraction=plan["uniform_crop_fraction"], val_cases=held_out,
         **{k: v for k, v in operational.items() if v is not None})
     if settings.stop_at is not None and not 0 < settings.stop_at <= steps:
         raise MimError(f"-stop_at must be in 1..{steps}, got {settings.stop_at}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -115,7 +115,8 @@ def encoder_keys(network: nn.Module, backbone: str) -> List[str]:
 
 def transfer(network: nn.Module, state: Mapping[str, Tensor], record: Mapping, source: str,
              spacing: Optional[Sequence[float]] = None, normalization: Optional[Sequence[str]] = None,
-             min_fraction: float = MIN_ENCODER_FRACTION) -> TransferReport:
+             min_fraction: float = MIN_ENCODER_FRACTION,
+             intensity_properties: Optional[Mapping] = None) -> TransferReport:
     """Load ``state`` (an export's tensors, with its ``record``) into ``network``; raise
     :class:`TransferError` below ``min_fraction`` of the encoder's parameters (nothing is loaded then)."""
     backbone = backbone_of(network)
@@ -151,7 +152,7 @@ def transfer(network: nn.Module, state: Mapping[str, Tensor], record: Mapping, s
         new_state[name] = value.to(want.dtype)
         report.loaded[name] = want.numel()
     report.new = {k: v.numel() for k, v in target.items() if k not in report.loaded and v.is_floating_point()}
-    report.warnings += record_warnings(record, spacing, normalization)
+    report.warnings += record_warnings(record, spacing, normalization, intensity_properties)
     if report.encoder_fraction < min_fraction:
         detail = f"; shapes differ, e.g. {mismatched[0]}" if mismatched else ""
         raise TransferError(f"{source}: only {100 * report.encoder_fraction:.1f}% of the encoder's parameters "
@@ -161,9 +162,24 @@ def transfer(network: nn.Module, state: Mapping[str, Tensor], record: Mapping, s
     return report
 
 
+def window_of(properties: Mapping) -> Optional[Tuple[float, float]]:
+    """The HU window ``(lo, hi)`` that nnU-Net's ``CTNormalization`` applies with these intensity properties
+    when they encode one (``percentile_00_5 = mean = lo``, ``percentile_99_5 = hi``, ``std = hi - lo``:
+    ``(clip(x, lo, hi) - lo) / (hi - lo)``), else None (a z-score of the dataset's foreground)."""
+    lo, hi = properties.get("percentile_00_5"), properties.get("percentile_99_5")
+    if lo is None or hi is None or hi <= lo:
+        return None
+    if abs(properties.get("mean", float("nan")) - lo) > 1e-6 or abs(properties.get("std", float("nan")) - (hi - lo)) > 1e-6:
+        return None
+    return float(lo), float(hi)
+
+
 def record_warnings(record: Mapping, spacing: Optional[Sequence[float]],
-                    normalization: Optional[Sequence[str]]) -> List[str]:
-    """Where the pre-training data differ from the dataset's plans (reported, not fixed)."""
+                    normalization: Optional[Sequence[str]],
+                    intensity_properties: Optional[Mapping] = None) -> List[str]:
+    """Where the pre-training data differ from the dataset's plans (reported, not fixed): spacing, modality,
+    and, for CT, intensities on another scale than the export's window (``intensity_properties``: the plans'
+    ``foreground_intensity_properties_per_channel``)."""
     warnings = []
     pre_spacing = record.get("spacing")
     if spacing is not None and pre_spacing is not None and len(pre_spacing) == len(spacing):
@@ -179,4 +195,19 @@ def record_warnings(record: Mapping, spacing: Optional[Sequence[float]],
                             f"with {sorted(set(normalization))}")
         if "MRI" in intensity and "CT" not in intensity and ct_data:
             warnings.append(f"pre-trained on MRI (z-score), the dataset uses {sorted(set(normalization))}")
+        if "CT" in intensity and ct_data and intensity_properties is not None:
+            window = [float(v) for v in intensity["CT"].get("window", [])]
+            for channel, scheme in enumerate(normalization):
+                props = intensity_properties.get(str(channel), {})
+                if "CT" not in scheme or not props:
+                    continue
+                used = window_of(props)
+                if used is None or list(used) != window:
+                    seen = (f"window {list(used)} HU" if used else
+                            f"a z-score of the dataset's foreground (mean {props.get('mean', float('nan')):.0f}, "
+                            f"std {props.get('std', float('nan')):.0f} HU)")
+                    warnings.append(
+                        f"pre-trained on CT clipped to {window} HU and scaled to [0, 1]; channel {channel} is fine-"
+                        f"tuned on {seen}: `mim_nnunet plans-variant -d DATASET -o NAME --window {window[0]:g} "
+                        f"{window[1]:g}` writes plans with the pre-training scale")
     return warnings

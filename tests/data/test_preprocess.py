@@ -7,7 +7,17 @@ import os
 import numpy as np
 import pytest
 
-from helpers.volumes import DICOM_DIRECTION, DIRECTION, ORIGIN, SPACING, bad_files, ct_array, write, write_dicom_series
+from helpers.volumes import (
+    DICOM_DIRECTION,
+    DIRECTION,
+    ORIGIN,
+    SPACING,
+    bad_files,
+    ct_array,
+    write,
+    write_dicom_series,
+)
+from mim_nnunet.data.intensity import foreground_coordinates, foreground_rule
 from mim_nnunet.data.manifest import build_manifest
 from mim_nnunet.data.pipeline import prepare
 from mim_nnunet.data.preprocess import preprocess
@@ -19,7 +29,7 @@ RAS_IN_LPS = np.diag([-1.0, -1.0, 1.0])      # x toward Right, y toward Anterior
 def plan_for(spacing_zyx, modality="CT"):
     intensity = {"CT": {"window": [-1000.0, 1000.0]}}
     return {"orientation": "RAS", "target_spacing": list(spacing_zyx), "intensity": intensity,
-            "store_dtype": "float32"}
+            "foreground": foreground_rule()[0], "store_dtype": "float32"}
 
 
 def run_one(tmp_path, path, plan, modality="CT"):
@@ -135,3 +145,20 @@ def test_interrupted_run_resumes_without_redoing_or_losing_cases(collection):
     for p in arrays[1:]:
         assert p.stat().st_mtime_ns == stamps[p]                            # untouched
     assert victim.is_file() and victim.with_suffix(".json").is_file()
+
+
+def test_foreground_is_the_body_by_hand():
+    rule = dict(foreground_rule()[0], coordinates_per_case=5)
+    hu = np.full((1, 4, 5, 6), -1000.0)
+    hu[0, 1:3, 2:4, 1:5] = 40.0                          # 16 soft-tissue voxels
+    hu[0, 0, 0, 0] = -499.0                              # just above -500 HU: body
+    hu[0, 3, 4, 5] = -501.0                              # just below: air
+    stored = (np.clip(hu, -1000, 1000) + 1000) / 2000
+    coords, voxels = foreground_coordinates(stored, "CT", {"CT": {"window": [-1000.0, 1000.0]}}, rule,
+                                            np.random.default_rng(0))
+    assert voxels == 17 and coords.shape == (5, 3)
+    assert all(hu[(0, *c)] > -500 for c in coords)
+    mri = np.arange(100, dtype=np.float64).reshape(1, 4, 5, 5)           # the 10th percentile is 9.9
+    coords, voxels = foreground_coordinates(mri, "MRI", {}, dict(rule, coordinates_per_case=1000),
+                                            np.random.default_rng(0))
+    assert voxels == 90 and sorted(mri[(0, *coords.T)].tolist()) == list(range(10, 100))

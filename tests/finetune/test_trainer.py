@@ -68,3 +68,21 @@ def test_2d_plans_are_refused_before_anything_is_written(find_trainer, nnunet_di
     with pytest.raises(PlansError, match="nnUNetTrainerSwinUNETR is 3D only: configuration '2d'"):
         make_trainer(cls, configuration="2d")
     assert not any(nnunet_dirs["nnUNet_results"].iterdir())
+
+
+def test_seed_from_the_environment_makes_initialisation_repeatable(monkeypatch):
+    from mim_nnunet.finetune.trainer import SEED_ENV, seed_from_environment
+    from mim_nnunet.networks import MiMUNETR
+
+    monkeypatch.delenv(SEED_ENV, raising=False)
+    assert seed_from_environment() is None
+    draws = []
+    for seed in ("7", "7", "8"):
+        monkeypatch.setenv(SEED_ENV, seed)
+        assert seed_from_environment() == int(seed)
+        net = MiMUNETR(1, 2, (32, 32, 64), size="tiny", feature_size=12)
+        draws.append(net.decoder1.transp_conv.conv.weight.detach().clone())
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    monkeypatch.setenv(SEED_ENV, "seven")
+    with pytest.raises(PlansError, match="MIM_SEED='seven': not an integer seed"):
+        seed_from_environment()

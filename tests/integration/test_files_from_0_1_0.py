@@ -11,7 +11,6 @@ import os
 import subprocess
 import tarfile
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -60,8 +60,18 @@ def resume(out, collection, world=1, **operational):
 
 
 def losses(out):
+    """Training records' losses and lr (validation records, ``kind == "validation"``, are compared apart)."""
     return [{k: v for k, v in r.items() if k == "step" or k == "loss" or k.startswith(("rec_", "align_", "lr"))}
-            for r in read_records(Path(out) / "log.jsonl")]
+            for r in read_records(Path(out) / "log.jsonl") if r.get("kind") != "validation"]
+
+
+def train_records(path):
+    """The step records of a log (validation records apart)."""
+    return [r for r in read_records(Path(path)) if r.get("kind") != "validation"]
+
+
+def validations(out):
+    return [r for r in read_records(Path(out) / "log.jsonl") if r.get("kind") == "validation"]
 
 
 def weights(out):
@@ -78,12 +88,13 @@ def test_resume_after_a_stop_gives_identical_weights_and_losses(collection, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert losses(tmp_path / "straight") == losses(tmp_path / "stopped")
     assert [r["step"] for r in losses(tmp_path / "stopped")] == [1, 2, 3, 4, 5, 6]
+    assert validations(tmp_path / "straight") == validations(tmp_path / "stopped")      # steps 0 and 6
     # and the weights moved: resume is not trivially equal
     first = load_checkpoint(tmp_path / "straight" / CHECKPOINT)
     assert first["step"] == 6 and first["optimizer"]["state"]
     # artefacts of the run
     out = tmp_path / "straight"
-    records = read_records(out / "log.jsonl")
+    records = train_records(out / "log.jsonl")
     assert all(k in records[-1] for k in ("loss", "rec_l1", "rec_l2", "rec_l3", "align_12", "align_23", "lr",
                                          "grad_norm", "subvolumes_per_s", "data_wait_fraction"))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records) and "eta_s" in records[-1]
@@ -140,7 +151,7 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tm
     out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_killed"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while len(read_records(out / "log.jsonl")) < 4 and time.time() < deadline and proc.poll() is None:
+    while len(train_records(out / "log.jsonl")) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -150,7 +161,7 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tm
                             encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed at step {state['step']} of 400" in result.stdout
-    assert [r["step"] for r in read_records(out / "log.jsonl")] == list(range(1, state["step"] + 3))
+    assert [r["step"] for r in train_records(out / "log.jsonl")] == list(range(1, state["step"] + 3))
     assert not list(out.rglob(".tmp_*"))
     # without --c the folder is not overwritten
     again = subprocess.run(args, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
@@ -170,7 +181,7 @@ def test_cli_two_gloo_processes_finish_and_export(collection):
     settings = json.loads((out / "settings.json").read_text(encoding="utf-8"))
     assert settings["world_size"] == 2 and settings["mim"]["r2"] == 0.5 and settings["mim"]["align_pairs"] == [
         True, False] and settings["mim"]["align_loss"] == "byol"
-    records = read_records(out / "log.jsonl")
+    records = train_records(out / "log.jsonl")
     assert "align_23" not in records[-1] and "align_12" in records[-1]
     state, record = load_export(out / "export" / "mim_hybrid_tiny.safetensors")
     encoder = {k[len("encoder."):]: v for k, v in weights(out).items() if k.startswith("encoder.")}
@@ -241,7 +252,7 @@ def test_export_command_for_both_backbones(collection, tmp_path):
 def test_gradient_clipping_changes_the_step_not_the_logged_norm(collection, tmp_path):
     run(collection, tmp_path / "free", steps=2)
     run(collection, tmp_path / "clipped", steps=2, clip_grad=1e-9)
-    free, clipped = read_records(tmp_path / "free" / "log.jsonl"), read_records(tmp_path / "clipped" / "log.jsonl")
+    free, clipped = train_records(tmp_path / "free" / "log.jsonl"), train_records(tmp_path / "clipped" / "log.jsonl")
     assert free[0]["loss"] == clipped[0]["loss"] and free[0]["grad_norm"] == clipped[0]["grad_norm"] > 1e-9
     a, b = weights(tmp_path / "free"), weights(tmp_path / "clipped")
     assert any(not torch.equal(a[k], b[k]) for k in a)
@@ -253,10 +264,10 @@ def test_settings_follow_the_plan_and_reject_what_cannot_work(collection, tmp_pa
     entry = plan["batch_by_device_count"]["2"]
     assert (s.per_device_batch, s.accumulation) == (entry["per_device_batch"], entry["accumulation"])
     assert s.effective_batch_crops == plan["effective_batch_subvolumes"] // 21 == 16
-    assert s.lr == pytest.approx(1e-4 * 16 * 21 / 256)
+    assert s.lr == pytest.approx(1e-4 * (16 * 21 / 256) ** 0.5)
     s = resolve_settings(plan, "store", tmp_path, 1, "cpu", input_size=[32], per_device_batch=2, accumulation=3,
                          switches={"levels": 2})
-    assert s.lr == pytest.approx(1e-4 * 6 * (1 + 4) / 256)                  # levels 2: 5 sub-volumes per crop
+    assert s.lr == pytest.approx(1e-4 * (6 * (1 + 4) / 256) ** 0.5)           # levels 2: 5 sub-volumes per crop
     with pytest.raises(MimError, match="no batch split for 3 devices"):
         resolve_settings(plan, "store", tmp_path, 3, "cpu")
     with pytest.raises(MimError, match="gamma3=9"):
@@ -278,3 +289,22 @@ def test_help_documents_every_flag():
                  "-precision", "-clip_grad", "--compile", "-levels", "-next_level_from", "-align_loss",
                  "-level_weight_schedule", "-loss_weights", "-o NAME"):
         assert flag in result.stdout, flag
+
+
+def test_validation_loss_is_logged_plotted_and_exported(collection, tmp_path):
+    from mim_nnunet.pretrain.engine import build
+    from mim_nnunet.pretrain.validation import ValidationSet
+
+    settings = run(collection, tmp_path / "val", steps=4, val_every=2, val_crops=2)
+    val = [r for r in read_records(tmp_path / "val" / "log.jsonl") if r.get("kind") == "validation"]
+    assert [r["step"] for r in val] == [0, 2, 4]
+    assert all({k for k in r if k.startswith("val_")} == {"val_rec_l1", "val_rec_l2", "val_rec_l3"} for r in val)
+    assert val[0]["held_out_cases"] == 0 and settings.val_cases == []          # 3 cases: fixed crops instead
+    # step 0 is the freshly built model (same seed) on the same fixed crops and masks
+    fresh = build(settings, torch.device("cpu"))
+    again = ValidationSet(settings).evaluate(fresh.model, torch.device("cpu"))
+    assert again == pytest.approx({k: v for k, v in val[0].items() if k.startswith("val_")}, rel=1e-6)
+    _, record = load_export(tmp_path / "val" / "export" / "mim_hybrid_tiny.safetensors")
+    assert record["validation"]["first"] == {"step": 0, **{k[4:]: v for k, v in val[0].items() if k.startswith("val_")}}
+    assert record["validation"]["last"]["step"] == 4 and record["validation"]["crops"] == 2
+    assert (tmp_path / "val" / "progress.png").is_file()

@@ -39,9 +39,9 @@ def test_an_edited_plan_is_kept_and_drives_the_run(prepared, tmp_path):
                                      "backbone_sizes.depths", "mim", "mim.r2"}
     settings = resolve_settings(again.plan, again.store, tmp_path / "run", 1, "cpu", input_size=[32],
                                 per_device_batch=1, accumulation=2, plan_edits=again.plan_edits)
-    # 2 crops x 21 sub-volumes instead of the plan's 336: the plan's (edited) lr scaled linearly
-    assert settings.lr == pytest.approx(0.002 * 42 / 336)
-    assert settings.provenance["lr"].startswith("plan (edited), x 42 / 336")
+    # 2 crops x 21 sub-volumes instead of the plan's 336: the plan's (edited) lr rescaled by the rule
+    assert settings.lr == pytest.approx(0.002 * (42 / 336) ** 0.5)
+    assert settings.provenance["lr"].startswith("plan (edited), x sqrt(42 / 336")
     assert settings.provenance["backbone_sizes"] == "plan (edited)" and settings.provenance["mim"]["r2"] == "plan (edited)"
     assert settings.provenance["mim"]["r1"] == "plan" and settings.config.r2 == 0.75
     trainee = build(settings, torch.device("cpu"))

@@ -80,3 +80,21 @@ def test_swin_export_into_swinunetr_with_two_channels(tmp_path):
     assert report.encoder_fraction == 1.0 and "swinViT.patch_embed.proj.weight" in report.adapted
     assert torch.equal(net.swinViT.layers3[0].blocks[1].mlp.linear1.weight, state["layers3.0.blocks.1.mlp.linear1.weight"])
     assert report.ignored == {}                      # the swin export holds exactly the Swin-ViT
+
+
+def test_intensities_unlike_the_exports_are_warned_about(tmp_path):
+    path = hybrid_export(tmp_path)                      # pre-trained on CT, window [-1000, 1000]
+    state, record = load_export(path)
+    zscore = {"0": {"mean": 62.0, "std": 140.0, "percentile_00_5": -950.0, "percentile_99_5": 1200.0}}
+    window = {"0": {"mean": -1000.0, "std": 2000.0, "percentile_00_5": -1000.0, "percentile_99_5": 1000.0}}
+    narrow = {"0": {"mean": -175.0, "std": 425.0, "percentile_00_5": -175.0, "percentile_99_5": 250.0}}
+    found = {}
+    for name, props in (("zscore", zscore), ("window", window), ("narrow", narrow)):
+        net = MiMUNETR(1, 2, (32, 32, 32), size="tiny", feature_size=12)
+        report = transfer(net, state, record, str(path), normalization=["CTNormalization"],
+                          intensity_properties=props)
+        found[name] = [w for w in report.warnings if "scaled to [0, 1]" in w]
+    assert found["window"] == []
+    assert len(found["zscore"]) == 1 and "z-score of the dataset's foreground (mean 62, std 140 HU)" in found["zscore"][0]
+    assert "--window -1000 1000" in found["zscore"][0]
+    assert len(found["narrow"]) == 1 and "window [-175.0, 250.0] HU" in found["narrow"][0]
