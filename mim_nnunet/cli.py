@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from .defaults import DEMO_SETTINGS
+from .downstream.commands import add_commands as add_downstream_commands
 from .errors import MimError
 from .environment import require_ext_trainer, require_nnunet_paths, shell_exports, trainers_dir
+from .finetune.commands import add_commands as add_finetune_commands
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("set-weights", help="record an export in the dataset's plans; MiM trainers then use it")
     _add_dataset_arguments(p)
     p.set_defaults(func=_cmd_set_weights)
+    add_finetune_commands(sub)          # plans-variant
+    add_downstream_commands(sub)        # convert, splits, recipe-plans
     return parser
 
 
