@@ -13,7 +13,9 @@ Every step is the command a user would type, in a subprocess: nnUNetv2_extract_f
 nnUNetv2_plan_experiment (when the dataset has no plans yet), mim_nnunet recipe-plans, nnUNetv2_preprocess,
 mim_nnunet splits, nnUNetv2_train (its final validation predicts the validation cases). Finished steps are
 skipped on a rerun. The MiM trainer finds its export as usual (plans, $MIM_PRETRAINED_WEIGHTS, or the newest
-mim_pretrain export); --weights sets $MIM_PRETRAINED_WEIGHTS. Results: <output>/reproduce_<dataset>.md and .json.
+mim_pretrain export); --weights sets $MIM_PRETRAINED_WEIGHTS. A rerun reuses preprocessed data and finished
+trainings only when the plans, split and weights they were made with are unchanged. Results:
+<output>/reproduce_<dataset>.md and .json.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ TRAINERS = {
     ("swin", "tiny"): ("nnUNetTrainerMiMSwinUNETR_tiny_1epoch", "nnUNetTrainerSwinUNETR_fs12_1epoch"),
 }
 KINDS = ("Scratch", "MiM")
+# What a rerun compares before reusing preprocessed data / a finished training (written next to them).
+PREPROCESSED_MARKER = "mim_reproduce.sha256"
+TRAINED_MARKER = "mim_reproduce.json"
 
 
 def run(cmd: List[str], env: Optional[Dict[str, str]] = None) -> float:
@@ -101,6 +106,21 @@ def scores_for(prediction_dir: Path, raw: Path, val_cases: Sequence[str], classe
             "mean_dsc": result["overall"]["dsc"], "mean_nsd": result["overall"]["nsd"], "cases": result["cases"]}
 
 
+def plans_digest(plans: Dict, configuration: str, data_only: bool) -> str:
+    """sha256 of what a configuration's preprocessed data (``data_only``) or trained model depends on: a rerun
+    reuses preprocessing and training only when this is unchanged."""
+    import hashlib
+
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    config = dict(PlansManager(plans).get_configuration(configuration).configuration)
+    if data_only:
+        for key in ("patch_size", "batch_size", "architecture", "batch_dice"):
+            config.pop(key, None)
+    payload = {"configuration": config, "transpose": plans["transpose_forward"],
+               "intensity": plans["foreground_intensity_properties_per_channel"]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", required=True, help="nnU-Net dataset id or name (converted; planning is done if missing)")
@@ -163,9 +183,14 @@ def main(argv=None) -> int:
     plans = json.loads((pre / f"{plans_name}.json").read_text(encoding="utf-8"))
     identifier = plans["configurations"][args.c].get("data_identifier", f"{plans_name}_{args.c}")
     preprocessed = pre / identifier
-    if len(list(preprocessed.glob("*.pkl"))) != len(cases):
+    # beside the folder: nnU-Net infers its data format from the endings of the files inside it
+    marker, data_digest = pre / f"{identifier}.{PREPROCESSED_MARKER}", plans_digest(plans, args.c, data_only=True)
+    done = marker.is_file() and marker.read_text(encoding="utf-8") == data_digest
+    if not done or len(list(preprocessed.glob("*.pkl"))) != len(cases):
         timings["preprocess"] = run(["nnUNetv2_preprocess", "-d", str(args.d), "-plans_name", plans_name, "-c", args.c,
                                      "-np", str(args.np)])
+        marker.write_text(data_digest, encoding="utf-8")
+    model_digest = plans_digest(plans, args.c, data_only=False)
 
     # 2. splits: base folds + one fold per label fraction
     run([mim, "splits", "-d", str(args.d), "--scheme", split, "--seed", args.seed,
@@ -187,11 +212,18 @@ def main(argv=None) -> int:
             fold_dir = results_root / f"{trainer}__{plans_name}__{args.c}" / f"fold_{fold}"
             validation = fold_dir / "validation"
             val_cases = splits[fold]["val"]
-            if not (fold_dir / "checkpoint_final.pth").is_file() or \
-                    any(not (validation / f"{c}.nii.gz").is_file() for c in val_cases):
+            # reuse a finished run only if it trained on these data, this split and these plans
+            trained_with = {"plans": model_digest, "train": splits[fold]["train"], "val": val_cases,
+                            "weights": env.get("MIM_PRETRAINED_WEIGHTS") if kind == "MiM" else None}
+            marker = fold_dir / TRAINED_MARKER
+            reusable = (marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == trained_with
+                        and (fold_dir / "checkpoint_final.pth").is_file()
+                        and all((validation / f"{c}.nii.gz").is_file() for c in val_cases))
+            if not reusable:
                 cmd = ["nnUNetv2_train", str(args.d), args.c, str(fold), "-tr", trainer, "-p", plans_name,
                        "-device", args.device]
                 timings[f"{kind} fold {fold}"] = run(cmd, env if kind == "MiM" else None)
+                marker.write_text(json.dumps(trained_with), encoding="utf-8")
             scores = scores_for(validation, raw, val_cases, classes, out / f"{kind}_fold{fold}", tolerance)
             results[kind][str(float(fraction))] = {"trainer": trainer, "fold": fold,
                                                    "train_cases": len(splits[fold]["train"]),

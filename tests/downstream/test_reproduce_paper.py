@@ -43,6 +43,24 @@ def test_table_has_a_row_per_method_then_the_papers_row():
     assert rp.efficiency_table(per_fraction, [0.5, 1.0]).splitlines()[2] == "| Scratch | 20.00 | 40.00 |"
 
 
+def test_reuse_digests_follow_what_data_and_models_depend_on():
+    import copy
+    from plans_factory import make_plans
+    rp = load()
+    plans = make_plans()
+    plans["foreground_intensity_properties_per_channel"] = {"0": {"mean": 0.0, "std": 1.0}}
+    data, model = rp.plans_digest(plans, "3d_fullres", True), rp.plans_digest(plans, "3d_fullres", False)
+    bigger = copy.deepcopy(plans)
+    bigger["configurations"]["3d_fullres"]["patch_size"] = [96, 96, 96]      # same data, another model
+    assert rp.plans_digest(bigger, "3d_fullres", True) == data and rp.plans_digest(bigger, "3d_fullres", False) != model
+    windowed = copy.deepcopy(plans)
+    windowed["foreground_intensity_properties_per_channel"]["0"]["std"] = 2000.0   # other data
+    assert rp.plans_digest(windowed, "3d_fullres", True) != data
+    spaced = copy.deepcopy(plans)
+    spaced["configurations"]["3d_fullres"]["spacing"] = [2.0, 1.5, 1.5]
+    assert rp.plans_digest(spaced, "3d_fullres", True) != data
+
+
 def dice(a, b):
     """Independent DSC: 2|A and B| / (|A| + |B|)."""
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
