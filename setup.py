@@ -25,6 +25,7 @@ setup(
         ("share/mim_nnunet/trainers", sorted(glob("trainers/*.py"))),
         ("share/mim_nnunet/plans/collections", sorted(glob("plans/collections/*.json"))),
         ("share/mim_nnunet/plans/demo", sorted(glob("plans/demo/*.json"))),
+        ("share/mim_nnunet/plans/downstream", sorted(glob("plans/downstream/*.json"))),
     ],
     install_requires=[
         "nnunetv2>=2.8,<2.9",

@@ -17,10 +17,9 @@ import torch
 from monai.metrics import DiceMetric, SurfaceDiceMetric
 
 from .common.errors import MimError
-from .data.image_io import read_image
+from .data.image_io import geometry_difference, read_image
 
 DEFAULT_NSD_TOLERANCE_MM = 1.0
-GEOMETRY_TOLERANCE = 1e-4
 
 
 class EvaluationError(MimError):
@@ -49,16 +48,6 @@ def class_scores(pred: np.ndarray, label: np.ndarray, classes: Sequence[int], sp
     return scores
 
 
-def _same_geometry(a: sitk.Image, b: sitk.Image) -> Optional[str]:
-    if a.GetSize() != b.GetSize():
-        return f"size {a.GetSize()} vs {b.GetSize()}"
-    for name in ("Spacing", "Origin", "Direction"):
-        va, vb = getattr(a, f"Get{name}")(), getattr(b, f"Get{name}")()
-        if not np.allclose(va, vb, atol=GEOMETRY_TOLERANCE):
-            return f"{name.lower()} {tuple(round(v, 4) for v in va)} vs {tuple(round(v, 4) for v in vb)}"
-    return None
-
-
 def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence[int]] = None,
                      tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, suffix: str = ".nii.gz") -> Dict:
     """Scores of every label in ``label_dir`` against the same-named file in ``pred_dir``:
@@ -76,7 +65,7 @@ def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence
     cases: Dict[str, Dict] = {}
     for path in labels:
         label_img, pred_img = read_image(str(path)), read_image(str(pred_dir / path.name))
-        problem = _same_geometry(pred_img, label_img)
+        problem = geometry_difference(pred_img, label_img)
         if problem:
             raise EvaluationError(f"{pred_dir / path.name}: geometry differs from {path} ({problem})")
         label = sitk.GetArrayFromImage(label_img)

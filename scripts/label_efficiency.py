@@ -16,30 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
-import numpy as np
+from mim_nnunet.downstream.splits import fraction_splits
 
 FRACTIONS = (0.25, 0.5, 1.0)
-
-
-def fraction_splits(cases: Sequence[str], fractions: Sequence[float], seed: int = 0) -> List[Dict[str, List[str]]]:
-    """One split per fraction: ``ceil(f * n)`` training cases (at least 1) drawn with a seeded permutation
-    (nested: a smaller fraction's cases are in every larger one); validation = the rest, or the first
-    training case when nothing is left (nnU-Net needs one)."""
-    order = [cases[i] for i in np.random.default_rng(seed).permutation(len(cases))]
-    splits = []
-    for f in fractions:
-        k = max(1, math.ceil(f * len(order)))
-        train, val = sorted(order[:k]), sorted(order[k:]) or [order[0]]
-        splits.append({"train": train, "val": val})
-    return splits
 
 
 def run(cmd: List[str]) -> None:

@@ -10,6 +10,8 @@ from typing import List, Optional
 from ..common.environment import require_ext_trainer, require_nnunet_paths, shell_exports, trainers_dir
 from ..demo.settings import DEMO_SETTINGS
 from . import run_guarded
+from ..downstream.commands import add_commands as add_downstream_commands
+from ..finetune.commands import add_commands as add_finetune_commands
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("set-weights", help="record an export in the dataset's plans; MiM trainers then use it")
     _add_dataset_arguments(p)
     p.set_defaults(func=_cmd_set_weights)
+    add_finetune_commands(sub)          # plans-variant
+    add_downstream_commands(sub)        # convert, splits, recipe-plans
     return parser
 
 

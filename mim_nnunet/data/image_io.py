@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from ..common.errors import MimError
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+GEOMETRY_TOLERANCE = 1e-4       # mm (spacing, origin) and direction cosines: header rounding, not a shift
 
 
 class BadImage(MimError):
@@ -120,6 +121,17 @@ def check_volume(image: sitk.Image, name: str) -> None:
         raise BadImage(f"{name}: NaN or infinite voxels")
 
 
+def geometry_difference(a: sitk.Image, b: sitk.Image, tolerance: float = GEOMETRY_TOLERANCE) -> Optional[str]:
+    """How the grids of two images differ (size, spacing, origin, direction), or None when they match."""
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} vs {b.GetSize()}"
+    for name in ("Spacing", "Origin", "Direction"):
+        va, vb = getattr(a, f"Get{name}")(), getattr(b, f"Get{name}")()
+        if not np.allclose(va, vb, atol=tolerance):
+            return f"{name.lower()} {tuple(round(v, 4) for v in va)} vs {tuple(round(v, 4) for v in vb)}"
+    return None
+
+
 def read_case(files: Sequence[str]) -> sitk.Image:
     """The case's channels as one float32 image (vector image when more than one channel)."""
     images = []
@@ -129,8 +141,7 @@ def read_case(files: Sequence[str]) -> sitk.Image:
         images.append(sitk.Cast(img, sitk.sitkFloat32))
     first = images[0]
     for f, img in zip(files[1:], images[1:]):
-        if (img.GetSize() != first.GetSize() or not np.allclose(img.GetSpacing(), first.GetSpacing(), rtol=1e-4)
-                or not np.allclose(img.GetOrigin(), first.GetOrigin(), atol=1e-3)
-                or not np.allclose(img.GetDirection(), first.GetDirection(), atol=1e-4)):
-            raise BadImage(f"{f}: geometry differs from the case's first channel {files[0]}")
+        problem = geometry_difference(img, first, tolerance=1e-3)
+        if problem:
+            raise BadImage(f"{f}: geometry differs from the case's first channel {files[0]} ({problem})")
     return first if len(images) == 1 else sitk.Compose(images)

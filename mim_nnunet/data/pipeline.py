@@ -16,7 +16,13 @@ from typing import Dict, List, Optional, Sequence
 
 from ..common.atomic import write_json_atomic
 from ..common.errors import MimError
-from ..common.layout import FINGERPRINT, MANIFEST, plan_file, preprocessed_folder, store_folder
+from ..common.layout import (
+    FINGERPRINT,
+    MANIFEST,
+    plan_file,
+    preprocessed_folder,
+    store_folder,
+)
 from .fingerprint import compute_fingerprint
 from .leakage import find_leakage
 from .manifest import build_manifest

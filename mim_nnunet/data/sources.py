@@ -76,7 +76,9 @@ def collection_cases(name: str, allow_partial: bool, log=print) -> List[Case]:
 
 def nnunet_dataset_cases(spec: str) -> List[Case]:
     """All images (imagesTr and imagesTs, every channel) of an nnU-Net raw dataset; labels ignored."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.dataset_name_id_conversion import (
+        maybe_convert_to_dataset_name,
+    )
 
     if not os.environ.get("nnUNet_raw"):
         raise SourceError(f"nnUNet_raw is not set, so dataset '{spec}' cannot be found")

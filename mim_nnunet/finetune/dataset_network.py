@@ -24,7 +24,9 @@ class DatasetNetwork(NamedTuple):
 
 def preprocessed_files(dataset: str, plans_identifier: str = "nnUNetPlans") -> Tuple[Path, Path]:
     """(plans file, dataset.json) of a planned dataset; one-line errors naming what is missing."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.dataset_name_id_conversion import (
+        maybe_convert_to_dataset_name,
+    )
 
     root = Path(require_nnunet_paths(("nnUNet_preprocessed",))["nnUNet_preprocessed"])
     try:
@@ -41,7 +43,9 @@ def preprocessed_files(dataset: str, plans_identifier: str = "nnUNetPlans") -> T
 def network_for_dataset(dataset: str, trainer_name: str, configuration: str = "3d_fullres",
                         plans_identifier: str = "nnUNetPlans") -> DatasetNetwork:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.label_handling.label_handling import (
+        determine_num_input_channels,
+    )
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from .plans import adapt_configuration

@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import (
+    ConfigurationManager,
+    PlansManager,
+)
 
 from ..common.errors import PlansError
 

@@ -118,7 +118,9 @@ def test_accumulation_and_processes_are_interchangeable(collection, tmp_path):
     assert crops[0] != crops[1]
     # the digests are those of the loader's batches: rank r's first batch is global batch r
     store = collection["prepared"].store
-    expected = [digest([IndexedCropBatches(store, (64, 64, 64), 1, rank=r, world_size=2).batch(0)]) for r in (0, 1)]
+    uniform = collection["prepared"].plan["uniform_crop_fraction"]
+    expected = [digest([IndexedCropBatches(store, (64, 64, 64), 1, rank=r, world_size=2,
+                                           uniform_fraction=uniform).batch(0)]) for r in (0, 1)]
     assert crops == expected
     ckpt = load_checkpoint(tmp_path / "ranks" / CHECKPOINT)
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
