@@ -4,6 +4,8 @@
   fine-tuning networks hold them under ``backbone.``.
 - swin: MONAI SwinViT keys without the ``swinViT.`` prefix, so the file loads strictly into
   ``SwinUNETR(...).swinViT``.
+- resenc: nnU-Net ``ResidualEncoderUNet.encoder`` keys, each tensor once; the record carries the plans-format
+  ``architecture`` (``mim_nnunet/networks/resenc_unet.py`` builds the network and loads it).
 Both files are written to a temporary name and renamed, the record last: a record never points at
 half-written weights.
 """
@@ -29,6 +31,8 @@ EXPORT_FORMAT = 1
 KEY_MAPS = {
     "hybrid": "encoder keys are the MiM release's names; fine-tuning networks hold them under 'backbone.'",
     "swin": "keys are MONAI SwinViT's without 'swinViT.': load_state_dict into SwinUNETR(...).swinViT, strict",
+    "resenc": "keys are nnU-Net ResidualEncoderUNet's without 'encoder.', each tensor once (no 'all_modules.N' "
+              "aliases): mim_nnunet.networks.resenc_unet.load_encoder_state, strict; the record's 'architecture'",
 }
 
 
@@ -41,6 +45,8 @@ def encoder_state(encoder: torch.nn.Module, backbone: str) -> Dict[str, torch.Te
     state = encoder.state_dict()
     if backbone == "swin":
         return {k[len("swinViT."):]: v for k, v in state.items() if k.startswith("swinViT.")}
+    if backbone == "resenc":
+        return encoder.export_state()
     return dict(state)
 
 
@@ -63,7 +69,8 @@ def export_encoder(encoder: torch.nn.Module, backbone: str, size: str, path: os.
     """Write a pre-trained encoder and its adaptation record."""
     record = {"backbone": backbone, "size": size, "key_map": KEY_MAPS[backbone], "in_channels": in_channels,
               "input_size": list(input_size), "token_size": TOKEN_SIZE, "spacing": spacing,
-              "normalisation": intensity, "manifest_hash": manifest_hash, "steps": steps}
+              "normalisation": intensity, "manifest_hash": manifest_hash, "steps": steps,
+              **(encoder.export_record() if hasattr(encoder, "export_record") else {})}
     return write_export(encoder_state(encoder, backbone), record, path)
 
 

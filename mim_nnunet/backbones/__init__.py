@@ -13,14 +13,15 @@ from torch import nn
 
 from ..defaults import HYBRID_SIZES, SWIN_SIZES
 from .hybrid import HybridEncoder
+from .resenc import RESENC_SIZES, ResEncEncoder
 from .swin import SwinEncoder
 
-BACKBONES = ("hybrid", "swin")
+BACKBONES = ("hybrid", "swin", "resenc")
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_heads")
 
 
 def backbone_sizes(backbone: str, size: str) -> dict:
-    table = {"hybrid": HYBRID_SIZES, "swin": SWIN_SIZES}.get(backbone)
+    table = {"hybrid": HYBRID_SIZES, "swin": SWIN_SIZES, "resenc": RESENC_SIZES}.get(backbone)
     if table is None:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
     if size not in table:
@@ -39,8 +40,8 @@ def build_encoder(backbone: str, size: str, in_channels: int, input_size: Sequen
         raise ValueError(f"unknown {backbone} size entries {sorted(unknown)}; known: {sorted(sizes)}")
     sizes.update(overrides)
     decoder = {k: sizes.pop(k) for k in DECODER_KEYS}
-    cls = HybridEncoder if backbone == "hybrid" else SwinEncoder
+    cls = {"hybrid": HybridEncoder, "swin": SwinEncoder, "resenc": ResEncEncoder}[backbone]
     return cls(in_channels=in_channels, input_size=input_size, **sizes), decoder
 
 
-__all__ = ["BACKBONES", "HybridEncoder", "SwinEncoder", "backbone_sizes", "build_encoder"]
+__all__ = ["BACKBONES", "HybridEncoder", "ResEncEncoder", "SwinEncoder", "backbone_sizes", "build_encoder"]
