@@ -13,9 +13,11 @@ from typing import Mapping, Optional, Sequence, Tuple
 from torch import nn
 
 from .hybrid import HYBRID_SIZES, HybridEncoder
+from .resenc import RESENC_SIZES, ResEncEncoder
 from .swin import SWIN_SIZES, SwinEncoder
 
-ENCODERS = {"hybrid": (HybridEncoder, HYBRID_SIZES), "swin": (SwinEncoder, SWIN_SIZES)}
+ENCODERS = {"hybrid": (HybridEncoder, HYBRID_SIZES), "swin": (SwinEncoder, SWIN_SIZES),
+            "resenc": (ResEncEncoder, RESENC_SIZES)}
 BACKBONES = tuple(ENCODERS)
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_heads")
 
@@ -52,4 +54,4 @@ def build_encoder(backbone: str, size: str, in_channels: int, input_size: Sequen
     return ENCODERS[backbone][0](in_channels=in_channels, input_size=input_size, **table), decoder
 
 
-__all__ = ["BACKBONES", "HybridEncoder", "SwinEncoder", "backbone_sizes", "build_encoder", "size_table"]
+__all__ = ["BACKBONES", "HybridEncoder", "ResEncEncoder", "SwinEncoder", "backbone_sizes", "build_encoder", "size_table"]

@@ -5,6 +5,9 @@ the one home of the key-name contract:
   fine-tuning networks (MiMUNETR) hold them under ``backbone.``.
 - swin: MONAI SwinViT keys without the ``swinViT.`` prefix, so the file loads strictly into
   ``SwinUNETR(...).swinViT``; SwinUNETR holds them under ``swinViT.``.
+- resenc: nnU-Net ``ResidualEncoderUNet.encoder`` keys, each tensor once (nnU-Net's blocks register every
+  conv a second time, ``all_modules.N``); ``ResidualEncoderUNet`` holds them under ``encoder.``, and the
+  record carries the plans-format ``architecture`` (:mod:`mim_nnunet.networks.resenc_unet` builds and loads).
 
 Both files are written to a temporary name and renamed, the record last: a record never points at
 half-written weights.
@@ -28,14 +31,17 @@ from ..mim.tokens import TOKEN_SIZE
 
 EXPORT_FORMAT = 1
 # prefix of the encoder's own state-dict keys that an export drops
-EXPORT_PREFIX = {"hybrid": "", "swin": "swinViT."}
+EXPORT_PREFIX = {"hybrid": "", "swin": "swinViT.", "resenc": ""}
 # prefix under which a segmentation network holds the exported tensors
-NETWORK_PREFIX = {"hybrid": "backbone.", "swin": "swinViT."}
+NETWORK_PREFIX = {"hybrid": "backbone.", "swin": "swinViT.", "resenc": "encoder."}
 # export key of the first conv, the one inflated for multi-channel input
-STEM_KEY = {"hybrid": "patch_embed1.proj.weight", "swin": "patch_embed.proj.weight"}
+STEM_KEY = {"hybrid": "patch_embed1.proj.weight", "swin": "patch_embed.proj.weight",
+            "resenc": "stem.convs.0.conv.weight"}
 KEY_MAPS = {
     "hybrid": "encoder keys are the MiM release's names; fine-tuning networks hold them under 'backbone.'",
     "swin": "keys are MONAI SwinViT's without 'swinViT.': load_state_dict into SwinUNETR(...).swinViT, strict",
+    "resenc": "keys are nnU-Net ResidualEncoderUNet's without 'encoder.', each tensor once (no 'all_modules.N' "
+              "aliases): mim_nnunet.networks.resenc_unet.load_encoder_state, strict; the record's 'architecture'",
 }
 
 
@@ -50,6 +56,8 @@ def network_key(backbone: str, key: str) -> str:
 
 def encoder_state(encoder: torch.nn.Module, backbone: str) -> Dict[str, torch.Tensor]:
     """The tensors an export holds, under the names of the key map."""
+    if hasattr(encoder, "export_state"):          # resenc: each tensor once, under nnU-Net's encoder keys
+        return encoder.export_state()
     prefix = EXPORT_PREFIX[backbone]
     return {k[len(prefix):]: v for k, v in encoder.state_dict().items() if k.startswith(prefix)}
 
@@ -79,8 +87,9 @@ def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathL
 def export_encoder(encoder: torch.nn.Module, backbone: str, size: str, path: os.PathLike, *, in_channels: int,
                    input_size, **record) -> Tuple[Path, Path]:
     """Write a pre-trained encoder and its adaptation record (``record``: see :func:`export_record`)."""
+    extra = encoder.export_record() if hasattr(encoder, "export_record") else {}    # resenc: its architecture
     return write_export(encoder_state(encoder, backbone),
-                        export_record(backbone, size, in_channels, input_size, **record), path)
+                        export_record(backbone, size, in_channels, input_size, **record, **extra), path)
 
 
 def load_export(path: os.PathLike) -> Tuple[Dict[str, torch.Tensor], Dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from plans_factory import DATASET_JSON, make_plans
+from helpers.plans_factory import DATASET_JSON, make_plans
 
 from helpers.commands import command
 from mim_nnunet.common.errors import PlansError
