@@ -54,14 +54,12 @@ def _run_step(title: str, cmd: List[str], env: Dict[str, str]) -> float:
 
 
 def demo_environment(workspace: Path) -> Dict[str, str]:
-    """The process environment for the demo: its own nnU-Net folders and data root, our trainers found,
-    nnU-Net's augmentation in the trainer's process (seeded runs repeat exactly)."""
+    """The process environment for the demo: its own nnU-Net folders and data root, our trainers found."""
     env = {k: v for k, v in os.environ.items() if k not in (WEIGHTS_ENV, SEED_ENV)}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(workspace / name)
         (workspace / name).mkdir(parents=True, exist_ok=True)
     env[DATA_ROOT_ENV] = str(workspace / "data")
-    env["nnUNet_n_proc_DA"] = "0"
     ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
     env["nnUNet_extTrainer"] = os.pathsep.join([str(trainers_dir())] + ext)
     return env
@@ -136,7 +134,10 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     for label in fine["labels"]:
         fold = FOLDS[label]
         for seed in fine["seeds"]:
-            run_env = dict(env, nnUNet_results=str(ws / "finetune" / f"{label}_seed{seed}"), **{SEED_ENV: str(seed)})
+            # seeded, with nnU-Net's augmentation in the trainer's process: a rerun repeats exactly
+            # (nnU-Net's planner refuses nnUNet_n_proc_DA=0, so only the training steps get it)
+            run_env = dict(env, nnUNet_results=str(ws / "finetune" / f"{label}_seed{seed}"), nnUNet_n_proc_DA="0",
+                           **{SEED_ENV: str(seed)})
             for kind, prefix in KINDS.items():
                 trainer = f"{prefix}_tiny_{fine['budget']}"
                 model = Path(run_env["nnUNet_results"]) / dataset / f"{trainer}__{PLANS}__{CONFIGURATION}"

@@ -45,7 +45,7 @@ def test_table_has_a_row_per_method_then_the_papers_row():
 def test_reuse_digests_follow_what_data_and_models_depend_on():
     import copy
 
-    from plans_factory import make_plans
+    from helpers.plans_factory import make_plans
     rp = load()
     plans = make_plans()
     plans["foreground_intensity_properties_per_channel"] = {"0": {"mean": 0.0, "std": 1.0}}
