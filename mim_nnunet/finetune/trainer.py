@@ -96,6 +96,14 @@ class FineTuneTrainerBase(nnUNetTrainer):
             b = BUDGETS[self.budget]
             self.num_epochs, self.num_iterations_per_epoch = b.epochs, b.iterations
             self.num_val_iterations_per_epoch = b.val_iterations
+            if b.lr is not None:
+                self.initial_lr = b.lr
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self.budget is not None and not BUDGETS[self.budget].final_validation:
+            self.print_to_log_file(f"final validation skipped: budget {self.budget!r} scores its own held-out cases")
+            return
+        super().perform_actual_validation(save_probabilities)
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager,

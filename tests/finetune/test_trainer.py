@@ -1,5 +1,7 @@
 """Our trainer classes as nnU-Net finds and builds them (no training here: see the integration test)."""
 
+import math
+
 import pytest
 import torch
 from monai.networks.nets import SwinUNETR
@@ -61,6 +63,21 @@ def test_optimiser_is_adamw_with_warmup_then_cosine(find_trainer):
     for epoch, lr in expected.items():
         scheduler.step(epoch)                    # as nnU-Net's on_train_epoch_start does
         assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_short_budget_sets_its_own_peak_lr_for_both_networks(find_trainer):
+    # the demo budget: 20 epochs x 10 iterations at 3e-3 (the recipe's 1e-4 is for 1000 epochs);
+    # warm-up 5 % of 20 epochs = 1 epoch: epoch 1 at the peak, half of it at epoch 10 (cosine over 19)
+    for name in ("nnUNetTrainerMiM_tiny_demo", "nnUNetTrainerMiMScratch_tiny_demo"):
+        trainer = make_trainer(find_trainer(name), patch_3d=(32, 64, 64))
+        assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.initial_lr) == (20, 10, 3e-3)
+        trainer.network = torch.nn.Linear(4, 2)
+        optimizer, scheduler = trainer.configure_optimizers()
+        for epoch, lr in {0: 3e-3 / 2, 1: 3e-3, 10: 3e-3 * 0.5 * (1 + math.cos(math.pi * 9 / 19))}.items():
+            scheduler.step(epoch)
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9), (name, epoch)
+    # the full-length trainer keeps the recipe's lr
+    assert make_trainer(find_trainer("nnUNetTrainerMiMScratch"), patch_3d=(32, 64, 64)).initial_lr == 1e-4
 
 
 def test_2d_plans_are_refused_before_anything_is_written(find_trainer, nnunet_dirs):
