@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,10 +48,22 @@ def class_scores(pred: np.ndarray, label: np.ndarray, classes: Sequence[int], sp
     return scores
 
 
+def listed_classes(dataset_json: Path) -> Optional[List[int]]:
+    """The non-zero label values a ``dataset.json`` lists (None: no such file)."""
+    names = class_names(dataset_json)
+    return sorted(c for c in names if c != 0) if Path(dataset_json).is_file() else None
+
+
 def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence[int]] = None,
-                     tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, suffix: str = ".nii.gz") -> Dict:
+                     tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM, suffix: str = ".nii.gz",
+                     dataset_json: Optional[Path] = None) -> Dict:
     """Scores of every label in ``label_dir`` against the same-named file in ``pred_dir``:
-    ``{"cases": {case: {class: {dsc, nsd}}}, "mean": {class: {dsc, nsd}}, "overall": {dsc, nsd}}``."""
+    ``{"cases": {case: {class: {dsc, nsd}}}, "mean": {class: {dsc, nsd}}, "overall": {dsc, nsd},
+    "classes": [..], "classes_from": .., "warnings": [..]}``.
+
+    Every case is scored on the same classes, so a false positive on a case whose reference lacks the class
+    counts (0) instead of being skipped: ``classes`` if given, else those ``dataset_json`` lists (default:
+    ``dataset.json`` next to ``label_dir``, as in nnU-Net's raw layout), else the union over all references."""
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
     for folder in (pred_dir, label_dir):
         if not folder.is_dir():
@@ -62,22 +74,40 @@ def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence
     missing = [p.name for p in labels if not (pred_dir / p.name).is_file()]
     if missing:
         raise EvaluationError(f"{pred_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
-    cases: Dict[str, Dict] = {}
+    pairs = {}
     for path in labels:
         label_img, pred_img = read_image(str(path)), read_image(str(pred_dir / path.name))
         problem = geometry_difference(pred_img, label_img)
         if problem:
             raise EvaluationError(f"{pred_dir / path.name}: geometry differs from {path} ({problem})")
-        label = sitk.GetArrayFromImage(label_img)
-        pred = sitk.GetArrayFromImage(pred_img)
-        wanted = classes or sorted(int(c) for c in np.unique(label) if c != 0)
-        spacing = label_img.GetSpacing()[::-1]                 # array axes are (z, y, x)
-        cases[path.name[:-len(suffix)]] = class_scores(pred, label, wanted, spacing, tolerance_mm)
+        pairs[path.name[:-len(suffix)]] = (sitk.GetArrayFromImage(pred_img), sitk.GetArrayFromImage(label_img),
+                                           label_img.GetSpacing()[::-1])     # array axes are (z, y, x)
+    seen = {"reference": set(), "prediction": set()}
+    for pred, label, _ in pairs.values():
+        seen["reference"].update(int(c) for c in np.unique(label) if c != 0)
+        seen["prediction"].update(int(c) for c in np.unique(pred) if c != 0)
+    dataset_json = Path(dataset_json) if dataset_json else label_dir.parent / "dataset.json"
+    listed = listed_classes(dataset_json)
+    warnings = []
+    if classes:
+        wanted, source = sorted(int(c) for c in classes), "given"
+    elif listed:
+        wanted, source = listed, str(dataset_json)
+    else:
+        wanted, source = sorted(seen["reference"]), "union of the references"
+    if listed:
+        for where, values in seen.items():
+            extra = sorted(values - set(listed))
+            if extra:
+                warnings.append(f"{where} label value(s) {extra} are not listed in {dataset_json}")
+    cases = {case: class_scores(pred, label, wanted, spacing, tolerance_mm)
+             for case, (pred, label, spacing) in pairs.items()}
     all_classes = sorted({c for s in cases.values() for c in s})
     mean = {c: {m: float(np.mean([s[c][m] for s in cases.values() if c in s])) for m in ("dsc", "nsd")}
             for c in all_classes}
     overall = {m: float(np.mean([v[m] for v in mean.values()])) if mean else float("nan") for m in ("dsc", "nsd")}
-    return {"cases": cases, "mean": mean, "overall": overall, "nsd_tolerance_mm": tolerance_mm}
+    return {"cases": cases, "mean": mean, "overall": overall, "nsd_tolerance_mm": tolerance_mm,
+            "classes": wanted, "classes_from": source, "warnings": warnings}
 
 
 def markdown_table(result: Dict, names: Optional[Dict[int, str]] = None) -> str:

@@ -82,3 +82,32 @@ def test_folders_table_json_and_errors(tmp_path):
     cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert cli.returncode == 2 and "c3.nii.gz: geometry differs" in cli.stderr and "spacing" in cli.stderr
+
+
+def test_a_false_positive_on_an_empty_reference_is_scored(tmp_path):
+    """The issue's case: case 2's reference has no lesion, its prediction has one. Per-reference classes
+    skipped it (lesion 100 %); scored in every case it is (1 + 0) / 2 = 50 %."""
+    (tmp_path / "ref").mkdir(), (tmp_path / "pred").mkdir()
+    lesion = np.zeros((6, 6, 6), np.uint8)
+    lesion[1:3, 1:3, 1:3] = 1
+    write(lesion, tmp_path / "ref" / "c1.nii.gz")
+    write(lesion, tmp_path / "pred" / "c1.nii.gz")
+    write(np.zeros_like(lesion), tmp_path / "ref" / "c2.nii.gz")
+    write(lesion, tmp_path / "pred" / "c2.nii.gz")                   # a false-positive lesion
+    union = evaluate_folders(tmp_path / "pred", tmp_path / "ref")
+    assert union["classes"] == [1] and union["classes_from"] == "union of the references"
+    assert union["cases"]["c2"][1]["dsc"] == 0.0 and union["mean"][1]["dsc"] == 0.5
+    # dataset.json next to the references lists the classes; values it does not list are warned about
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1, "cyst": 2}}))
+    extra = lesion.copy()
+    extra[4, 4, 4] = 3
+    write(extra, tmp_path / "pred" / "c1.nii.gz")
+    listed = evaluate_folders(tmp_path / "pred", tmp_path / "ref")
+    assert listed["classes"] == [1, 2] and listed["classes_from"] == str(tmp_path / "dataset.json")
+    assert listed["mean"][2]["dsc"] == 1.0                          # absent from both everywhere: 1
+    assert listed["warnings"] == [f"prediction label value(s) [3] are not listed in {tmp_path / 'dataset.json'}"]
+    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
+                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert "| lesion | 50.00 |" in cli.stdout and "| cyst | 100.00 |" in cli.stdout
+    assert "warning: prediction label value(s) [3] are not listed" in cli.stderr

@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 from mim_nnunet.networks import MiMUNETR
-from mim_nnunet.optim import WarmupCosineLR, build_adamw, decay_param_groups, warmup_cosine_factor, warmup_steps_for
+from mim_nnunet.optim import (
+    WarmupCosineLR,
+    build_adamw,
+    decay_param_groups,
+    warmup_cosine_factor,
+    warmup_steps_for,
+)
 
 
 class Tiny(nn.Module):

@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from ..mim.tokens import TOKEN_SIZE, token_mask_to_grid
-from .layers import Block, DropPath, ScaledBlock, fixed_pos_embed, init_finetune_weights, init_weights
+from .layers import (
+    Block,
+    DropPath,
+    ScaledBlock,
+    fixed_pos_embed,
+    init_finetune_weights,
+    init_weights,
+)
 
 # Sizes: 'base' is the release; 'tiny' (channels / 4, 3 heads, a small decoder) is for tests and CPUs.
 # decoder_* size the MAE decoder of pre-training (MIM_SPEC.md 3.1).

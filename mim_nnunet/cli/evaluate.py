@@ -17,18 +17,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-pred", required=True, help="folder of predicted label maps (same file names as -ref)")
     parser.add_argument("-ref", required=True, help="folder of reference label maps")
     parser.add_argument("-labels", type=int, nargs="+", default=None,
-                        help="classes to score (default: every non-zero value in each reference)")
+                        help="classes to score in every case (default: those dataset.json lists, else every "
+                             "non-zero value of any reference)")
     parser.add_argument("-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
                         help="NSD tolerance in mm (default: %(default)s)")
-    parser.add_argument("-dataset_json", default=None, help="dataset.json for class names in the table")
+    parser.add_argument("-dataset_json", default=None,
+                        help="dataset.json: the classes and their names (default: dataset.json next to -ref)")
     parser.add_argument("-o", "--output", default=None, help="JSON file to write (default: <pred>/summary_mim.json)")
     args = parser.parse_args(argv)
 
     def _run() -> int:
         from ..common.atomic import write_json_atomic
         from ..evaluation import class_names, evaluate_folders, markdown_table
-        result = evaluate_folders(Path(args.pred), Path(args.ref), args.labels, args.tolerance)
-        print(markdown_table(result, class_names(Path(args.dataset_json) if args.dataset_json else None)))
+        dataset_json = Path(args.dataset_json) if args.dataset_json else Path(args.ref).parent / "dataset.json"
+        result = evaluate_folders(Path(args.pred), Path(args.ref), args.labels, args.tolerance,
+                                  dataset_json=dataset_json)
+        for warning in result["warnings"]:
+            print(f"mim_evaluate: warning: {warning}", file=sys.stderr)
+        print(f"classes {result['classes']} (from {result['classes_from']})")
+        print(markdown_table(result, class_names(dataset_json)))
         out = Path(args.output) if args.output else Path(args.pred) / "summary_mim.json"
         write_json_atomic(out, result)
         print(f"written: {out}")

@@ -7,11 +7,16 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..common.environment import require_ext_trainer, require_nnunet_paths, shell_exports, trainers_dir
+from ..common.environment import (
+    require_ext_trainer,
+    require_nnunet_paths,
+    shell_exports,
+    trainers_dir,
+)
 from ..demo.settings import DEMO_SETTINGS
-from . import run_guarded
 from ..downstream.commands import add_commands as add_downstream_commands
 from ..finetune.commands import add_commands as add_finetune_commands
+from . import run_guarded
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
@@ -68,7 +73,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _transfer_for(args: argparse.Namespace):
-    from ..finetune.dataset_network import transfer_for_dataset  # imports torch and nnU-Net
+    from ..finetune.dataset_network import (
+        transfer_for_dataset,  # imports torch and nnU-Net
+    )
     target, report = transfer_for_dataset(args.d, args.tr, args.weights, args.c, args.p)
     print(report.table())
     return target, report

@@ -14,7 +14,12 @@ from typing import Dict, List, Optional
 
 from ..mim.config import MIM_SWITCHES
 from ..mim.losses import LEVEL_WEIGHT_SCHEDULES
-from ..pretrain.settings import DEFAULT_LOADER_WORKERS, PRETRAIN_INTERVALS, PRETRAIN_RECIPE, VALIDATION_CROPS
+from ..pretrain.settings import (
+    DEFAULT_LOADER_WORKERS,
+    PRETRAIN_INTERVALS,
+    PRETRAIN_RECIPE,
+    VALIDATION_CROPS,
+)
 from . import run_guarded
 from .plan import add_data_arguments, prepare_from
 

@@ -54,11 +54,11 @@ def nifti_problem(path: Path) -> Optional[str]:
                 return "not a NIfTI header"
             if size == 348:
                 dims = struct.unpack(endian + "8h", head[40:56])
-                bitpix = struct.unpack(endian + "h", head[72:74])[0]
+                datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
                 offset = int(struct.unpack(endian + "f", head[108:112])[0])
             else:
                 dims = struct.unpack(endian + "8q", head[16:80])
-                bitpix = struct.unpack(endian + "h", head[14:16])[0]
+                datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
                 offset = struct.unpack(endian + "q", head[168:176])[0]
             axes = [int(d) for d in dims[1:1 + max(0, min(dims[0], 7))]]
             if any(d <= 0 for d in axes):
@@ -67,16 +67,45 @@ def nifti_problem(path: Path) -> Optional[str]:
             for d in axes:
                 voxels *= max(int(d), 0)
             expected = offset + voxels * bitpix // 8
+            # SimpleITK turns NaN/inf of float NIfTI into 0, so they are counted here, from the raw bytes
+            finite = FiniteCounter(NIFTI_FLOAT_DTYPES.get(datatype), endian, offset, expected)
             length = len(head)
+            finite.feed(head)
             for block in iter(lambda: fh.read(1 << 20), b""):
                 length += len(block)
+                finite.feed(block)
     except (EOFError, OSError, gzip.BadGzipFile) as exc:
         return f"truncated or corrupt ({exc})"
     except struct.error:
         return "truncated header"
     if length < expected:
         return f"truncated: {length} of {expected} bytes"
+    if finite.bad:
+        return f"{finite.bad} NaN or infinite voxel(s) (float data; SimpleITK would read them as 0)"
     return None
+
+
+# NIfTI datatype codes of real floating-point voxels (complex types are not images we read)
+NIFTI_FLOAT_DTYPES = {16: "f4", 64: "f8"}
+
+
+class FiniteCounter:
+    """Counts non-finite values of ``dtype`` in the bytes ``[start, stop)`` of a stream fed in blocks."""
+
+    def __init__(self, dtype: Optional[str], endian: str, start: int, stop: int):
+        self.dtype = np.dtype(endian + dtype) if dtype else None
+        self.start, self.stop, self.position, self.carry, self.bad = start, stop, 0, b"", 0
+
+    def feed(self, block: bytes) -> None:
+        if self.dtype is None:
+            return
+        lo, hi = self.position, self.position + len(block)
+        self.position = hi
+        part = self.carry + block[max(self.start - lo, 0):max(min(self.stop, hi) - lo, 0)]
+        whole = len(part) - len(part) % self.dtype.itemsize
+        if whole:
+            self.bad += int((~np.isfinite(np.frombuffer(part[:whole], self.dtype))).sum())
+        self.carry = part[whole:]
 
 
 def read_image(path: str) -> sitk.Image:
@@ -94,8 +123,12 @@ def read_image(path: str) -> sitk.Image:
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
             if not series:
                 raise BadImage(f"{path}: folder holds no DICOM series")
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series[0])
+            problem = slice_gap_problem(files)
+            if problem:
+                raise BadImage(f"{path}: {problem}")
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), series[0]))
+            reader.SetFileNames(files)
             return reader.Execute()
         return sitk.ReadImage(str(p))
     except BadImage:
@@ -104,6 +137,31 @@ def read_image(path: str) -> sitk.Image:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
         reason = next((ln.split("ERROR:", 1)[1].strip() for ln in lines if "ERROR:" in ln), lines[-1])
         raise BadImage(f"{path}: unreadable ({reason[:200]})") from None
+
+
+def slice_gap_problem(files: Sequence[str], tolerance: float = 0.1) -> Optional[str]:
+    """Why the slices of a DICOM series are not evenly spaced (a missing or duplicated slice), or None.
+    ITK stacks them with one spacing, so 31 of 32 slices 5 mm apart would become 31 slices 5.167 mm apart."""
+    positions = []
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        r.ReadImageInformation()
+        if not (r.HasMetaDataKey("0020|0032") and r.HasMetaDataKey("0020|0037")):
+            return None                              # no geometry tags: nothing to check against
+        origin = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+        cosines = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
+        positions.append(float(origin @ np.cross(cosines[:3], cosines[3:])))
+    if len(positions) < 3:
+        return None
+    gaps = np.diff(np.sort(positions))
+    step = float(np.median(gaps))
+    off = np.flatnonzero(np.abs(gaps - step) > tolerance * max(step, 1e-6))
+    if off.size:
+        i = int(off[0])
+        return (f"uneven slice positions: {gaps[i]:.3g} mm between slices {i} and {i + 1} where the series steps "
+                f"{step:.3g} mm ({off.size} such gap(s): a missing or duplicated slice)")
+    return None
 
 
 def check_volume(image: sitk.Image, name: str) -> None:

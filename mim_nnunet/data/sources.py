@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from ..common.environment import shipped_folder
-from ..common.errors import MimError
+from ..common.errors import MimError, first_line
 from .image_io import is_dicom_folder, is_image_file
 
 COLLECTIONS_DIR = "plans/collections"
@@ -108,10 +108,16 @@ def folder_cases(folder: Path, modality: str) -> List[Case]:
             for p in found + dicom]
 
 
-def datalist_cases(path: Path, modality: str) -> List[Case]:
+def datalist_cases(path: Path, modality: str, allow_partial: bool = False, log=print) -> List[Case]:
     """A MONAI-style datalist: {"training": [{"image": ...}], "validation": [...], ...}; relative paths are
-    relative to the JSON's folder."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    relative to the JSON's folder. Files it names that do not exist: one error listing them, or (with
+    ``allow_partial``) their cases skipped and reported."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: not a JSON datalist ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise SourceError(f"{path}: not a datalist (expected an object of lists, e.g. {{\"training\": [...]}})")
     cases = []
     for split, items in data.items():
         if not isinstance(items, list):
@@ -122,6 +128,13 @@ def datalist_cases(path: Path, modality: str) -> List[Case]:
                 continue
             files = tuple(str((path.parent / f).resolve()) for f in ([image] if isinstance(image, str) else image))
             cases.append(Case(f"{path.stem}__{split}__{i:05d}", files, _modality(modality), path.stem))
+    missing = [f for c in cases for f in c.files if not Path(f).exists()]
+    if missing:
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        if not allow_partial:
+            raise SourceError(f"{path}: names {len(missing)} missing file(s): {listed} (--allow-partial skips them)")
+        log(f"{path}: skipping {len(missing)} missing file(s): {listed}")
+        cases = [c for c in cases if all(Path(f).exists() for f in c.files)]
     return cases
 
 
@@ -134,7 +147,7 @@ def resolve_sources(specs: Sequence[str], allow_partial: bool = False, modality:
         if spec in available_collections():
             cases += collection_cases(spec, allow_partial, log)
         elif path.is_file() and path.suffix == ".json":
-            cases += datalist_cases(path, modality)
+            cases += datalist_cases(path, modality, allow_partial, log)
         elif path.is_dir():
             cases += folder_cases(path, modality)
         elif spec.isdigit() or spec.startswith("Dataset"):

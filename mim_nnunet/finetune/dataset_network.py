@@ -80,6 +80,9 @@ def transfer_for_dataset(dataset: str, trainer_name: str, weights: str, configur
     from ..weights.transfer import transfer
 
     target = network_for_dataset(dataset, trainer_name, configuration, plans_identifier)
+    if not target.trainer.pretrained:
+        raise MimError(f"{trainer_name} trains from random weights: there is nothing to transfer (its pre-trained "
+                       f"twin loads exports; {weights} was not opened)")
     state, record = load_export(weights)
     report = transfer(target.network, state, record, weights, spacing=target.configuration.spacing,
                       normalization=target.configuration.normalization_schemes,

@@ -25,7 +25,10 @@ import copy
 import json
 from typing import Callable, List, Mapping, Optional, Tuple
 
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import (
+    ConfigurationManager,
+    PlansManager,
+)
 
 from ..backbones.resenc import RESENC_UNET_CLASS_NAME, cumulative_strides
 from ..common.errors import PlansError

@@ -16,8 +16,10 @@ never opens the export.
 
 from __future__ import annotations
 
+import math
 import os
 import random
+import sys
 from typing import Mapping, Optional
 
 import numpy as np
@@ -31,7 +33,7 @@ from torch import nn
 
 from ..backbones.swin import SWIN_SIZES
 from ..common.atomic import write_json_atomic
-from ..common.errors import PlansError
+from ..common.errors import MimError, PlansError
 from ..networks import build_network
 from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
 from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
@@ -98,6 +100,25 @@ class FineTuneTrainerBase(nnUNetTrainer):
             self.num_val_iterations_per_epoch = b.val_iterations
             if b.lr is not None:
                 self.initial_lr = b.lr
+
+    def stop(self, reason: str):
+        """End the run with one line (log file and stderr), exit status 2, and no traceback: a problem of
+        the user's files or of the run, not of the code."""
+        self.print_to_log_file(f"stopped: {reason}")
+        print(f"{type(self).__name__}: error: {reason}", file=sys.stderr, flush=True)
+        for loader in (getattr(self, "dataloader_train", None), getattr(self, "dataloader_val", None)):
+            if hasattr(loader, "_finish"):       # nnU-Net's augmentation workers
+                loader._finish()
+        raise SystemExit(2)
+
+    def on_epoch_end(self):
+        # before nnU-Net's on_epoch_end, which writes checkpoint_latest/_best: a diverged run must not
+        # replace the weights of an earlier, healthy one
+        losses = self.logger.get_value("train_losses", step=None)
+        if losses and not math.isfinite(float(losses[-1])):
+            self.stop(f"train loss is {losses[-1]} at epoch {self.current_epoch}; no checkpoint written "
+                      f"(those in {self.output_folder} are kept). Check the weights and lower the lr.")
+        super().on_epoch_end()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.budget is not None and not BUDGETS[self.budget].final_validation:
@@ -190,13 +211,19 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
         return unwrap(self.network).state_dict()[network_key(self.backbone, STEM_KEY[self.backbone])]
 
     def on_train_start(self):
+        # the weights before nnU-Net's on_train_start starts its augmentation workers: a missing, corrupt or
+        # unfit export is then one line, not a traceback ending in "background workers are no longer alive"
+        if not self.was_initialized:
+            self.initialize()
+        if self.pretrained and self.current_epoch == 0:
+            if not torch.equal(self._stem(), self._stem_at_init.to(self._stem().device)):
+                self.print_to_log_file("MiM: weights were loaded with -pretrained_weights; not searching for an export")
+            else:
+                try:
+                    self.load_pretrained_encoder()
+                except MimError as exc:
+                    self.stop(str(exc))
         super().on_train_start()
-        if not self.pretrained or self.current_epoch > 0:
-            return
-        if not torch.equal(self._stem(), self._stem_at_init.to(self._stem().device)):
-            self.print_to_log_file("MiM: weights were loaded with -pretrained_weights; not searching for an export")
-            return
-        self.load_pretrained_encoder()
 
     def load_pretrained_encoder(self, path: Optional[str] = None):
         """Find (unless given), check and load the export; the transfer table goes to the log."""
@@ -215,5 +242,6 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
         for line in report.table().splitlines():
             self.print_to_log_file(line)
         if self.local_rank == 0:
+            os.makedirs(self.output_folder, exist_ok=True)
             write_json_atomic(os.path.join(self.output_folder, TRANSFER_REPORT), {"how": how, **report.to_dict()})
         return report

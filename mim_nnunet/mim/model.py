@@ -88,7 +88,9 @@ class MiM(nn.Module):
 def build_mim(backbone: str, size: str, config: MiMConfig, sizes: Optional[Mapping] = None) -> MiM:
     """A MiM model with the named backbone (``hybrid``/``swin``) and size (``base``/``tiny``); ``sizes``
     (a plan's ``backbone_sizes``) replaces the size table's entry."""
-    from ..backbones import build_encoder  # here, not at the top: the backbones import mim.tokens
+    from ..backbones import (
+        build_encoder,  # here, not at the top: the backbones import mim.tokens
+    )
 
     encoder, decoder_sizes = build_encoder(backbone, size, config.in_channels, config.input_size, sizes)
     return MiM(encoder, config, **decoder_sizes)

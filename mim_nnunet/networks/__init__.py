@@ -6,8 +6,19 @@ from typing import Callable, Dict, Mapping
 
 from torch import nn
 
-from .mim_unetr import MIMUNETR_ARCH_KWARGS, MIMUNETR_CLASS_NAME, MIMUNETR_PATCH_MULTIPLE, MiMUNETR, build_mimunetr
-from .swinunetr import SWINUNETR_ARCH_KWARGS, SWINUNETR_CLASS_NAME, SWINUNETR_PATCH_MULTIPLE, build_swinunetr
+from .mim_unetr import (
+    MIMUNETR_ARCH_KWARGS,
+    MIMUNETR_CLASS_NAME,
+    MIMUNETR_PATCH_MULTIPLE,
+    MiMUNETR,
+    build_mimunetr,
+)
+from .swinunetr import (
+    SWINUNETR_ARCH_KWARGS,
+    SWINUNETR_CLASS_NAME,
+    SWINUNETR_PATCH_MULTIPLE,
+    build_swinunetr,
+)
 
 # plans' architecture["network_class_name"] -> builder(arch_kwargs, in_channels, out_channels)
 BUILDERS: Dict[str, Callable[[Mapping, int, int], nn.Module]] = {

@@ -8,6 +8,7 @@ of (seed, batch index), so these are all a resumed run needs to continue exactly
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -15,8 +16,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..common.atomic import atomic_write
+from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError, first_line, last_line
+from ..common.hashing import file_sha256
 from ..common.layout import export_path
 from ..weights.export import export_encoder
 from .settings import RunSettings
@@ -52,7 +54,29 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     complete (write to a temporary name, then rename)."""
     state = {"format": CHECKPOINT_FORMAT, "step": step, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "settings": settings, "rng": rng}
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: Path) -> None:
+        torch.save(state, tmp)
+        # the new file's checksum joins the old one's before the rename, so a kill between the two writes
+        # leaves a checksum record that still matches whichever file is in place
+        known = checksums(path)
+        write_json_atomic(checksum_path(path), {"sha256": [file_sha256(str(tmp))] + known[:1]})
+    atomic_write(path, write)
+    write_json_atomic(checksum_path(path), {"sha256": [file_sha256(str(path))]})
+    return path
+
+
+def checksum_path(path: Path) -> Path:
+    """The checksum record of a checkpoint: ``<name>.sha256.json`` beside it."""
+    return Path(path).with_name(Path(path).name + ".sha256.json")
+
+
+def checksums(path: Path) -> List[str]:
+    record = checksum_path(path)
+    try:
+        return list(json.loads(record.read_text(encoding="utf-8"))["sha256"]) if record.is_file() else []
+    except (ValueError, KeyError, TypeError):
+        return []
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> Dict:
@@ -60,6 +84,10 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
+    known = checksums(path)          # checkpoints written before 0.2 have no record: not checked
+    if checksum_path(path).is_file() and file_sha256(str(path)) not in known:
+        raise CheckpointError(f"{path}: content checksum differs from {checksum_path(path).name} (the file changed "
+                              f"after it was written: corrupt copy or bit flip)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:

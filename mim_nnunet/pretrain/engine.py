@@ -32,7 +32,13 @@ from ..data.preprocess import stored_case_ids
 from ..mim.model import MiM, build_mim
 from ..optim import WarmupCosineLR, build_adamw
 from . import distributed as D
-from .checkpoint import capture_rng, export_run, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    capture_rng,
+    export_run,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from .logbook import Logbook
 from .settings import RunSettings
 from .validation import ValidationSet, picture_levels, validation_summary

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError, first_line
+from ..common.hashing import file_sha256
 from ..mim.tokens import TOKEN_SIZE
 
 EXPORT_FORMAT = 1
@@ -80,7 +81,8 @@ def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathL
               "weights": weights.name, "num_tensors": len(state),
               "num_parameters": int(sum(t.numel() for t in state.values())), **record}
     atomic_write(weights, lambda p: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(p)))
-    write_json_atomic(meta, record)
+    # the content checksum, verified on load: a bit flipped on disk or in transfer is refused, not trained on
+    write_json_atomic(meta, {**record, "sha256": file_sha256(str(weights))})
     return weights, meta
 
 
@@ -112,4 +114,12 @@ def load_export(path: os.PathLike) -> Tuple[Dict[str, torch.Tensor], Dict]:
         raise ExportError(f"{weights}: corrupt or not a safetensors file ({first_line(exc)})") from None
     if len(state) != record.get("num_tensors", len(state)):
         raise ExportError(f"{weights}: holds {len(state)} tensors, its record says {record['num_tensors']}")
+    if record.get("sha256") and file_sha256(str(weights)) != record["sha256"]:    # exports before 0.2 have none
+        raise ExportError(f"{weights}: content checksum differs from its record {meta.name} (the file changed "
+                          f"after export: corrupt copy or bit flip)")
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ExportError(f"{weights}: tensor {key!r} holds {bad} non-finite value(s) (NaN/inf); "
+                              f"refusing to fine-tune from it")
     return state, record

@@ -21,10 +21,15 @@ from mim_nnunet.backbones.resenc import (
     resenc_architecture,
 )
 from mim_nnunet.common.errors import PlansError
-from mim_nnunet.weights.export import export_encoder, load_export
-from mim_nnunet.mim import MiMConfig, build_mim
-from mim_nnunet.networks.resenc_unet import ResEncLoadError, build_resenc_unet, load_encoder_state, unique_encoder_keys
 from mim_nnunet.finetune.resenc_plans import adapt_resenc_plans
+from mim_nnunet.mim import MiMConfig, build_mim
+from mim_nnunet.networks.resenc_unet import (
+    ResEncLoadError,
+    build_resenc_unet,
+    load_encoder_state,
+    unique_encoder_keys,
+)
+from mim_nnunet.weights.export import export_encoder, load_export
 
 TOPOLOGY = ("features_per_stage", "n_blocks_per_stage", "kernel_sizes", "strides")
 ISOTROPIC = ((1.0, 1.0, 1.0), (192, 192, 192))       # 1 mm, median 192^3: M plans 128^3, L 192^3
@@ -47,7 +52,9 @@ def stock_plans(tmp_path_factory):
     The planners' own ``get_plans_for_configuration`` runs on a one-case dataset whose fingerprint has the
     given spacing and shape (the files are never read: planning needs only dataset.json and the fingerprint)."""
     import nnunetv2.experiment_planning.experiment_planners.default_experiment_planner as base
-    from nnunetv2.experiment_planning.experiment_planners.residual_unets import residual_encoder_unet_planners
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets import (
+        residual_encoder_unet_planners,
+    )
 
     root = tmp_path_factory.mktemp("planning")
     name = "Dataset900_ResEncProbe"

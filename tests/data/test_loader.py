@@ -7,9 +7,14 @@ import torch
 
 from helpers.synthetic import write_dataset
 from mim_nnunet.data.leakage import find_leakage
-from mim_nnunet.data.loader import IndexedCropBatches, make_indexed_loader, read_crop, validation_cases
-from mim_nnunet.data.preprocess import load_foreground, stored_case_ids
+from mim_nnunet.data.loader import (
+    IndexedCropBatches,
+    make_indexed_loader,
+    read_crop,
+    validation_cases,
+)
 from mim_nnunet.data.manifest import build_manifest
+from mim_nnunet.data.preprocess import load_foreground, stored_case_ids
 from mim_nnunet.data.sources import resolve_sources
 
 

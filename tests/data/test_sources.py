@@ -73,3 +73,21 @@ def test_nnunet_dataset_folder_and_datalist_combined(tmp_path, nnunet_dirs):
     assert by_source["datalist"][0].files[0] == str((tmp_path / "list" / "imgs" / "a.nii.gz").resolve())
     with pytest.raises(SourceError, match="not a collection"):
         resolve_sources(["no_such_thing"])
+
+
+def test_a_datalist_naming_missing_files_is_one_line_or_skipped(tmp_path):
+    write(ct_array(), tmp_path / "imgs" / "a.nii.gz")
+    datalist = tmp_path / "dl.json"
+    datalist.write_text(json.dumps({"training": [{"image": "imgs/a.nii.gz"}, {"image": "imgs/gone.nii.gz"},
+                                                 {"image": ["imgs/a.nii.gz", "imgs/gone2.nii.gz"]}]}))
+    gone = [str((tmp_path / "imgs" / n).resolve()) for n in ("gone.nii.gz", "gone2.nii.gz")]
+    with pytest.raises(SourceError) as info:
+        resolve_sources([str(datalist)])
+    assert str(info.value) == f"{datalist}: names 2 missing file(s): {gone[0]}, {gone[1]} (--allow-partial skips them)"
+    said = []
+    cases = resolve_sources([str(datalist)], allow_partial=True, log=said.append)
+    assert [c.files for c in cases] == [(str((tmp_path / "imgs" / "a.nii.gz").resolve()),)]
+    assert said == [f"{datalist}: skipping 2 missing file(s): {gone[0]}, {gone[1]}"]
+    datalist.write_text("{not json")
+    with pytest.raises(SourceError, match=r"dl\.json: not a JSON datalist \("):
+        resolve_sources([str(datalist)])

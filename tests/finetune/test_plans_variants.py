@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers.plans_factory import DATASET_JSON, make_plans
 
 from helpers.commands import command
+from helpers.plans_factory import DATASET_JSON, make_plans
 from mim_nnunet.common.errors import PlansError
 from mim_nnunet.finetune.plans_variants import (
     VARIANT_KEY,

@@ -103,3 +103,20 @@ def test_seed_from_the_environment_makes_initialisation_repeatable(monkeypatch):
     monkeypatch.setenv(SEED_ENV, "seven")
     with pytest.raises(PlansError, match="MIM_SEED='seven': not an integer seed"):
         seed_from_environment()
+
+
+def test_a_non_finite_train_loss_stops_before_any_checkpoint_is_written(find_trainer, tmp_path, capsys):
+    trainer = make_trainer(find_trainer("nnUNetTrainerMiMScratch_tiny_1epoch"), patch_3d=(32, 64, 64))
+    trainer.output_folder = str(tmp_path / "fold_0")
+    (tmp_path / "fold_0").mkdir()
+    (tmp_path / "fold_0" / "checkpoint_best.pth").write_bytes(b"an earlier, healthy run")
+    trainer.logger.log("train_losses", float("nan"), 0)
+    with pytest.raises(SystemExit) as stopped:
+        trainer.on_epoch_end()
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"nnUNetTrainerMiMScratch_tiny_1epoch: error: train loss is nan at epoch 0; no checkpoint "
+                   f"written (those in {tmp_path / 'fold_0'} are kept). Check the weights and lower the lr."]
+    assert (tmp_path / "fold_0" / "checkpoint_best.pth").read_bytes() == b"an earlier, healthy run"
+    assert sorted(p.name for p in (tmp_path / "fold_0").iterdir() if p.suffix == ".pth") == ["checkpoint_best.pth"]
+    assert trainer.current_epoch == 0        # nnU-Net's on_epoch_end (which counts epochs) never ran

@@ -95,6 +95,8 @@ def test_transfer_check_passes_and_fails_with_named_problems(setup):
                      "a 'swin' export, but MiMUNETR needs a 'hybrid' one"),
         "shapes": (run(check + ["-tr", "nnUNetTrainerMiM", exports["hybrid"]], env, work, ok=False),
                    "of the encoder's parameters would load (at least 99% required); shapes differ"),
+        "scratch": (run(check + ["-tr", "nnUNetTrainerMiMScratch_tiny_1epoch", exports["hybrid"]], env, work, ok=False),
+                    "nnUNetTrainerMiMScratch_tiny_1epoch trains from random weights: there is nothing to transfer"),
     }
     for name, (result, message) in failures.items():
         assert result.returncode == 2 and message in result.stderr, (name, result.stderr)
@@ -133,6 +135,30 @@ def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(set
         env, work)
     validation = results / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_0" / "validation"
     assert (validation / "summary.json").is_file() and list(validation.glob("*.npz"))
+
+
+def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_fold(setup):
+    """A NaN export (its checksum intact: NaN before export) is refused by check-transfer and by
+    nnUNetv2_train, in one line, before nnU-Net starts its workers; the fold trained above is kept."""
+    from mim_nnunet.weights.export import write_export
+    env, work, results = dict(setup["env"]), setup["work"], setup["results"]
+    state, record = load_export(setup["kept"])
+    key = "blocks4.0.attn.qkv.weight"
+    state[key] = state[key].clone()
+    state[key][0, :3] = float("nan")
+    bad, _ = write_export(state, {k: v for k, v in record.items() if k != "sha256"}, work / "nan" / "nan.safetensors")
+    message = f"nan.safetensors: tensor '{key}' holds 3 non-finite value(s) (NaN/inf); refusing to fine-tune from it"
+    check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", HYBRID, bad], env, work, ok=False)
+    assert check.returncode == 2 and message in check.stderr and len(check.stderr.strip().splitlines()) == 1
+    fold = results / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_0"
+    final = (fold / "checkpoint_final.pth").read_bytes()
+    env["MIM_PRETRAINED_WEIGHTS"] = str(bad)
+    train = run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu"], env, work,
+                ok=False)
+    assert train.returncode == 2, train.stderr[-2000:]
+    assert train.stderr.strip().splitlines()[-1] == f"{HYBRID}: error: {message}"
+    assert "Traceback" not in train.stderr and "background workers" not in train.stdout + train.stderr
+    assert (fold / "checkpoint_final.pth").read_bytes() == final
 
 
 def test_four_channel_dataset_trains_with_an_inflated_stem(setup):

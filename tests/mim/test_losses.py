@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from mim_nnunet.mim.losses import alignment_loss, level_weights, normalise_tokens, reconstruction_loss, total_loss
+from mim_nnunet.mim.losses import (
+    alignment_loss,
+    level_weights,
+    normalise_tokens,
+    reconstruction_loss,
+    total_loss,
+)
 
 
 def test_reconstruction_loss_counts_masked_tokens_only():

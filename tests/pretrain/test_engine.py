@@ -18,7 +18,12 @@ from mim_nnunet.common.errors import MimError
 from mim_nnunet.common.layout import CHECKPOINT
 from mim_nnunet.data.loader import IndexedCropBatches
 from mim_nnunet.data.pipeline import prepare
-from mim_nnunet.pretrain.checkpoint import CheckpointError, export_checkpoint, load_checkpoint, save_checkpoint
+from mim_nnunet.pretrain.checkpoint import (
+    CheckpointError,
+    export_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mim_nnunet.pretrain.engine import digest, launch
 from mim_nnunet.pretrain.logbook import read_records
 from mim_nnunet.pretrain.settings import continued_settings, resolve_settings

@@ -3,7 +3,11 @@ import torch
 
 from mim_nnunet.mim import MiMConfig, build_mim
 from mim_nnunet.mim.tokens import patchify
-from mim_nnunet.pretrain.plots import reconstruction_panels, save_progress, save_reconstructions
+from mim_nnunet.pretrain.plots import (
+    reconstruction_panels,
+    save_progress,
+    save_reconstructions,
+)
 
 
 def test_reconstruction_panels_put_predictions_only_where_masked():

@@ -1,5 +1,6 @@
 """Export -> load round trips for both backbones, and bad export files."""
 
+import hashlib
 import json
 
 import pytest
@@ -45,3 +46,40 @@ def test_bad_exports_are_clear_errors(tmp_path):
         load_export(weights)
     with pytest.raises(ExportError, match="missing.safetensors: not found"):
         load_export(tmp_path / "missing.safetensors")
+
+
+def _small_export(tmp_path, state):
+    from mim_nnunet.weights.export import export_record, write_export
+    return write_export(state, export_record("hybrid", "tiny", 1, (32, 32, 32)), tmp_path / "s.safetensors")
+
+
+def test_a_flipped_bit_fails_the_content_checksum(tmp_path):
+    weights, meta = _small_export(tmp_path, {"patch_embed1.proj.weight": torch.ones(4, 1, 2, 2, 2)})
+    load_export(weights)
+    raw = bytearray(weights.read_bytes())
+    # the last 4 bytes are the last float32 of the only tensor (1.0 = 00 00 80 3f): flip its exponent's top bit
+    assert raw[-4:] == bytearray(b"\x00\x00\x80\x3f")
+    raw[-1] ^= 0x40
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(ExportError, match=r"s\.safetensors: content checksum differs from its record s\.json"):
+        load_export(weights)
+    # without a checksum (records written before 0.2) the flip, 1.0 -> inf (0x7f800000), is still refused
+    record = json.loads(meta.read_text())
+    del record["sha256"]
+    meta.write_text(json.dumps(record))
+    with pytest.raises(ExportError, match=r"tensor 'patch_embed1.proj.weight' holds 1 non-finite value\(s\)"):
+        load_export(weights)
+
+
+def test_non_finite_weights_are_refused_and_old_records_load(tmp_path):
+    good = {"a": torch.zeros(3), "b": torch.arange(4)}                  # an integer tensor is never checked
+    weights, meta = _small_export(tmp_path, good)
+    record = json.loads(meta.read_text())
+    assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    del record["sha256"]
+    meta.write_text(json.dumps(record))
+    state, _ = load_export(weights)
+    assert torch.equal(state["b"], torch.arange(4))
+    weights, _ = _small_export(tmp_path, {"a": torch.tensor([0.0, float("nan"), float("-inf")])})
+    with pytest.raises(ExportError, match=r"tensor 'a' holds 2 non-finite value\(s\) \(NaN/inf\)"):
+        load_export(weights)

@@ -6,7 +6,12 @@ import os
 import pytest
 
 from helpers.exports import hybrid_export
-from mim_nnunet.weights.finding import PLANS_KEY, WEIGHTS_ENV, WeightsNotFound, find_weights
+from mim_nnunet.weights.finding import (
+    PLANS_KEY,
+    WEIGHTS_ENV,
+    WeightsNotFound,
+    find_weights,
+)
 
 
 def test_weights_are_found_in_plans_then_environment_then_results(tmp_path, monkeypatch):
