@@ -15,8 +15,11 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .image_io import BadImage, read_case
+from .leakage import content_signature
 from .preprocess import STORE_ORIENTATION
 
+# 2: each case carries its content signature (the leakage guard compares those)
+FINGERPRINT_FORMAT = 2
 PERCENTILES = (0.5, 50.0, 99.5)
 INTENSITY_SAMPLES = 10_000
 
@@ -44,6 +47,7 @@ def case_fingerprint(case: Dict) -> Dict:
         "orientation": original_orientation, "channels": image.GetNumberOfComponentsPerPixel(),
         "percentiles": {str(p): np.percentile(sample, p, axis=0).tolist() for p in PERCENTILES},
         "mean": sample.mean(axis=0).tolist(), "std": sample.std(axis=0).tolist(),
+        "content": content_signature(image, STORE_ORIENTATION),
     }
 
 
@@ -76,6 +80,7 @@ def compute_fingerprint(manifest: Dict, num_processes: int = 2) -> Dict:
     for e in good:
         by_source.setdefault(e["source"], []).append(e)
     return {
+        "format": FINGERPRINT_FORMAT,
         "manifest_hash": manifest["hash"],
         "overall": _summary(good) if good else None,
         "per_source": {s: _summary(v) for s, v in sorted(by_source.items())},

@@ -23,7 +23,7 @@ from ..common.layout import (
     preprocessed_folder,
     store_folder,
 )
-from .fingerprint import compute_fingerprint
+from .fingerprint import FINGERPRINT_FORMAT, compute_fingerprint
 from .leakage import find_leakage
 from .manifest import build_manifest
 from .planner import DEFAULT_GPU_MEMORY_TARGET_GB, PLAN_KEYS, plan_pretraining
@@ -105,24 +105,29 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
     manifest = build_manifest(cases, num_threads=max(2, num_processes))
     write_json_atomic(folder / MANIFEST, manifest)
 
-    if leakage_dataset:
-        leaks = find_leakage(manifest, leakage_dataset)
+    fp_path = folder / FINGERPRINT
+    fingerprint = json.loads(fp_path.read_text(encoding="utf-8")) if fp_path.is_file() else None
+    if fingerprint is None or fingerprint.get("manifest_hash") != manifest["hash"] \
+            or fingerprint.get("format") != FINGERPRINT_FORMAT:
+        fingerprint = compute_fingerprint(manifest, num_processes)
+        write_json_atomic(fp_path, fingerprint)
+    else:
+        log(f"fingerprint unchanged (manifest {manifest['hash'][:12]}), reusing {fp_path}")
+
+    if leakage_dataset:      # by content: the fingerprint holds every pre-training case's signature
+        found = find_leakage(fingerprint, leakage_dataset)
+        for unread in (f for f in found if f.get("error")):
+            log(f"leakage check: could not read {unread['error']}")
+        leaks = [f for f in found if not f.get("error")]
         if leaks:
-            msg = (f"{len(leaks)} image(s) of dataset {leakage_dataset} are in the pre-training data, e.g. "
-                   f"{leaks[0]['file']} = {leaks[0]['case_id']}; downstream scores on them would be inflated")
+            msg = (f"{len({f['file'] for f in leaks})} image(s) of dataset {leakage_dataset} are in the pre-training "
+                   f"data, e.g. {leaks[0]['file']} = {leaks[0]['case_id']} ({leaks[0]['how']}); downstream scores "
+                   f"on them would be inflated")
             if leakage_fail:
                 raise MimError(msg)
             log(f"WARNING: {msg}")
         else:
             log(f"leakage check: no image of dataset {leakage_dataset} is in the pre-training data")
-
-    fp_path = folder / FINGERPRINT
-    fingerprint = json.loads(fp_path.read_text(encoding="utf-8")) if fp_path.is_file() else None
-    if fingerprint is None or fingerprint.get("manifest_hash") != manifest["hash"]:
-        fingerprint = compute_fingerprint(manifest, num_processes)
-        write_json_atomic(fp_path, fingerprint)
-    else:
-        log(f"fingerprint unchanged (manifest {manifest['hash'][:12]}), reusing {fp_path}")
     for bad in fingerprint["bad_cases"]:
         log(f"skipping {bad['error']}")
 

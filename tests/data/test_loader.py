@@ -5,17 +5,13 @@ import json
 import numpy as np
 import torch
 
-from helpers.synthetic import write_dataset
-from mim_nnunet.data.leakage import find_leakage
 from mim_nnunet.data.loader import (
     IndexedCropBatches,
     make_indexed_loader,
     read_crop,
     validation_cases,
 )
-from mim_nnunet.data.manifest import build_manifest
 from mim_nnunet.data.preprocess import load_foreground, stored_case_ids
-from mim_nnunet.data.sources import resolve_sources
 
 
 def make_store(tmp_path, shapes):
@@ -59,17 +55,6 @@ def test_dataloader_workers_yield_batches_of_2s_crops(tmp_path):
     batches = [b for _, b in zip(range(4), loader)]
     assert all(b.shape == (3, 1, 16, 16, 16) and b.dtype == torch.float32 for b in batches)
     assert any((b == -7.0).any() for b in batches)              # the small case is padded with its background
-
-
-def test_leakage_guard_finds_copied_images(tmp_path, nnunet_dirs):
-    root = write_dataset(nnunet_dirs["nnUNet_raw"], 13, num_train=2, num_test=1, shape=(16, 16, 16))
-    pretrain = tmp_path / "pretrain"
-    pretrain.mkdir()
-    leaked = root / "imagesTs" / "case_002_0000.nii.gz"
-    (pretrain / "renamed.nii.gz").write_bytes(leaked.read_bytes())
-    manifest = build_manifest(resolve_sources([str(pretrain)]), num_threads=1)
-    found = find_leakage(manifest, "13")
-    assert [f["file"] for f in found] == [str(leaked)]
 
 
 def test_indexed_batches_resume_exactly_and_differ_by_rank(tmp_path):

@@ -147,7 +147,7 @@ def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_f
     state[key] = state[key].clone()
     state[key][0, :3] = float("nan")
     bad, _ = write_export(state, {k: v for k, v in record.items() if k != "sha256"}, work / "nan" / "nan.safetensors")
-    message = f"nan.safetensors: tensor '{key}' holds 3 non-finite value(s) (NaN/inf); refusing to fine-tune from it"
+    message = f"{bad}: tensor '{key}' holds 3 non-finite value(s) (NaN/inf); refusing to fine-tune from it"
     check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", HYBRID, bad], env, work, ok=False)
     assert check.returncode == 2 and message in check.stderr and len(check.stderr.strip().splitlines()) == 1
     fold = results / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_0"
