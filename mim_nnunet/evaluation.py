@@ -63,7 +63,8 @@ def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence
 
     Every case is scored on the same classes, so a false positive on a case whose reference lacks the class
     counts (0) instead of being skipped: ``classes`` if given, else those ``dataset_json`` lists (default:
-    ``dataset.json`` next to ``label_dir``, as in nnU-Net's raw layout), else the union over all references."""
+    ``dataset.json`` next to ``label_dir``, as in nnU-Net's raw layout), else the union of the values of all
+    references and predictions."""
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
     for folder in (pred_dir, label_dir):
         if not folder.is_dir():
@@ -94,7 +95,7 @@ def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence
     elif listed:
         wanted, source = listed, str(dataset_json)
     else:
-        wanted, source = sorted(seen["reference"]), "union of the references"
+        wanted, source = sorted(seen["reference"] | seen["prediction"]), "union of the references and predictions"
     if listed:
         for where, values in seen.items():
             extra = sorted(values - set(listed))

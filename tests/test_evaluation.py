@@ -95,7 +95,7 @@ def test_a_false_positive_on_an_empty_reference_is_scored(tmp_path):
     write(np.zeros_like(lesion), tmp_path / "ref" / "c2.nii.gz")
     write(lesion, tmp_path / "pred" / "c2.nii.gz")                   # a false-positive lesion
     union = evaluate_folders(tmp_path / "pred", tmp_path / "ref")
-    assert union["classes"] == [1] and union["classes_from"] == "union of the references"
+    assert union["classes"] == [1] and union["classes_from"] == "union of the references and predictions"
     assert union["cases"]["c2"][1]["dsc"] == 0.0 and union["mean"][1]["dsc"] == 0.5
     # dataset.json next to the references lists the classes; values it does not list are warned about
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1, "cyst": 2}}))

@@ -18,7 +18,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-ref", required=True, help="folder of reference label maps")
     parser.add_argument("-labels", type=int, nargs="+", default=None,
                         help="classes to score in every case (default: those dataset.json lists, else every "
-                             "non-zero value of any reference)")
+                             "non-zero value of any reference or prediction)")
     parser.add_argument("-tolerance", type=float, default=DEFAULT_NSD_TOLERANCE_MM,
                         help="NSD tolerance in mm (default: %(default)s)")
     parser.add_argument("-dataset_json", default=None,

@@ -114,10 +114,11 @@ class FineTuneTrainerBase(nnUNetTrainer):
     def on_epoch_end(self):
         # before nnU-Net's on_epoch_end, which writes checkpoint_latest/_best: a diverged run must not
         # replace the weights of an earlier, healthy one
-        losses = self.logger.get_value("train_losses", step=None)
-        if losses and not math.isfinite(float(losses[-1])):
-            self.stop(f"train loss is {losses[-1]} at epoch {self.current_epoch}; no checkpoint written "
-                      f"(those in {self.output_folder} are kept). Check the weights and lower the lr.")
+        for kind in ("train", "val"):
+            losses = self.logger.get_value(f"{kind}_losses", step=None)
+            if losses and not math.isfinite(float(losses[-1])):
+                self.stop(f"{kind} loss is {losses[-1]} at epoch {self.current_epoch}; no checkpoint written "
+                          f"(those in {self.output_folder} are kept). Check the weights and lower the lr.")
         super().on_epoch_end()
 
     def perform_actual_validation(self, save_probabilities: bool = False):

@@ -56,10 +56,15 @@ def test_quick_demo_writes_the_report(tmp_path, clean_env):
                  "progress_finetune_scratch.png", "overlay_abdomen.png", "overlay_contrast.png"):
         assert (report / name).stat().st_size > 0, name
     summary = (report / "summary.md").read_text()
-    for kind in KINDS:
-        scores = json.loads((report / f"scores_{kind}.json").read_text())
+    for kind in KINDS:          # the quick setting: both labelled halves, seed 0
+        scores = json.loads((report / f"scores_all_seed0_{kind}.json").read_text())
         assert set(scores["cases"]) == {"abdomen", "contrast"}
+        # every case scored on the four classes dataset.json lists, present in the half or not
+        assert scores["classes"] == [1, 2, 3, 4] and scores["classes_from"].endswith("dataset.json")
+        assert all(sorted(c) == ["1", "2", "3", "4"] or sorted(c) == [1, 2, 3, 4] for c in scores["cases"].values())
         values = [v[m] for v in scores["mean"].values() for m in ("dsc", "nsd")] + list(scores["overall"].values())
         assert all(math.isfinite(v) and 0 <= v <= 1 for v in values)
         assert f"{100 * scores['overall']['dsc']:.1f}" in summary
+    # the pre-training validation loss at the first and last validation (steps 0 and 4 at this setting)
+    assert "| first | 0 |" in summary and "| last | 4 |" in summary
     assert "| **mean** |" in summary and "Demo finished" in result.stdout

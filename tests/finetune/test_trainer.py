@@ -120,3 +120,12 @@ def test_a_non_finite_train_loss_stops_before_any_checkpoint_is_written(find_tra
     assert (tmp_path / "fold_0" / "checkpoint_best.pth").read_bytes() == b"an earlier, healthy run"
     assert sorted(p.name for p in (tmp_path / "fold_0").iterdir() if p.suffix == ".pth") == ["checkpoint_best.pth"]
     assert trainer.current_epoch == 0        # nnU-Net's on_epoch_end (which counts epochs) never ran
+    # a finite train loss with an infinite validation loss stops too
+    trainer = make_trainer(find_trainer("nnUNetTrainerMiMScratch_tiny_1epoch"), patch_3d=(32, 64, 64))
+    trainer.output_folder = str(tmp_path / "fold_0")
+    trainer.logger.log("train_losses", 0.5, 0)
+    trainer.logger.log("val_losses", float("inf"), 0)
+    with pytest.raises(SystemExit):
+        trainer.on_epoch_end()
+    assert "error: val loss is inf at epoch 0; no checkpoint written" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "fold_0").iterdir() if p.suffix == ".pth") == ["checkpoint_best.pth"]

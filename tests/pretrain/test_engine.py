@@ -144,8 +144,12 @@ def test_a_half_written_checkpoint_never_replaces_a_good_one(tmp_path, monkeypat
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, model=model, optimizer=opt, scaler=scaler, step=5, settings={"a": 1}, rng=[])
-    assert load_checkpoint(path)["step"] == 4 and sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]
+    assert load_checkpoint(path)["step"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, CHECKPOINT + ".sha256.json"]
     path.write_bytes(path.read_bytes()[:200])                               # a truncated file
+    with pytest.raises(CheckpointError, match=f"{CHECKPOINT}: content checksum differs"):
+        load_checkpoint(path)
+    (tmp_path / (CHECKPOINT + ".sha256.json")).unlink()                     # as written before checksums
     with pytest.raises(CheckpointError, match=f"{CHECKPOINT}: corrupt or not a mim-nnunet checkpoint"):
         load_checkpoint(path)
 
