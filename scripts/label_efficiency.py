@@ -73,7 +73,7 @@ def main(argv=None) -> int:
             run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(pred), "-d", str(args.d), "-c", args.c,
                  "-f", str(fold), "-tr", trainer, "-device", args.device, "--disable_tta"])
             run(["mim_evaluate", "-pred", str(pred), "-ref", str(raw / "labelsTs"), "-o", str(pred / "scores.json")])
-            results[trainer][str(fraction)] = json.loads((pred / "scores.json").read_text())["overall"]["dsc"]
+            results[trainer][str(fraction)] = json.loads((pred / "scores.json").read_text(encoding="utf-8"))["overall"]["dsc"]
     (out / "label_efficiency.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
 
     import matplotlib

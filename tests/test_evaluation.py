@@ -74,7 +74,7 @@ def test_folders_table_json_and_errors(tmp_path):
                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert cli.returncode == 0, cli.stderr
     assert "| **mean** | 75.00 |" in cli.stdout
-    assert json.loads((tmp_path / "pred" / "summary_mim.json").read_text())["overall"]["dsc"] == 0.75
+    assert json.loads((tmp_path / "pred" / "summary_mim.json").read_text(encoding="utf-8"))["overall"]["dsc"] == 0.75
     write(a, tmp_path / "ref" / "c3.nii.gz")
     with pytest.raises(EvaluationError, match="no prediction for 1 case\\(s\\): c3.nii.gz"):
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")

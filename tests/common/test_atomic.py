@@ -12,5 +12,5 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, half_write)
-    assert target.read_text() == '{\n "a": 1\n}'
+    assert target.read_text(encoding="utf-8") == '{\n "a": 1\n}'
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]

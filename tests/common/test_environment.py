@@ -28,13 +28,13 @@ def test_trainers_path_prints_the_installed_folder(clean_env):
     assert not (folder / "__init__.py").exists()   # never importable as a package
     # the installed copy is the checkout's: every module identical
     for module in REPO_TRAINERS.glob("*.py"):
-        assert (folder / module.name).read_text() == module.read_text(), module.name
+        assert (folder / module.name).read_text(encoding="utf-8") == module.read_text(encoding="utf-8"), module.name
 
 
 def test_each_trainer_class_is_defined_exactly_once():
     defined = {}
     for module in sorted(REPO_TRAINERS.glob("*.py")):
-        tree = ast.parse(module.read_text())
+        tree = ast.parse(module.read_text(encoding="utf-8"))
         for node in tree.body:
             if isinstance(node, ast.ClassDef):
                 assert node.name not in defined, f"{node.name} defined in {defined.get(node.name)} and {module}"

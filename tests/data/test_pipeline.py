@@ -30,8 +30,8 @@ def test_fingerprint_is_cached_until_the_data_changes(tmp_path, nnunet_dirs):
     logs.clear()
     third = prepare([str(folder)], name="cache", size="tiny", num_processes=1, log=logs.append)
     assert not any("fingerprint unchanged" in m for m in logs) and third.store != first.store
-    fp = json.loads((first.folder / "fingerprint.json").read_text())
-    assert fp["manifest_hash"] == json.loads((first.folder / "manifest.json").read_text())["hash"]
+    fp = json.loads((first.folder / "fingerprint.json").read_text(encoding="utf-8"))
+    assert fp["manifest_hash"] == json.loads((first.folder / "manifest.json").read_text(encoding="utf-8"))["hash"]
 
 
 def test_leakage_guard_warns_or_fails(tmp_path, nnunet_dirs):
@@ -52,7 +52,7 @@ def test_commands_prepare_the_data(tmp_path, clean_env):
     result = subprocess.run([command("mim_plan_and_preprocess"), "-d", str(folder), "-o", "cli", "-size", "tiny",
                              "-np", "1"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    plan = json.loads((tmp_path / "pre" / "MiM_cli" / "plan_hybrid_tiny.json").read_text())
+    plan = json.loads((tmp_path / "pre" / "MiM_cli" / "plan_hybrid_tiny.json").read_text(encoding="utf-8"))
     fingerprint = json.loads((tmp_path / "pre" / "MiM_cli" / "fingerprint.json").read_text(encoding="utf-8"))
     assert fingerprint["overall"]["num_cases"] == 3 and all(k in plan["explain"] for k in ("target_spacing", "lr"))
     assert "3 cases ready (0 from an earlier run)" in result.stdout

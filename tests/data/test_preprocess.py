@@ -35,7 +35,7 @@ def plan_for(spacing_zyx, modality="CT"):
 def run_one(tmp_path, path, plan, modality="CT"):
     manifest = build_manifest([Case("case", (str(path),), modality, "test")], num_threads=1)
     preprocess(manifest, plan, tmp_path / "store", num_processes=1)
-    meta = json.loads((tmp_path / "store" / "case.json").read_text())
+    meta = json.loads((tmp_path / "store" / "case.json").read_text(encoding="utf-8"))
     return np.load(tmp_path / "store" / "case.npy"), meta
 
 
@@ -126,7 +126,7 @@ def test_folder_with_every_format_and_every_bad_kind(collection, capsys):
     assert set(skipped) == set(bad)
     for name, reason in bad.items():
         assert reason in skipped[name]
-    assert json.loads((prepared.store / "report.json").read_text())["skipped"] == report["skipped"]
+    assert json.loads((prepared.store / "report.json").read_text(encoding="utf-8"))["skipped"] == report["skipped"]
     out = capsys.readouterr().out
     assert "4 cases ready" in out and "9 skipped" in out
 

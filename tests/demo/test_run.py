@@ -24,7 +24,7 @@ def demo_data(tmp_path_factory):
 def test_demo_data_labels_sit_on_their_organs(demo_data):
     spec = demo_spec()
     dataset = demo_data["dataset"]
-    meta = json.loads((dataset / "dataset.json").read_text())
+    meta = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "spleen": 1, "liver": 2, "stomach": 3, "aorta": 4}
     assert sorted(p.name for p in demo_data["collection"].glob("*.nii.gz")) == sorted(
         f"{p['name']}.nii.gz" for p in spec["pretrain"])
@@ -55,9 +55,9 @@ def test_quick_demo_writes_the_report(tmp_path, clean_env):
     for name in ("summary.md", "progress_pretrain.png", "reconstructions.png", "progress_finetune_MiM.png",
                  "progress_finetune_scratch.png", "overlay_abdomen.png", "overlay_contrast.png"):
         assert (report / name).stat().st_size > 0, name
-    summary = (report / "summary.md").read_text()
+    summary = (report / "summary.md").read_text(encoding="utf-8")
     for kind in KINDS:          # the quick setting: both labelled halves, seed 0
-        scores = json.loads((report / f"scores_all_seed0_{kind}.json").read_text())
+        scores = json.loads((report / f"scores_all_seed0_{kind}.json").read_text(encoding="utf-8"))
         assert set(scores["cases"]) == {"abdomen", "contrast"}
         # every case scored on the four classes dataset.json lists, present in the half or not
         assert scores["classes"] == [1, 2, 3, 4] and scores["classes_from"].endswith("dataset.json")

@@ -48,7 +48,7 @@ def four_channel_copy(root: Path, raw: Path) -> Path:
             copy = sitk.GetImageFromArray(sitk.GetArrayFromImage(itk) * (1 + c) + 10 * c)
             copy.CopyInformation(itk)
             sitk.WriteImage(copy, str(target / "imagesTr" / image.name.replace("_0000", f"_{c:04d}")))
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     meta["channel_names"] = {str(c): f"ch{c}" for c in range(4)}
     meta["numTraining"] = len(list((target / "labelsTr").glob("*.nii.gz")))
     (target / "dataset.json").write_text(json.dumps(meta))
@@ -110,7 +110,7 @@ def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(set
     for trainer, backbone in ((HYBRID, "hybrid"), (SWIN, "swin")):
         run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env, work)
         report = json.loads((results / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0" / "mim_transfer.json")
-                            .read_text())
+                            .read_text(encoding="utf-8"))
         assert "newest" in report["how"] and report["encoder_fraction"] == 1.0
         state, _ = load_export(exports[backbone])
         prefix = "backbone." if backbone == "hybrid" else "swinViT."
@@ -168,7 +168,7 @@ def test_four_channel_dataset_trains_with_an_inflated_stem(setup):
     env["MIM_PRETRAINED_WEIGHTS"] = str(setup["kept"])
     run([command("nnUNetv2_train"), DATASET4, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu"], env, work)
     folder = Path(env["nnUNet_results"]) / f"Dataset{DATASET4:03d}_MiMFour" / f"{HYBRID}__nnUNetPlans__3d_fullres"
-    report = json.loads((folder / "fold_0" / "mim_transfer.json").read_text())
+    report = json.loads((folder / "fold_0" / "mim_transfer.json").read_text(encoding="utf-8"))
     assert report["how"] == "$MIM_PRETRAINED_WEIGHTS"
     assert "inflated from 1 to 4" in report["adapted"]["backbone.patch_embed1.proj.weight"]
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
@@ -197,7 +197,7 @@ def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup)
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "1", "-tr", HYBRID, "-device", "cpu",
          "-pretrained_weights", out], env, work)
     fold = setup["results"] / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_1"
-    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
     assert "weights were loaded with -pretrained_weights; not searching" in log
     assert not (fold / "mim_transfer.json").exists()
 

@@ -63,7 +63,7 @@ def test_checkpoint_and_saved_plans_record_our_trainer(pipeline):
     assert ckpt["trainer_name"] == TRAINER
     assert any(k.startswith("swinViT.") for k in ckpt["network_weights"])    # a SwinUNETR was trained
     import json
-    plans = json.loads((pipeline["model"] / "plans.json").read_text())
+    plans = json.loads((pipeline["model"] / "plans.json").read_text(encoding="utf-8"))
     config = plans["configurations"]["3d_fullres"]
     assert config["architecture"]["network_class_name"] == "monai.networks.nets.SwinUNETR"
     assert config["architecture"]["arch_kwargs"]["feature_size"] == 12

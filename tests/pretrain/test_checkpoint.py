@@ -25,7 +25,7 @@ def _save(path, value):
 def test_a_changed_checkpoint_is_refused_and_the_write_window_is_safe(tmp_path):
     path = _save(tmp_path / "checkpoint_latest.pt", 1.0)
     first = path.read_bytes()
-    assert json.loads(checksum_path(path).read_text()) == {"sha256": [hashlib.sha256(first).hexdigest()]}
+    assert json.loads(checksum_path(path).read_text(encoding="utf-8")) == {"sha256": [hashlib.sha256(first).hexdigest()]}
     assert load_checkpoint(path)["model"]["weight"].eq(1.0).all()
     # a second save, killed after the checksum record was written but before the rename: the old file is
     # still in place and the record lists both

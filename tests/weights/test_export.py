@@ -64,7 +64,7 @@ def test_a_flipped_bit_fails_the_content_checksum(tmp_path):
     with pytest.raises(ExportError, match=r"s\.safetensors: content checksum differs from its record s\.json"):
         load_export(weights)
     # without a checksum (records written before 0.2) the flip, 1.0 -> inf (0x7f800000), is still refused
-    record = json.loads(meta.read_text())
+    record = json.loads(meta.read_text(encoding="utf-8"))
     del record["sha256"]
     meta.write_text(json.dumps(record))
     with pytest.raises(ExportError, match=r"tensor 'patch_embed1.proj.weight' holds 1 non-finite value\(s\)"):
@@ -74,7 +74,7 @@ def test_a_flipped_bit_fails_the_content_checksum(tmp_path):
 def test_non_finite_weights_are_refused_and_old_records_load(tmp_path):
     good = {"a": torch.zeros(3), "b": torch.arange(4)}                  # an integer tensor is never checked
     weights, meta = _small_export(tmp_path, good)
-    record = json.loads(meta.read_text())
+    record = json.loads(meta.read_text(encoding="utf-8"))
     assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     del record["sha256"]
     meta.write_text(json.dumps(record))

@@ -39,6 +39,6 @@ def test_set_weights_records_the_export_in_the_plans(tmp_path):
     plans.write_text(json.dumps({"dataset_name": "D", "configurations": {}}))
     export = hybrid_export(tmp_path)
     set_plans_weights(plans, "hybrid", export, log=lambda *_: None)
-    written = json.loads(plans.read_text())
+    written = json.loads(plans.read_text(encoding="utf-8"))
     assert written["dataset_name"] == "D" and written[PLANS_KEY] == {"hybrid": str(export.resolve())}
     assert find_weights(written, "hybrid", "tiny", "T") == (export.resolve(), f"the plans' {PLANS_KEY}['hybrid']")
