@@ -1,5 +1,6 @@
 """The installed console scripts, as the tests run them (in subprocesses, like users do)."""
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -13,3 +14,11 @@ def command(name: str) -> str:
 
 REPO = Path(__file__).resolve().parents[2]          # the checkout the tests belong to
 SCRIPTS = REPO / "scripts"
+
+
+def load_script(name: str):
+    """A script of ``scripts/`` (``name`` without ``.py``) imported as a module, to test its functions."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,17 +1,10 @@
 """scripts/label_efficiency.py: the splits of the 25/50/100 % protocol."""
 
-import importlib.util
-
-from helpers.commands import SCRIPTS
-
-SCRIPT = SCRIPTS / "label_efficiency.py"
+from helpers.commands import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("label_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("label_efficiency")
 
 
 def test_fractions_are_nested_seeded_subsets_with_a_validation_case():

@@ -3,7 +3,6 @@ BTCV (slow): convert -> plan -> recipe variant -> preprocess -> splits with a 50
 scratch fine-tuning -> DSC/NSD on the validation fold -> table and JSON; a rerun skips the finished training.
 (Fraction 1 is fold 0 itself, see test_splits; it is left out here to keep the test to a few minutes.)"""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,17 +11,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import SCRIPTS, command
+from helpers.commands import SCRIPTS, command, load_script
 from helpers.downstream_layouts import write_btcv
 
 SCRIPT = SCRIPTS / "reproduce_paper.py"
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce_paper")
 
 
 def test_table_has_a_row_per_method_then_the_papers_row():
