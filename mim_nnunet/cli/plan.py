@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from ..backbones import BACKBONES
+from ..data.modality import AUTO
 from ..data.planner import DEFAULT_GPU_MEMORY_TARGET_GB
 from ..data.sources import DATA_ROOT_ENV
 from . import run_guarded
@@ -25,8 +26,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-gpu_memory_target", type=float, default=DEFAULT_GPU_MEMORY_TARGET_GB,
                         help="GPU memory per device to plan the batch for, in GB (default: %(default)s)")
     parser.add_argument("-np", type=int, default=2, help="processes for fingerprint and preprocessing")
-    parser.add_argument("-modality", choices=("CT", "MRI"), default="CT",
-                        help="modality of folders and datalists (collections and nnU-Net datasets say their own)")
+    parser.add_argument("-modality", nargs="+", default=[AUTO], metavar="{CT,MRI,auto}",
+                        help="modality of folders and datalists, one for all or one per -d entry; 'auto' (default) "
+                             "detects it per case from the header or the intensities (CT holds HU of fat and air); "
+                             "a datalist may say its own ('modality' at its top or per item); collections and nnU-Net "
+                             "datasets say their own. A case that looks unlike its declaration is warned about")
     parser.add_argument("--allow-partial", action="store_true",
                         help="proceed when a collection source is missing or short, with what exists")
     parser.add_argument("--check_leakage", metavar="DATASET",

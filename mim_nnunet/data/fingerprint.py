@@ -16,10 +16,12 @@ from tqdm import tqdm
 
 from .image_io import BadImage, read_case
 from .leakage import content_signature
+from .modality import detect_modality, header_modality, resolve_modality
 from .preprocess import STORE_ORIENTATION
 
 # 2: each case carries its content signature (the leakage guard compares those)
-FINGERPRINT_FORMAT = 2
+# 3: each case carries its detected modality and the one that normalises it
+FINGERPRINT_FORMAT = 3
 PERCENTILES = (0.5, 50.0, 99.5)
 INTENSITY_SAMPLES = 10_000
 
@@ -41,8 +43,13 @@ def case_fingerprint(case: Dict) -> Dict:
     seed = int(hashlib.sha256(case["case_id"].encode()).hexdigest()[:8], 16)   # deterministic sample
     idx = np.random.default_rng(seed).integers(0, flat.shape[0], min(INTENSITY_SAMPLES, flat.shape[0]))
     sample = flat[idx].astype(np.float64)
+    detected, evidence = detect_modality(header_modality(case["files"][0]["path"]),
+                                         float(np.percentile(sample[:, 0], 0.5)))
+    modality, warning = resolve_modality(case["modality"], detected, evidence)
     return {
-        "case_id": case["case_id"], "source": case["source"], "modality": case["modality"],
+        "case_id": case["case_id"], "source": case["source"], "modality": modality,
+        "modality_declared": case["modality"], "modality_detected": detected, "modality_evidence": evidence,
+        "modality_warning": warning,
         "shape": list(image.GetSize())[::-1], "spacing": list(image.GetSpacing())[::-1],
         "orientation": original_orientation, "channels": image.GetNumberOfComponentsPerPixel(),
         "percentiles": {str(p): np.percentile(sample, p, axis=0).tolist() for p in PERCENTILES},

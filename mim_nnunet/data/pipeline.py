@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 from ..common.atomic import write_json_atomic
 from ..common.errors import MimError
@@ -26,6 +26,7 @@ from ..common.layout import (
 from .fingerprint import FINGERPRINT_FORMAT, compute_fingerprint
 from .leakage import find_leakage
 from .manifest import build_manifest
+from .modality import AUTO
 from .planner import DEFAULT_GPU_MEMORY_TARGET_GB, PLAN_KEYS, plan_pretraining
 from .preprocess import preprocess
 from .sources import resolve_sources
@@ -48,6 +49,49 @@ class Prepared:
 def collection_name(specs: Sequence[str]) -> str:
     return "+".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(s).stem if s.endswith(".json") else Path(s).name or s)
                     for s in specs)
+
+
+def warn_modalities(fingerprint: Dict, manifest: Dict, log=print, shown: int = 5) -> None:
+    """One line per case that looks unlike its declared modality (the first ``shown``, then a count), and the
+    count of each detected modality where some were detected."""
+    files = {c["case_id"]: c["files"][0]["path"] for c in manifest["cases"]}
+    odd = [e for e in fingerprint["cases"] if e.get("modality_warning")]
+    for e in odd[:shown]:
+        log(f"WARNING: {files.get(e['case_id'], e['case_id'])}: {e['modality_warning']}")
+    if len(odd) > shown:
+        log(f"WARNING: {len(odd) - shown} more case(s) look unlike their declared modality (see 'modality_warning' "
+            f"in the fingerprint)")
+    detected = [e["modality"] for e in fingerprint["cases"] if e.get("modality_declared") == AUTO]
+    if detected:
+        counts = ", ".join(f"{detected.count(m)} {m}" for m in sorted(set(detected)))
+        log(f"modality detected per case (-modality auto): {counts}")
+
+
+def with_modalities(manifest: Dict, fingerprint: Dict) -> Dict:
+    """The manifest with each case's modality the one that normalises it (declared, or detected for ``auto``)."""
+    resolved = {e["case_id"]: e["modality"] for e in fingerprint["cases"]}
+    return {**manifest, "cases": [{**c, "modality": resolved.get(c["case_id"], c["modality"])}
+                                  for c in manifest["cases"]]}
+
+
+def source_identity(specs: Sequence[str]) -> List[str]:
+    """What ``-d`` named, where it lies: folders and datalists as absolute paths, other names as given."""
+    return [str(Path(s).resolve()) if Path(s).exists() else s for s in specs]
+
+
+def check_sources(folder: Path, specs: Sequence[str], name: Optional[str], log=print) -> List[str]:
+    """The sources of ``folder``'s data; a folder prepared from other sources is refused when its name was
+    derived from ``-d`` (two folders with the same basename would overwrite each other's fingerprint and
+    plan), and replaced with a warning when ``-o name`` named it."""
+    sources = source_identity(specs)
+    path = folder / MANIFEST
+    before = json.loads(path.read_text(encoding="utf-8")).get("sources") if path.is_file() else None
+    if before is not None and before != sources:
+        what = f"{folder} holds data prepared from {' '.join(before)}, not {' '.join(sources)}"
+        if name is None:
+            raise MimError(f"{what}: name this data with -o NAME (or delete {folder})")
+        log(f"WARNING: {what}: -o {name} was asked for, so its fingerprint and plan are replaced")
+    return sources
 
 
 def plan_edits(plan: Dict, planned: Dict) -> List[str]:
@@ -93,16 +137,16 @@ def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_me
 
 def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "hybrid", size: str = "base",
             gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_TARGET_GB, num_processes: int = 2,
-            allow_partial: bool = False, modality: str = "CT", leakage_dataset: Optional[str] = None,
-            leakage_fail: bool = False, replan: bool = False, spacing_xyz: Optional[Sequence[float]] = None,
-            log=print) -> Prepared:
+            allow_partial: bool = False, modality: Union[str, Sequence[str]] = AUTO,
+            leakage_dataset: Optional[str] = None, leakage_fail: bool = False, replan: bool = False,
+            spacing_xyz: Optional[Sequence[float]] = None, log=print) -> Prepared:
     """Prepare the data ``specs`` name (see the module's docstring); ``spacing_xyz`` (mm, x y z) replaces the
     planned target spacing."""
-    name = name or collection_name(specs)
-    folder = preprocessed_folder(name)
+    folder = preprocessed_folder(name or collection_name(specs))
+    sources = check_sources(folder, specs, name, log=log)
     cases = resolve_sources(specs, allow_partial=allow_partial, modality=modality, log=log)
     log(f"{len(cases)} cases from {' '.join(specs)} -> {folder}")
-    manifest = build_manifest(cases, num_threads=max(2, num_processes))
+    manifest = {**build_manifest(cases, num_threads=max(2, num_processes)), "sources": sources}
     write_json_atomic(folder / MANIFEST, manifest)
 
     fp_path = folder / FINGERPRINT
@@ -130,13 +174,14 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
             log(f"leakage check: no image of dataset {leakage_dataset} is in the pre-training data")
     for bad in fingerprint["bad_cases"]:
         log(f"skipping {bad['error']}")
+    warn_modalities(fingerprint, manifest, log)
 
     spacing_zyx = list(spacing_xyz)[::-1] if spacing_xyz is not None else None
     plan, edits = load_or_plan(plan_file(folder, backbone, size), fingerprint, backbone, size, gpu_memory_target_gb,
                                name, replan, spacing_zyx, log)
     store = store_folder(folder, manifest["hash"], plan["target_spacing"],
                          variant={k: plan[k] for k in STORE_DEFINING} if set(edits) & set(STORE_DEFINING) else None)
-    report = preprocess(manifest, plan, store, num_processes)
+    report = preprocess(with_modalities(manifest, fingerprint), plan, store, num_processes)
     log(f"store {store}: {len(report['ok'])} cases ready ({report['done_before']} from an earlier run), "
         f"{len(report['skipped'])} skipped (listed in {store / 'report.json'})")
     return Prepared(folder, plan, store, report, edits)

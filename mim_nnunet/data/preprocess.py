@@ -60,6 +60,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
+def geometry_zyx(image: sitk.Image) -> Dict:
+    """The stored grid in one convention, numpy's (z, y, x) array order for every entry: ``spacing`` per array
+    axis, ``origin`` the world point (LPS, mm; components reversed) of voxel (0, 0, 0), ``direction`` the 3 x 3
+    matrix (reversed rows and columns of ITK's), so that ``world_zyx = origin + direction @ (spacing * index_zyx)``."""
+    return {"axes": "zyx", "spacing": list(image.GetSpacing())[::-1], "origin": list(image.GetOrigin())[::-1],
+            "direction": np.asarray(image.GetDirection()).reshape(3, 3)[::-1, ::-1].tolist()}
+
+
 def preprocess_case(job) -> Dict:
     case, plan, store = job
     npy, meta = case_paths(Path(store), case["case_id"])
@@ -80,8 +88,7 @@ def preprocess_case(job) -> Dict:
     atomic_write(npy, lambda tmp: _save_npy(tmp, stored))
     write_foreground(Path(store), case["case_id"], stored, case["modality"], plan)
     write_json_atomic(meta, {"case_id": case["case_id"], "source": case["source"], "modality": case["modality"],
-                             "shape": list(array.shape), "spacing": plan["target_spacing"],
-                             "origin": list(image.GetOrigin()), "direction": list(image.GetDirection()),
+                             "shape": list(array.shape), **geometry_zyx(image),
                              "background": background, "files": files})
     return {"case_id": case["case_id"], "status": "ok"}
 

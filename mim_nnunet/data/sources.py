@@ -1,6 +1,7 @@
 """What ``-d`` names, turned into cases: collections, nnU-Net datasets, folders, MONAI datalists.
 
-A case is one volume: its channel files (or DICOM series folders), its modality and its source.
+A case is one volume: its channel files (or DICOM series folders), its declared modality (``CT``,
+``MRI``, or ``auto``: detected from the data, see :mod:`.modality`) and its source.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple, Union
 
 from ..common.environment import shipped_folder
 from ..common.errors import MimError, first_line
 from .image_io import is_dicom_folder, is_image_file
+from .modality import AUTO, MODALITIES, declared_modality
 
 COLLECTIONS_DIR = "plans/collections"
 DATA_ROOT_ENV = "MIM_DATA_ROOT"          # what collection files name as their root_env
@@ -24,7 +26,7 @@ DATA_ROOT_ENV = "MIM_DATA_ROOT"          # what collection files name as their r
 class Case:
     case_id: str
     files: Tuple[str, ...]
-    modality: str          # "CT" or "MRI"
+    modality: str          # declared: "CT", "MRI" or "auto"
     source: str
 
 
@@ -38,10 +40,6 @@ def collections_dir() -> Path:
 
 def available_collections() -> List[str]:
     return sorted(p.stem for p in collections_dir().glob("*.json"))
-
-
-def _modality(name: str) -> str:
-    return "CT" if name.strip().upper() == "CT" else "MRI"
 
 
 def _case_id(source: str, path: Path, root: Path) -> str:
@@ -64,7 +62,7 @@ def collection_cases(name: str, allow_partial: bool, log=print) -> List[Case]:
         if len(files) < src["expected"]:
             what = "missing" if not folder.is_dir() else f"{len(files)} of {src['expected']} files"
             problems.append(f"{src['name']} ({folder}, {src['glob']}): {what}; obtain from {src['obtain']}")
-        cases += [Case(_case_id(src["name"], f, folder), (str(f),), _modality(src["modality"]), src["name"])
+        cases += [Case(_case_id(src["name"], f, folder), (str(f),), declared_modality(src["modality"]), src["name"])
                   for f in files]
     if problems and not allow_partial:
         raise SourceError(f"collection '{name}' is incomplete: " + " | ".join(problems)
@@ -89,7 +87,7 @@ def nnunet_dataset_cases(spec: str) -> List[Case]:
     root = Path(os.environ["nnUNet_raw"]) / name
     info = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     channels = sorted(info["channel_names"], key=int)
-    modality = _modality(info["channel_names"][channels[0]])
+    modality = declared_modality(info["channel_names"][channels[0]])
     ending = info["file_ending"]
     cases = []
     for sub in ("imagesTr", "imagesTs"):
@@ -104,13 +102,14 @@ def folder_cases(folder: Path, modality: str) -> List[Case]:
     """Every image file and every DICOM series folder below ``folder``."""
     found = [p for p in sorted(folder.rglob("*")) if is_image_file(p) and not p.name.lower().endswith(".raw")]
     dicom = [p for p in [folder, *sorted(d for d in folder.rglob("*") if d.is_dir())] if is_dicom_folder(p)]
-    return [Case(_case_id(folder.name, p, folder), (str(p),), _modality(modality), folder.name)
+    return [Case(_case_id(folder.name, p, folder), (str(p),), declared_modality(modality), folder.name)
             for p in found + dicom]
 
 
 def datalist_cases(path: Path, modality: str, allow_partial: bool = False, log=print) -> List[Case]:
     """A MONAI-style datalist: {"training": [{"image": ...}], "validation": [...], ...}; relative paths are
-    relative to the JSON's folder. Files it names that do not exist: one error listing them, or (with
+    relative to the JSON's folder. The modality: an item's ``"modality"``, else the datalist's top-level
+    ``"modality"``, else ``modality``. Files it names that do not exist: one error listing them, or (with
     ``allow_partial``) their cases skipped and reported."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -118,6 +117,8 @@ def datalist_cases(path: Path, modality: str, allow_partial: bool = False, log=p
         raise SourceError(f"{path}: not a JSON datalist ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise SourceError(f"{path}: not a datalist (expected an object of lists, e.g. {{\"training\": [...]}})")
+    top = data.get("modality")
+    default = top if isinstance(top, str) else modality
     cases = []
     for split, items in data.items():
         if not isinstance(items, list):
@@ -127,7 +128,8 @@ def datalist_cases(path: Path, modality: str, allow_partial: bool = False, log=p
             if image is None:
                 continue
             files = tuple(str((path.parent / f).resolve()) for f in ([image] if isinstance(image, str) else image))
-            cases.append(Case(f"{path.stem}__{split}__{i:05d}", files, _modality(modality), path.stem))
+            own = item.get("modality", default) if isinstance(item, dict) else default
+            cases.append(Case(f"{path.stem}__{split}__{i:05d}", files, declared_modality(own), path.stem))
     missing = [f for c in cases for f in c.files if not Path(f).exists()]
     if missing:
         listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -138,11 +140,25 @@ def datalist_cases(path: Path, modality: str, allow_partial: bool = False, log=p
     return cases
 
 
-def resolve_sources(specs: Sequence[str], allow_partial: bool = False, modality: str = "CT",
+def source_modalities(specs: Sequence[str], modality: Union[str, Sequence[str]]) -> List[str]:
+    """One declaration per ``-d`` entry from ``-modality``: one value for all, or one per entry."""
+    values = [modality] if isinstance(modality, str) else list(modality)
+    if len(values) not in (1, len(specs)):
+        raise SourceError(f"-modality: {len(values)} values for {len(specs)} -d entries (give one for all, or one "
+                          f"per entry)")
+    for v in values:
+        if v.upper() not in MODALITIES and v.lower() != AUTO:
+            raise SourceError(f"-modality {v}: expected one of {', '.join(MODALITIES)}, {AUTO}")
+    return values * len(specs) if len(values) == 1 else values
+
+
+def resolve_sources(specs: Sequence[str], allow_partial: bool = False, modality: Union[str, Sequence[str]] = AUTO,
                     log=print) -> List[Case]:
-    """Cases for every ``-d`` entry (collection name, nnU-Net dataset id/name, folder, datalist JSON)."""
+    """Cases for every ``-d`` entry (collection name, nnU-Net dataset id/name, folder, datalist JSON);
+    ``modality`` declares folders and datalists (one value, or one per entry; collections and nnU-Net
+    datasets declare their own)."""
     cases: List[Case] = []
-    for spec in specs:
+    for spec, modality in zip(specs, source_modalities(specs, modality)):
         path = Path(spec)
         if spec in available_collections():
             cases += collection_cases(spec, allow_partial, log)

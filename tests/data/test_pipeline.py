@@ -73,3 +73,25 @@ def test_loader_benchmark_script_runs():
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["store_crops_per_s"] > 0 and row["nifti_crops_per_s"] > 0 and row["crops"] == 3
+
+
+def test_two_folders_with_the_same_basename_do_not_share_a_result_folder(tmp_path, nnunet_dirs):
+    first, second = scans(tmp_path / "site_a" / "scans", 2), scans(tmp_path / "site_b" / "scans", 2)
+    prepare([str(first)], size="tiny", num_processes=1, log=lambda m: None)
+    manifest = json.loads((nnunet_dirs["nnUNet_preprocessed"] / "MiM_scans" / "manifest.json").read_text(
+        encoding="utf-8"))
+    assert manifest["sources"] == [str(first.resolve())]
+    with pytest.raises(MimError) as info:
+        prepare([str(second)], size="tiny", num_processes=1, log=lambda m: None)
+    folder = nnunet_dirs["nnUNet_preprocessed"] / "MiM_scans"
+    assert str(info.value) == (f"{folder} holds data prepared from {first.resolve()}, not {second.resolve()}: "
+                               f"name this data with -o NAME (or delete {folder})")
+    # the first folder's preparation is intact and still reused
+    logs = []
+    prepare([str(first)], size="tiny", num_processes=1, log=logs.append)
+    assert any("fingerprint unchanged" in m for m in logs)
+    # asked for by name: replaced, with a warning
+    logs.clear()
+    prepare([str(second)], name="scans", size="tiny", num_processes=1, log=logs.append)
+    assert f"WARNING: {folder} holds data prepared from {first.resolve()}, not {second.resolve()}: -o scans was " \
+           f"asked for, so its fingerprint and plan are replaced" in logs

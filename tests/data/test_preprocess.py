@@ -24,6 +24,7 @@ from mim_nnunet.data.preprocess import preprocess
 from mim_nnunet.data.sources import Case
 
 RAS_IN_LPS = np.diag([-1.0, -1.0, 1.0])      # x toward Right, y toward Anterior, z toward Superior
+RAS_IN_LPS_ZYX = RAS_IN_LPS[::-1, ::-1]      # the same, rows and columns in (z, y, x) order
 
 
 def plan_for(spacing_zyx, modality="CT"):
@@ -40,12 +41,14 @@ def run_one(tmp_path, path, plan, modality="CT"):
 
 
 def physical_points(meta, shape_zyx):
-    """World coordinates (LPS, mm) of every stored voxel, from the stored geometry alone. (N, 3)"""
+    """World coordinates (LPS, mm; x, y, z) of every stored voxel, from the stored geometry alone, by the
+    stated convention: every entry in (z, y, x) order. (N, 3)"""
+    assert meta["axes"] == "zyx"
     z, y, x = np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij")
-    idx_xyz = np.stack([x.ravel(), y.ravel(), z.ravel()])
-    spacing_xyz = np.asarray(meta["spacing"][::-1])
-    d = np.asarray(meta["direction"]).reshape(3, 3)
-    return (np.asarray(meta["origin"])[:, None] + d @ (spacing_xyz[:, None] * idx_xyz)).T
+    idx_zyx = np.stack([z.ravel(), y.ravel(), x.ravel()])
+    d = np.asarray(meta["direction"])
+    world_zyx = np.asarray(meta["origin"])[:, None] + d @ (np.asarray(meta["spacing"])[:, None] * idx_zyx)
+    return world_zyx[::-1].T
 
 
 def to_input_index(points, direction=DIRECTION, spacing=SPACING, origin=ORIGIN):
@@ -59,7 +62,7 @@ def test_orientation_to_ras_and_ct_window_without_resampling(tmp_path):
     path = write(array, tmp_path / "ct.nii.gz")
     # the input's axes point A (i), L (j), S (k); in RAS order the spacing (x, y, z) is (0.9, 0.8, 2.5)
     stored, meta = run_one(tmp_path, path, plan_for([2.5, 0.8, 0.9]))
-    assert np.allclose(np.asarray(meta["direction"]).reshape(3, 3), RAS_IN_LPS)
+    assert np.allclose(meta["direction"], RAS_IN_LPS_ZYX)
     assert stored.shape == (1, 12, 16, 20)
     idx = np.rint(to_input_index(physical_points(meta, stored.shape[1:]))).astype(int)
     source = array[idx[:, 2], idx[:, 1], idx[:, 0]]
@@ -72,7 +75,7 @@ def test_dicom_series_oriented_to_ras(tmp_path):
     array = ct_array((6, 16, 12), seed=3).astype(np.int16)
     folder = write_dicom_series(array, tmp_path / "series")           # axes point L, A, I
     stored, meta = run_one(tmp_path, folder, plan_for([2.0, 0.7, 0.7]))
-    assert np.allclose(np.asarray(meta["direction"]).reshape(3, 3), RAS_IN_LPS)
+    assert np.allclose(meta["direction"], RAS_IN_LPS_ZYX)
     idx = np.rint(to_input_index(physical_points(meta, stored.shape[1:]), DICOM_DIRECTION, (0.7, 0.7, 2.0),
                                  (-50.0, -60.0, 30.0))).astype(int)
     expected = (np.clip(array[idx[:, 2], idx[:, 1], idx[:, 0]], -1000, 1000) + 1000) / 2000

@@ -38,8 +38,9 @@ DICOM_DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, -1.0)   # rows flipp
 
 
 def write_dicom_series(array_int16, folder, spacing=(0.7, 0.7, 2.0), origin=(-50.0, -60.0, 30.0),
-                       direction=DICOM_DIRECTION):
-    """An axial DICOM series, one file per slice, geometry in the position/orientation tags."""
+                       direction=DICOM_DIRECTION, modality="CT"):
+    """An axial DICOM series, one file per slice, geometry in the position/orientation tags; ``modality``:
+    the Modality tag's value."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     img = sitk.GetImageFromArray(array_int16.astype(np.int16))
@@ -53,7 +54,7 @@ def write_dicom_series(array_int16, folder, spacing=(0.7, 0.7, 2.0), origin=(-50
     uid = "1.2.826.0.1.3680043.2.1125." + str(int(time.time() * 1000))
     for k in range(img.GetDepth()):
         sl = img[:, :, k]
-        for tag, value in (("0008|0060", "CT"), ("0020|000d", uid + ".1"), ("0020|000e", uid + ".2"),
+        for tag, value in (("0008|0060", modality), ("0020|000d", uid + ".1"), ("0020|000e", uid + ".2"),
                            ("0020|0013", str(k + 1)), ("0028|0030", f"{spacing[1]}\\{spacing[0]}"),
                            ("0018|0050", str(spacing[2])), ("0020|0037", orientation),
                            ("0020|0032", "\\".join(str(v) for v in img.TransformIndexToPhysicalPoint((0, 0, k)))),
