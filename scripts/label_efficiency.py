@@ -46,7 +46,9 @@ def main(argv=None) -> int:
     parser.add_argument("--splits-only", action="store_true", help="write the splits and stop")
     args = parser.parse_args(argv)
 
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.dataset_name_id_conversion import (
+        maybe_convert_to_dataset_name,
+    )
 
     name = maybe_convert_to_dataset_name(args.d)
     pre = Path(os.environ["nnUNet_preprocessed"]) / name

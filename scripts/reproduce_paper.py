@@ -148,9 +148,14 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", default="reproduce_paper", help="output folder")
     args = parser.parse_args(argv)
 
-    from mim_nnunet.downstream.recipes import load_recipe, variant_name
-    from mim_nnunet.downstream.splits import LITERATURE, RECORD_FILE, dataset_folders, raw_cases
     from mim_nnunet.common.environment import require_ext_trainer, require_nnunet_paths
+    from mim_nnunet.downstream.recipes import load_recipe, variant_name
+    from mim_nnunet.downstream.splits import (
+        LITERATURE,
+        RECORD_FILE,
+        dataset_folders,
+        raw_cases,
+    )
     from mim_nnunet.evaluation import DEFAULT_NSD_TOLERANCE_MM
 
     paths = require_nnunet_paths()

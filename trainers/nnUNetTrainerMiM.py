@@ -8,7 +8,11 @@ Short variants: ``_tiny_<budget>`` (hybrid 'tiny', decoder feature_size 12, CPU-
 
 from mim_nnunet.finetune.trainer import MiMFineTuneTrainerBase
 from mim_nnunet.finetune.variants import CPUVariant
-from mim_nnunet.networks import MIMUNETR_ARCH_KWARGS, MIMUNETR_CLASS_NAME, MIMUNETR_PATCH_MULTIPLE
+from mim_nnunet.networks import (
+    MIMUNETR_ARCH_KWARGS,
+    MIMUNETR_CLASS_NAME,
+    MIMUNETR_PATCH_MULTIPLE,
+)
 
 TINY = {**MIMUNETR_ARCH_KWARGS, "size": "tiny", "feature_size": 12}
 

@@ -3,7 +3,11 @@
 
 from mim_nnunet.finetune.trainer import MiMFineTuneTrainerBase
 from mim_nnunet.finetune.variants import CPUVariant
-from mim_nnunet.networks import SWINUNETR_ARCH_KWARGS, SWINUNETR_CLASS_NAME, SWINUNETR_PATCH_MULTIPLE
+from mim_nnunet.networks import (
+    SWINUNETR_ARCH_KWARGS,
+    SWINUNETR_CLASS_NAME,
+    SWINUNETR_PATCH_MULTIPLE,
+)
 
 
 class nnUNetTrainerMiMSwinUNETR(MiMFineTuneTrainerBase):

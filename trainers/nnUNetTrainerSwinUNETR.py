@@ -5,7 +5,11 @@ Every trainer class is defined once, here; the logic lives in ``mim_nnunet.finet
 """
 
 from mim_nnunet.finetune.trainer import FineTuneTrainerBase
-from mim_nnunet.networks import SWINUNETR_ARCH_KWARGS, SWINUNETR_CLASS_NAME, SWINUNETR_PATCH_MULTIPLE
+from mim_nnunet.networks import (
+    SWINUNETR_ARCH_KWARGS,
+    SWINUNETR_CLASS_NAME,
+    SWINUNETR_PATCH_MULTIPLE,
+)
 
 FS12 = {**SWINUNETR_ARCH_KWARGS, "feature_size": 12}
 

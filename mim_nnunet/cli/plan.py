@@ -6,13 +6,13 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..backbones import BACKBONES
+from ..backbones import BACKBONES, size_table
 from ..data.modality import AUTO
 from ..data.planner import DEFAULT_GPU_MEMORY_TARGET_GB
 from ..data.sources import DATA_ROOT_ENV
 from . import run_guarded
 
-SIZES = ("base", "tiny")
+SIZES = tuple(sorted({size for backbone in BACKBONES for size in size_table(backbone)}))
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "folders of images or DICOM series, MONAI datalist .json files; several may be combined")
     parser.add_argument("-o", "--name", default=None, help="name of the result folder MiM_<name> (default: from -d)")
     parser.add_argument("-backbone", choices=BACKBONES, default="hybrid")
-    parser.add_argument("-size", choices=SIZES, default="base")
+    parser.add_argument("-size", choices=SIZES, default=None,
+                        help="hybrid, swin: base (default), tiny; resenc: M, L (default; nnU-Net's ResEnc-M/-L "
+                             "encoders), tiny")
     parser.add_argument("-gpu_memory_target", type=float, default=DEFAULT_GPU_MEMORY_TARGET_GB,
                         help="GPU memory per device to plan the batch for, in GB (default: %(default)s)")
     parser.add_argument("-np", type=int, default=2, help="processes for fingerprint and preprocessing")
@@ -42,6 +44,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plan again even if a plan for the same data and settings exists (edits are lost)")
 
 
+DEFAULT_SIZE = {"hybrid": "base", "swin": "base", "resenc": "L"}
+
+
+def check_size(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """``-size`` defaulted per backbone and checked against its size table (an argparse error otherwise)."""
+    args.size = args.size or DEFAULT_SIZE[args.backbone]
+    if args.size not in size_table(args.backbone):
+        parser.error(f"-size {args.size}: the {args.backbone} backbone has sizes {', '.join(size_table(args.backbone))}")
+    return args
+
+
 def prepare_from(args: argparse.Namespace):
     """Run the data preparation the flags describe (:func:`mim_nnunet.data.pipeline.prepare`)."""
     from ..data.pipeline import prepare
@@ -54,7 +67,7 @@ def prepare_from(args: argparse.Namespace):
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mim_plan_and_preprocess", description=__doc__)
     add_data_arguments(parser)
-    args = parser.parse_args(argv)
+    args = check_size(parser, parser.parse_args(argv))
 
     def _run() -> int:
         from ..common.layout import plan_file

@@ -21,7 +21,7 @@ from ..pretrain.settings import (
     VALIDATION_CROPS,
 )
 from . import run_guarded
-from .plan import add_data_arguments, prepare_from
+from .plan import add_data_arguments, check_size, prepare_from
 
 # Help for every MiM switch (MIM_SPEC.md); the flag is the switch's name with one dash.
 SWITCH_HELP = {
@@ -130,7 +130,8 @@ def request_from(args: argparse.Namespace):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = check_size(parser, parser.parse_args(argv))
 
     def _run() -> int:
         from ..pretrain.run import run_pretraining

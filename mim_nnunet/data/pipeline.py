@@ -144,6 +144,7 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
     planned target spacing."""
     folder = preprocessed_folder(name or collection_name(specs))
     sources = check_sources(folder, specs, name, log=log)
+    name = name or collection_name(specs)
     cases = resolve_sources(specs, allow_partial=allow_partial, modality=modality, log=log)
     log(f"{len(cases)} cases from {' '.join(specs)} -> {folder}")
     manifest = {**build_manifest(cases, num_threads=max(2, num_processes)), "sources": sources}

@@ -40,7 +40,11 @@ GPU_MEMORY_RESERVE_GB = 2.0             # CUDA context, optimiser state, fragmen
 # estimated as half of the fp32 peaks measured on the CPU by scripts/benchmark_pretrain_step.py
 # (hybrid base 21.8 GB, tiny 7.0 GB, swin tiny 12.3 GB; swin base with activation checkpointing).
 MEMORY_PER_CROP_GB_AT_96 = {("hybrid", "base"): 11.0, ("hybrid", "tiny"): 3.5,
-                            ("swin", "base"): 24.0, ("swin", "tiny"): 6.2}
+                            ("swin", "base"): 24.0, ("swin", "tiny"): 6.2,
+                            # resenc: estimates, not measured: nnU-Net's ResEnc-L planner fits 24 GB with
+                            # batch 2 x 160^3 (about 1.3 GB per 96^3 volume), x 21 sub-volumes; M has L's
+                            # topology (the presets differ in patch size, not in the encoder)
+                            ("resenc", "M"): 27.0, ("resenc", "L"): 27.0, ("resenc", "tiny"): 2.0}
 # What a plan holds; each is read back by preprocessing or the engine (``explain`` documents them).
 PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb", "in_channels", "target_spacing",
              "orientation", "intensity", "foreground", "store_dtype", "input_size", "uniform_crop_fraction",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Callable, List, Mapping, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from nnunetv2.utilities.plans_handling.plans_handler import (
     ConfigurationManager,
@@ -43,9 +43,11 @@ def _plain(value):
 
 
 def adapt_resenc_plans(plans: dict, configuration: str, architecture: Mapping, trainer_name: str,
-                       log: Optional[Callable[[str], None]] = None) -> Tuple[ConfigurationManager, List[str]]:
+                       log: Optional[Callable[[str], None]] = None,
+                       max_patch_size: Optional[Sequence[int]] = None) -> Tuple[ConfigurationManager, List[str]]:
     """Give ``configuration`` of ``plans`` (mutated) the pre-trained ``architecture`` (an export record's,
-    plans format) and a patch size it accepts; return the new manager and one line per change."""
+    plans format) and a patch size it accepts (at most ``max_patch_size`` per axis, multiples of the total
+    stride: the CPU variants' cap); return the new manager and one line per change."""
     require_3d(plans, configuration, trainer_name)
     if architecture.get("network_class_name") != RESENC_UNET_CLASS_NAME:
         raise PlansError(f"{trainer_name}: the pre-trained architecture is {architecture.get('network_class_name')!r}, "
@@ -68,6 +70,8 @@ def adapt_resenc_plans(plans: dict, configuration: str, architecture: Mapping, t
     new_arch = {"network_class_name": RESENC_UNET_CLASS_NAME, "arch_kwargs": new_kwargs,
                 "_kw_requires_import": _plain(list(architecture["_kw_requires_import"]))}
     new_patch = round_patch_size(original_patch, totals[0])
+    if max_patch_size is not None:
+        new_patch = [min(p, max(totals[0], int(m) // totals[0] * totals[0])) for p, m in zip(new_patch, max_patch_size)]
 
     changes = []
     if original_arch.get("network_class_name") != RESENC_UNET_CLASS_NAME:

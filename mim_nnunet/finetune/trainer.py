@@ -1,5 +1,10 @@
 """The logic behind our nnU-Net trainers; the classes in ``trainers/`` only set class attributes.
 
+:class:`RunGuards` (every trainer of ours): ``$MIM_SEED``, short budgets, one-line stops, no checkpoint from a
+diverged run. :class:`PretrainedEncoder` (every MiM trainer): find, check and load the export at the start
+of a fresh run. The ResEnc trainer, which keeps nnU-Net's own network and recipe, is in
+:mod:`mim_nnunet.finetune.resenc_trainer`.
+
 :class:`FineTuneTrainerBase`: a subclass names the network (``network_class_name`` + ``arch_kwargs``,
 recorded into the plans) and the patch-size multiple it needs; the base class adapts the plans, builds
 the network for training and for ``nnUNetv2_predict``, turns deep supervision off and applies the
@@ -20,7 +25,7 @@ import math
 import os
 import random
 import sys
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -60,40 +65,26 @@ SEED_ENV = "MIM_SEED"
 TRANSFER_REPORT = "mim_transfer.json"
 
 
-class FineTuneTrainerBase(nnUNetTrainer):
-    """nnU-Net trainer for a single-output 3D network built by :func:`mim_nnunet.networks.build_network`."""
+class RunGuards:
+    """What every trainer of ours adds to nnU-Net's loop, whatever its network: ``$MIM_SEED``, a short
+    ``budget`` (:mod:`mim_nnunet.finetune.variants`), one-line stops, no checkpoint from a diverged run, and
+    the CPU variants' switches (no test-time mirroring in the final validation). Mixed in before
+    ``nnUNetTrainer``; :meth:`apply_run_guards` is called at the end of ``__init__``."""
 
-    network_class_name: str = ""
-    arch_kwargs: Mapping = {}
-    patch_multiple: int = 1
-    patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
-    max_patch_size: Optional[tuple] = None      # per-axis cap (multiples of patch_multiple), for CPU variants
-    encoder_prefix: Optional[str] = None        # parameters under it get encoder_lr_scale x lr
     # Test-time mirroring in nnU-Net's final validation (8 flips in 3D); CPU variants turn it off, as
     # their users predict with --disable_tta anyway. Mirroring as training augmentation is unchanged.
     inference_mirroring: bool = True
-    recipe: Mapping = FINETUNE_RECIPE
     # A short variant names its budget (epochs x iterations); None keeps nnU-Net's 1000 x (250 + 50).
     budget: Optional[str] = None
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        # Fail before nnU-Net creates output folders for a run that cannot work.
-        require_3d(plans, configuration, type(self).__name__)
-        super().__init__(plans, configuration, fold, dataset_json, device)
+    def seed_run(self) -> None:
+        """Seed from ``$MIM_SEED`` (before the network is built: its initialisation is then reproducible)."""
         self.seed = seed_from_environment()
         if self.seed is not None:
             self.print_to_log_file(f"seeded with ${SEED_ENV}={self.seed} (the data stream is reproducible with "
                                    f"nnUNet_n_proc_DA=0)")
-        adapted, self.configuration_manager = adapt_configuration(
-            self.plans_manager.plans, configuration, self.network_class_name, self.arch_kwargs,
-            self.patch_multiple, type(self).__name__, log=self.print_to_log_file,
-            patch_size_kwarg=self.patch_size_kwarg, max_patch_size=self.max_patch_size)
-        # nnU-Net saves these plans next to the model (plans.json): prediction rebuilds the same network
-        self.plans_manager = PlansManager(adapted)
-        self.enable_deep_supervision = False  # one output; nnU-Net then builds no DeepSupervisionWrapper
-        self.initial_lr = self.recipe["lr"]
-        self.weight_decay = self.recipe["weight_decay"]
+
+    def apply_budget(self) -> None:
         if self.budget is not None:
             b = BUDGETS[self.budget]
             self.num_epochs, self.num_iterations_per_epoch = b.epochs, b.iterations
@@ -127,6 +118,41 @@ class FineTuneTrainerBase(nnUNetTrainer):
             return
         super().perform_actual_validation(save_probabilities)
 
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.inference_mirroring:
+            self.inference_allowed_mirroring_axes = None
+        return configured
+
+
+class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
+    """nnU-Net trainer for a single-output 3D network built by :func:`mim_nnunet.networks.build_network`."""
+
+    network_class_name: str = ""
+    arch_kwargs: Mapping = {}
+    patch_multiple: int = 1
+    patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
+    max_patch_size: Optional[tuple] = None      # per-axis cap (multiples of patch_multiple), for CPU variants
+    encoder_prefix: Optional[str] = None        # parameters under it get encoder_lr_scale x lr
+    recipe: Mapping = FINETUNE_RECIPE
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # Fail before nnU-Net creates output folders for a run that cannot work.
+        require_3d(plans, configuration, type(self).__name__)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.seed_run()
+        adapted, self.configuration_manager = adapt_configuration(
+            self.plans_manager.plans, configuration, self.network_class_name, self.arch_kwargs,
+            self.patch_multiple, type(self).__name__, log=self.print_to_log_file,
+            patch_size_kwarg=self.patch_size_kwarg, max_patch_size=self.max_patch_size)
+        # nnU-Net saves these plans next to the model (plans.json): prediction rebuilds the same network
+        self.plans_manager = PlansManager(adapted)
+        self.enable_deep_supervision = False  # one output; nnU-Net then builds no DeepSupervisionWrapper
+        self.initial_lr = self.recipe["lr"]
+        self.weight_decay = self.recipe["weight_decay"]
+        self.apply_budget()
+
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager,
                                    configuration_manager: ConfigurationManager,
@@ -137,12 +163,6 @@ class FineTuneTrainerBase(nnUNetTrainer):
         return build_network(configuration_manager.network_arch_class_name,
                              configuration_manager.network_arch_init_kwargs,
                              num_input_channels, num_output_channels)
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        if not self.inference_mirroring:
-            self.inference_allowed_mirroring_axes = None
-        return configured
 
     def set_deep_supervision_enabled(self, enabled: bool):
         # Our networks have a single output, there is nothing to switch.
@@ -193,8 +213,10 @@ def size_of(backbone: str, arch_kwargs) -> str:
     raise ValueError(f"no swin pre-training size has feature_size {arch_kwargs['feature_size']}")
 
 
-class MiMFineTuneTrainerBase(FineTuneTrainerBase):
-    """A :class:`FineTuneTrainerBase` whose encoder starts from a MiM export (``pretrained = True``)."""
+class PretrainedEncoder:
+    """Mixin of the MiM trainers (before the trainer base): the encoder starts from a MiM export of
+    ``backbone`` (``pretrained = True``), found, checked and loaded at the start of a fresh run, before nnU-Net
+    starts its augmentation workers; the transfer table goes to the log and ``mim_transfer.json``."""
 
     backbone: str = "hybrid"
     pretrained: bool = True
@@ -202,6 +224,14 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
     @property
     def encoder_prefix(self) -> str:
         return NETWORK_PREFIX[self.backbone]
+
+    def export_size(self) -> str:
+        """The pre-training size whose export fits this trainer's network."""
+        return size_of(self.backbone, self.configuration_manager.network_arch_init_kwargs)
+
+    def find_export(self) -> Tuple[str, str]:
+        """(path, how it was found) of the export to start from."""
+        return find_weights(self.plans_manager.plans, self.backbone, self.export_size(), type(self).__name__)
 
     def initialize(self):
         super().initialize()
@@ -228,12 +258,7 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
 
     def load_pretrained_encoder(self, path: Optional[str] = None):
         """Find (unless given), check and load the export; the transfer table goes to the log."""
-        kwargs = self.configuration_manager.network_arch_init_kwargs
-        if path is None:
-            path, how = find_weights(self.plans_manager.plans, self.backbone, size_of(self.backbone, kwargs),
-                                     type(self).__name__)
-        else:
-            how = "given"
+        path, how = self.find_export() if path is None else (path, "given")
         self.print_to_log_file(f"MiM: pre-trained encoder {path} (found through {how})")
         state, record = load_export(path)
         report = transfer(unwrap(self.network), {k: v.to(self.device) for k, v in state.items()}, record, str(path),
@@ -246,3 +271,7 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
             os.makedirs(self.output_folder, exist_ok=True)
             write_json_atomic(os.path.join(self.output_folder, TRANSFER_REPORT), {"how": how, **report.to_dict()})
         return report
+
+
+class MiMFineTuneTrainerBase(PretrainedEncoder, FineTuneTrainerBase):
+    """A :class:`FineTuneTrainerBase` whose encoder starts from a MiM export (:class:`PretrainedEncoder`)."""

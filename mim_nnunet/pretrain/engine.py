@@ -88,7 +88,10 @@ class Trainee:
 def build(settings: RunSettings, device: torch.device) -> Trainee:
     """The model (seeded: the same initial weights on every rank) and its optimiser, schedule and scaler."""
     _seed_everything(settings.seed)
-    model = build_mim(settings.backbone, settings.size, settings.config, settings.backbone_sizes).to(device)
+    try:
+        model = build_mim(settings.backbone, settings.size, settings.config, settings.backbone_sizes).to(device)
+    except ValueError as exc:         # sizes the backbone cannot take (e.g. -input_size too small for resenc)
+        raise MimError(f"{settings.backbone} '{settings.size}': {exc}") from None
     optimizer = build_adamw(model, settings.lr, settings.weight_decay, settings.betas)
     return Trainee(model=model, optimizer=optimizer,
                    scheduler=WarmupCosineLR(optimizer, settings.steps, settings.warmup_steps),

@@ -19,7 +19,8 @@ from ..common.layout import EXPORT_GLOB
 PLANS_KEY = "mim_pretrained_weights"
 WEIGHTS_ENV = "MIM_PRETRAINED_WEIGHTS"
 # the from-scratch twin to suggest when no weights exist
-SCRATCH_TRAINER = {"hybrid": "nnUNetTrainerMiMScratch", "swin": "nnUNetTrainerSwinUNETR"}
+SCRATCH_TRAINER = {"hybrid": "nnUNetTrainerMiMScratch", "swin": "nnUNetTrainerSwinUNETR",
+                   "resenc": "stock nnUNetTrainer with the same -p plans"}
 
 
 class WeightsNotFound(MimError):

@@ -1,6 +1,7 @@
 """Pre-trained encoder -> segmentation network: map names, adapt shapes, load, and report.
 
-An export's tensors go under ``backbone.`` (hybrid -> MiMUNETR) or ``swinViT.`` (swin -> SwinUNETR).
+An export's tensors go under ``backbone.`` (hybrid -> MiMUNETR), ``swinViT.`` (swin -> SwinUNETR) or
+``encoder.`` (resenc -> nnU-Net's ResidualEncoderUNet, every alias of a tensor set alike).
 Two adaptations are made and reported: the position embedding is interpolated when the patch's token
 grid differs from the pre-training grid, and a 1-channel stem is inflated to C channels (repeated,
 divided by C, so a C-channel copy of one image gives the same activations). Anything else that does
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones.hybrid import FINETUNE_ONLY_PARTS
+from ..backbones.resenc import RESENC_UNET_CLASS_NAME, tensor_aliases
 from ..common.errors import MimError
 from ..common.hashing import tensor_sha1
 from ..mim.tokens import TOKEN_SIZE
@@ -90,7 +92,10 @@ def backbone_of(network: nn.Module) -> str:
         return "hybrid"
     if hasattr(network, "swinViT"):
         return "swin"
-    raise TransferError(f"{type(network).__name__} has no MiM encoder (expected MiMUNETR or SwinUNETR)")
+    if type(network).__name__ == RESENC_UNET_CLASS_NAME.rsplit(".", 1)[1]:
+        return "resenc"
+    raise TransferError(f"{type(network).__name__} has no MiM encoder (expected MiMUNETR, SwinUNETR or "
+                        f"ResidualEncoderUNet)")
 
 
 def interpolate_pos_embed(pos: Tensor, src_grid: Sequence[int], dst_grid: Sequence[int]) -> Tensor:
@@ -106,10 +111,17 @@ def inflate_stem(weight: Tensor, channels: int) -> Tensor:
     return weight.repeat(1, channels, *[1] * (weight.ndim - 2)) / channels
 
 
+def aliases(network: nn.Module) -> Dict[str, List[str]]:
+    """Each tensor's first state-dict key -> all its keys (nnU-Net's networks name one tensor several times:
+    ``conv`` and ``all_modules.0``, ``encoder.*`` and ``decoder.encoder.*``; other networks: one key each)."""
+    return {group[0]: group for group in tensor_aliases(network)}
+
+
 def encoder_keys(network: nn.Module, backbone: str) -> List[str]:
-    """Network keys a MiM export is expected to provide (the release's fine-tuning additions excluded)."""
+    """Network keys a MiM export is expected to provide, each tensor once (the release's fine-tuning
+    additions excluded)."""
     prefix = NETWORK_PREFIX[backbone]
-    return [k for k in network.state_dict() if k.startswith(prefix)
+    return [k for k in aliases(network) if k.startswith(prefix)
             and not (backbone == "hybrid" and any(part in k for part in FINETUNE_ONLY_PARTS))]
 
 
@@ -151,7 +163,11 @@ def transfer(network: nn.Module, state: Mapping[str, Tensor], record: Mapping, s
             continue
         new_state[name] = value.to(want.dtype)
         report.loaded[name] = want.numel()
-    report.new = {k: v.numel() for k, v in target.items() if k not in report.loaded and v.is_floating_point()}
+    groups = aliases(network)
+    for key in list(report.loaded):            # every name of a loaded tensor gets its value (strict load)
+        for alias in groups.get(key, [key])[1:]:
+            new_state[alias] = new_state[key]
+    report.new = {k: target[k].numel() for k in groups if k not in report.loaded and target[k].is_floating_point()}
     report.warnings += record_warnings(record, spacing, normalization, intensity_properties)
     if report.encoder_fraction < min_fraction:
         detail = f"; shapes differ, e.g. {mismatched[0]}" if mismatched else ""

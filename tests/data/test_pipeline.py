@@ -77,7 +77,7 @@ def test_loader_benchmark_script_runs():
 
 def test_two_folders_with_the_same_basename_do_not_share_a_result_folder(tmp_path, nnunet_dirs):
     first, second = scans(tmp_path / "site_a" / "scans", 2), scans(tmp_path / "site_b" / "scans", 2)
-    prepare([str(first)], size="tiny", num_processes=1, log=lambda m: None)
+    assert prepare([str(first)], size="tiny", num_processes=1, log=lambda m: None).plan["name"] == "scans"
     manifest = json.loads((nnunet_dirs["nnUNet_preprocessed"] / "MiM_scans" / "manifest.json").read_text(
         encoding="utf-8"))
     assert manifest["sources"] == [str(first.resolve())]

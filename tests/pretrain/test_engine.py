@@ -319,3 +319,20 @@ def test_validation_loss_is_logged_plotted_and_exported(collection, tmp_path):
     assert record["validation"]["first"] == {"step": 0, **{k[4:]: v for k, v in val[0].items() if k.startswith("val_")}}
     assert record["validation"]["last"]["step"] == 4 and record["validation"]["crops"] == 2
     assert (tmp_path / "val" / "progress.png").is_file()
+
+
+def test_size_is_checked_per_backbone_and_unfit_sizes_are_one_line(collection, tmp_path):
+    from mim_nnunet.cli.pretrain import main
+    with pytest.raises(SystemExit) as info:
+        main(["-d", "x", "-backbone", "hybrid", "-size", "L"])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["-d", "x", "-backbone", "resenc", "-size", "base"])
+    # resenc's stride-32 stage needs two voxels: S = 32 cannot work, said in one line before any step
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "resenc32",
+                             "-backbone", "resenc", "-size", "tiny", "-np", "1", "-input_size", "32", "-steps", "2",
+                             "-workers", "0"], env=collection["env"], capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=600)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "mim_pretrain: error: resenc 'tiny': resenc: input_size [32, 32, 32] leaves the deepest stage one voxel, "
+        "where instance norm cannot train; make one axis at least 64")

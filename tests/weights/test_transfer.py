@@ -98,3 +98,35 @@ def test_intensities_unlike_the_exports_are_warned_about(tmp_path):
     assert len(found["zscore"]) == 1 and "z-score of the dataset's foreground (mean 62, std 140 HU)" in found["zscore"][0]
     assert "--window -1000 1000" in found["zscore"][0]
     assert len(found["narrow"]) == 1 and "window [-175.0, 250.0] HU" in found["narrow"][0]
+
+
+def test_resenc_export_sets_every_alias_of_each_tensor_and_counts_each_tensor_once():
+    """nnU-Net's ResidualEncoderUNet names each encoder tensor several times (``conv``/``all_modules.0``,
+    ``encoder.*``/``decoder.encoder.*``); the transfer gives every name the export's value and the table
+    counts each tensor once."""
+    from mim_nnunet.networks.resenc_unet import build_resenc_unet
+    encoder = build_encoder("resenc", "tiny", 1, (64, 32, 32))[0]
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.normal_()                                   # unlike any fresh initialisation
+    state = {k: v.clone() for k, v in encoder.export_state().items()}
+    record = {"backbone": "resenc", **encoder.export_record()}
+    network = build_resenc_unet(record["architecture"], 2, 3)
+    decoder_before = {k: v.clone() for k, v in network.decoder.state_dict().items() if not k.startswith("encoder.")}
+    report = transfer(network, state, record, "resenc.safetensors")
+    full = network.state_dict()
+    stem = "stem.convs.0.conv.weight"
+    assert torch.equal(full["encoder.stem.convs.0.all_modules.0.weight"], inflate_stem(state[stem], 2))
+    assert torch.equal(full["decoder.encoder.stem.convs.0.conv.weight"], inflate_stem(state[stem], 2))
+    for key, value in state.items():
+        if key != stem:
+            assert torch.equal(full["encoder." + key], value) and torch.equal(full["decoder.encoder." + key], value)
+    for key, value in decoder_before.items():            # the decoder keeps its initialisation
+        assert torch.equal(network.decoder.state_dict()[key], value)
+    # counts, from the modules themselves: encoder tensors once, the decoder's own tensors once
+    encoder_numel = sum(p.numel() for p in network.encoder.parameters()) + \
+        sum(b.numel() for b in network.encoder.buffers() if b.is_floating_point())
+    decoder_ids = {id(p) for p in network.encoder.parameters()}
+    decoder_numel = sum(p.numel() for p in network.decoder.parameters() if id(p) not in decoder_ids)
+    assert report.encoder_fraction == 1.0 and report.encoder_expected == encoder_numel
+    assert sum(report.new.values()) == decoder_numel

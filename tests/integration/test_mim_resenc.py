@@ -1,0 +1,81 @@
+"""MiM for nnU-Net's own ResEnc U-Net, in subprocesses: mim_pretrain -backbone resenc (tiny) -> stock
+nnUNetv2_plan_and_preprocess with a ResEnc planner -> check-transfer -> nnUNetv2_train with the MiM ResEnc
+trainer (every loaded encoder tensor = the export's) -> pre-training files deleted -> nnUNetv2_predict."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers.commands import command
+from helpers.synthetic import LABELS, write_dataset
+from mim_nnunet.weights.export import load_export
+
+DATASET = 905
+TRAINER = "nnUNetTrainerMiMResEnc_tiny_1epoch"
+PLANS = "nnUNetResEncUNetMPlans"
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, env, cwd, ok=True):
+    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=1200)
+    if ok:
+        assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def sha1(t):
+    """Independent of the code under test: hashlib over the tensor's raw bytes."""
+    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[name] = str(tmp_path / name)
+    env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, tmp_path).stdout.strip()
+    env["nnUNet_n_proc_DA"] = "2"
+    root = write_dataset(tmp_path / "nnUNet_raw", DATASET, num_train=5, num_test=1, shape=(64, 64, 64), seed=3)
+    # resenc needs two voxels at its stride-32 stage: S = 64 x 32 x 32 is its smallest input
+    run([command("mim_pretrain"), "-d", DATASET, "-o", "pre", "-backbone", "resenc", "-size", "tiny", "-np", "1",
+         "-input_size", "64", "32", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0",
+         "-val_crops", "1"], env, tmp_path)
+    export = Path(env["nnUNet_results"]) / "MiM_pre" / "resenc_tiny" / "export" / "mim_resenc_tiny.safetensors"
+    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-pl", "nnUNetPlannerResEncM",
+         "-np", "2"], env, tmp_path)
+
+    check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", TRAINER, "-p", PLANS, export],
+                env, tmp_path)
+    assert "100.00% of" in check.stdout and "transfer check passed" in check.stdout
+
+    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"],
+        env, tmp_path)
+    folder = Path(env["nnUNet_results"]) / root.name / f"{TRAINER}__{PLANS}__3d_fullres"
+    report = json.loads((folder / "fold_0" / "mim_transfer.json").read_text(encoding="utf-8"))
+    assert "newest resenc 'tiny' export" in report["how"] and report["encoder_fraction"] == 1.0
+    state, record = load_export(export)
+    assert len(report["digests"]) == len(state) > 50       # every export tensor, each once
+    for key, digest in report["digests"].items():          # the encoder at the start of fine-tuning = the export
+        assert digest == sha1(state[key[len("encoder."):]]), key
+    # the model folder's plans are stock ResEnc plans with the pre-trained encoder, the changes recorded
+    config = json.loads((folder / "plans.json").read_text(encoding="utf-8"))["configurations"]["3d_fullres"]
+    assert config["architecture"]["arch_kwargs"]["features_per_stage"] == \
+        record["architecture"]["arch_kwargs"]["features_per_stage"]
+    log = "".join(p.read_text(encoding="utf-8") for p in (folder / "fold_0").glob("training_log_*.txt"))
+    assert "n_stages: plans 5 -> pre-trained 6" in log and (folder / "fold_0" / "checkpoint_final.pth").is_file()
+
+    for pre in (Path(env["nnUNet_results"]) / "MiM_pre", Path(env["nnUNet_preprocessed"]) / "MiM_pre"):
+        shutil.rmtree(pre)
+    out = tmp_path / "pred"
+    run([command("nnUNetv2_predict"), "-i", root / "imagesTs", "-o", out, "-d", DATASET, "-c", "3d_fullres", "-f",
+         "0", "-tr", TRAINER, "-p", PLANS, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], env, tmp_path)
+    preds = sorted(out.glob("*.nii.gz"))
+    assert len(preds) == 1
+    assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(preds[0]))))) <= set(LABELS.values())
