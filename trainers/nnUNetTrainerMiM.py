@@ -27,6 +27,12 @@ class nnUNetTrainerMiM(MiMFineTuneTrainerBase):
     backbone = "hybrid"
 
 
+class nnUNetTrainerMiM_1epoch(nnUNetTrainerMiM):
+    """MiMUNETR base, 1 epoch of 2 + 1 iterations: the GPU check (scripts/gpu_check.py)."""
+
+    budget = "1epoch"
+
+
 class nnUNetTrainerMiM_tiny_1epoch(CPUVariant, nnUNetTrainerMiM):
     """Smoke tests: MiMUNETR tiny from a hybrid 'tiny' export, 1 epoch of 2 + 1 iterations."""
 
