@@ -16,7 +16,12 @@ import numpy as np
 
 from ..backbones import backbone_sizes
 from ..common.errors import MimError
-from ..mim.config import MIM_SWITCHES, subvolumes_per_crop
+from ..mim.config import (
+    ALIGN_DIM_BY_SIZE,
+    MIM_SWITCHES,
+    align_dim_for,
+    subvolumes_per_crop,
+)
 from ..mim.tokens import INPUT_MULTIPLE
 from .intensity import foreground_rule, intensity_scheme
 from .loader import UNIFORM_CROP_FRACTION
@@ -164,7 +169,11 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     explain["store_dtype"] = f"{STORE_DTYPE}: [0, 1] CT in steps of 1/2048 (about 1 HU); halves the store's size"
     explain["backbone_sizes"] = (f"the '{size}' entry of the {backbone} backbone's size table (mim_nnunet/backbones/"
                                  f"{backbone}.py); the run builds exactly these sizes")
+    mim = {**MIM_SWITCHES, "align_dim": align_dim_for(size)}
     explain["mim"] = "MiM switches at their spec defaults (MIM_SPEC.md); mim_pretrain flags override them per run"
+    if size in ALIGN_DIM_BY_SIZE:
+        explain["mim"] += (f"; align_dim {mim['align_dim']} instead of the paper's {MIM_SWITCHES['align_dim']} at the "
+                           f"'{size}' size (a lean checkpoint; mim_nnunet/mim/config.py ALIGN_DIM_BY_SIZE says why)")
     explain["gpu_memory_target_gb"] = "-gpu_memory_target: the memory per device the batch split is planned for"
     explain["collection"] = (f"{overall['num_cases']} usable cases, modalities {overall['modalities']} "
                              f"(fingerprint.json has the per-case details)")
@@ -173,7 +182,7 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
         "gpu_memory_target_gb": gpu_memory_target_gb, "in_channels": channels[0], "target_spacing": spacing,
         "orientation": STORE_ORIENTATION, "intensity": intensity, "foreground": foreground, "store_dtype": STORE_DTYPE,
         "input_size": s, "uniform_crop_fraction": UNIFORM_CROP_FRACTION,
-        "backbone_sizes": backbone_sizes(backbone, size), "mim": dict(MIM_SWITCHES),
+        "backbone_sizes": backbone_sizes(backbone, size), "mim": mim,
         "effective_batch_subvolumes": effective, "batch_by_device_count": batches, "lr": lr, "explain": explain,
     }
     return plan
