@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-device", choices=("cuda", "cpu"), default=None,
                      help="default: cuda when a GPU is visible, else cpu (said on start)")
     run.add_argument("-steps", type=int, default=None,
-                     help=f"optimiser steps of the run (default: {PRETRAIN_RECIPE['steps']})")
+                     help=f"optimiser steps of the run (default: {PRETRAIN_RECIPE['steps']}); the lr warm-up and "
+                          f"cosine decay to 0 are laid over them, so --c continues a run with its own steps and "
+                          f"refuses another -steps (a finished run is not extended: start a longer one with "
+                          f"-steps N -run NAME)")
     run.add_argument("--c", action="store_true", help="continue the run in the results folder from its last "
                                                       "checkpoint, exactly as it would have gone on")
     run.add_argument("-stop_at", type=int, default=None,

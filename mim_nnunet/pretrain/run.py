@@ -69,7 +69,7 @@ def settings_for(request: RunRequest, world_size: int, device: str, log=print) -
                            f"{str(state['settings'].get('manifest_hash'))[:12]}, now "
                            f"{prepared.plan['manifest_hash'][:12]}); an exact continuation needs the same -d")
         settings = continued_settings(state["settings"], world_size, device, out, prepared.store,
-                                      **request.operational)
+                                      steps=request.steps, done=int(state["step"]), **request.operational)
     else:
         if latest.is_file():
             raise MimError(f"{out} already holds a run ({CHECKPOINT}); continue it with --c, or start another with "
