@@ -86,7 +86,8 @@ def transfer_for_dataset(dataset: str, trainer_name: str, weights: str, configur
     state, record = load_export(weights)
     report = transfer(target.network, state, record, weights, spacing=target.configuration.spacing,
                       normalization=target.configuration.normalization_schemes,
-                      intensity_properties=target.plans.get("foreground_intensity_properties_per_channel"))
+                      intensity_properties=target.plans.get("foreground_intensity_properties_per_channel"),
+                      trainer=trainer_name)
     return target, report
 
 

@@ -37,7 +37,7 @@ from ..common.errors import MimError, PlansError
 from ..networks import build_network
 from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
 from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
-from ..weights.finding import find_weights
+from ..weights.finding import dataset_modality, find_weights
 from ..weights.transfer import transfer
 from .plans import adapt_configuration, require_3d
 from .variants import BUDGETS
@@ -231,7 +231,7 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
         kwargs = self.configuration_manager.network_arch_init_kwargs
         if path is None:
             path, how = find_weights(self.plans_manager.plans, self.backbone, size_of(self.backbone, kwargs),
-                                     type(self).__name__)
+                                     type(self).__name__, modality=dataset_modality(self.dataset_json))
         else:
             how = "given"
         self.print_to_log_file(f"MiM: pre-trained encoder {path} (found through {how})")
@@ -239,7 +239,8 @@ class MiMFineTuneTrainerBase(FineTuneTrainerBase):
         report = transfer(unwrap(self.network), {k: v.to(self.device) for k, v in state.items()}, record, str(path),
                           spacing=self.configuration_manager.spacing,
                           normalization=self.configuration_manager.normalization_schemes,
-                          intensity_properties=self.plans_manager.foreground_intensity_properties_per_channel)
+                          intensity_properties=self.plans_manager.foreground_intensity_properties_per_channel,
+                          trainer=type(self).__name__)
         for line in report.table().splitlines():
             self.print_to_log_file(line)
         if self.local_rank == 0:
