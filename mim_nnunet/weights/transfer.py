@@ -131,11 +131,14 @@ def check_size(network: nn.Module, state: Mapping[str, Tensor], record: Mapping,
         return
     have, need = int(state[key].shape[0]), int(want.shape[0])
     export_size = record.get("size") or size_of_width(backbone, have) or "unknown size"
-    network_size = size_of_width(backbone, need) or "another size"
+    network_size = size_of_width(backbone, need)
     who = trainer or type(network).__name__
-    fits = f"use {trainer_for(backbone, export_size)} or a '{network_size}' export" \
-        if export_size in size_table(backbone) and network_size in size_table(backbone) else \
-        f"pre-train with -size {network_size}"
+    if network_size is None:
+        network_size, fits = "another size", f"pre-train an encoder of feature width {need}"
+    elif export_size in size_table(backbone):
+        fits = f"use {trainer_for(backbone, export_size)} or a '{network_size}' export"
+    else:
+        fits = f"pre-train with -size {network_size}"
     raise TransferError(f"{source}: the export is {backbone} '{export_size}' (feature width {have}), {who} builds "
                         f"{backbone} '{network_size}' (feature width {need}): {fits}")
 
