@@ -37,8 +37,10 @@ def run_one(backbone: str, size: str, input_size: int, device: str, dtype: str, 
 
     from mim_nnunet.backbones import build_encoder
     from mim_nnunet.mim import MiM, MiMConfig
+    from mim_nnunet.mim.config import align_dim_for
 
-    cfg = MiMConfig(input_size=(input_size,) * 3, levels=levels)
+    # the projection width the plan gives this size (the tiny size's is narrower than the paper's 2048)
+    cfg = MiMConfig(input_size=(input_size,) * 3, levels=levels, align_dim=align_dim_for(size))
     encoder, decoder_sizes = build_encoder(backbone, size, 1, cfg.input_size,
                                            **({"use_checkpoint": True} if checkpointing else {}))
     model = MiM(encoder, cfg, **decoder_sizes).to(device)

@@ -25,8 +25,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-size", choices=SIZES, default=None,
                         help="hybrid, swin: base (default), tiny; resenc: M, L (default; nnU-Net's ResEnc-M/-L "
                              "encoders), tiny")
-    parser.add_argument("-gpu_memory_target", type=float, default=DEFAULT_GPU_MEMORY_TARGET_GB,
-                        help="GPU memory per device to plan the batch for, in GB (default: %(default)s)")
+    parser.add_argument("-gpu_memory_target", type=float, default=None,
+                        help=f"memory per device to plan the batch for, in GB (default: {DEFAULT_GPU_MEMORY_TARGET_GB:g} "
+                             f"for GPUs; mim_pretrain on the CPU: from the RAM available, said in the plan)")
     parser.add_argument("-np", type=int, default=2, help="processes for fingerprint and preprocessing")
     parser.add_argument("-modality", nargs="+", default=[AUTO], metavar="{CT,MRI,auto}",
                         help="modality of folders and datalists, one for all or one per -d entry; 'auto' (default) "
@@ -55,11 +56,14 @@ def check_size(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
     return args
 
 
-def prepare_from(args: argparse.Namespace):
-    """Run the data preparation the flags describe (:func:`mim_nnunet.data.pipeline.prepare`)."""
+def prepare_from(args: argparse.Namespace, device: str = "cuda", processes: int = 1):
+    """Run the data preparation the flags describe (:func:`mim_nnunet.data.pipeline.prepare`) for a run on
+    ``processes`` local ``device`` processes (the memory target: :func:`mim_nnunet.data.planner.memory_target_for`)."""
     from ..data.pipeline import prepare
+    from ..data.planner import memory_target_for
     return prepare(args.d, name=args.name, backbone=args.backbone, size=args.size,
-                   gpu_memory_target_gb=args.gpu_memory_target, num_processes=args.np,
+                   gpu_memory_target_gb=memory_target_for(device, processes, args.gpu_memory_target),
+                   num_processes=args.np,
                    allow_partial=args.allow_partial, modality=args.modality, leakage_dataset=args.check_leakage,
                    leakage_fail=args.fail_on_leakage, replan=args.replan, spacing_xyz=args.spacing)
 

@@ -12,7 +12,7 @@ import functools
 import sys
 from typing import Dict, List, Optional
 
-from ..mim.config import MIM_SWITCHES
+from ..mim.config import ALIGN_DIM_BY_SIZE, MIM_SWITCHES
 from ..mim.losses import LEVEL_WEIGHT_SCHEDULES
 from ..pretrain.settings import (
     DEFAULT_LOADER_WORKERS,
@@ -37,7 +37,8 @@ SWITCH_HELP = {
     "align_pairs": "L1-L2 and L2-L3 alignment terms on/off (Table 10)",
     "detach_parent": "stop-gradient on parent features",
     "tau": "InfoNCE temperature",
-    "align_dim": "output size of the alignment projections",
+    "align_dim": "output size of the alignment projections; the plan's is the spec's except per size "
+                 + ", ".join(f"{size} {dim}" for size, dim in ALIGN_DIM_BY_SIZE.items()),
     "loss_weights": "b1..b5 of Eq. 10: L1, L2, L3 reconstruction, L1-L2, L2-L3 alignment",
     "level_weight_schedule": "reconstruction weights over training (Table 14)",
 }
@@ -78,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-device", choices=("cuda", "cpu"), default=None,
                      help="default: cuda when a GPU is visible, else cpu (said on start)")
     run.add_argument("-steps", type=int, default=None,
-                     help=f"optimiser steps of the run (default: {PRETRAIN_RECIPE['steps']})")
+                     help=f"optimiser steps of the run (default: {PRETRAIN_RECIPE['steps']}); the lr warm-up and "
+                          f"cosine decay to 0 are laid over them, so --c continues a run with its own steps and "
+                          f"refuses another -steps (a finished run is not extended: start a longer one with "
+                          f"-steps N -run NAME)")
     run.add_argument("--c", action="store_true", help="continue the run in the results folder from its last "
                                                       "checkpoint, exactly as it would have gone on")
     run.add_argument("-stop_at", type=int, default=None,

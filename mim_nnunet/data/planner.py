@@ -10,13 +10,19 @@ lr), so editing the plan changes the run. ``PLAN_KEYS`` lists them; ``explain`` 
 from __future__ import annotations
 
 import math
+import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..backbones import backbone_sizes
 from ..common.errors import MimError
-from ..mim.config import MIM_SWITCHES, subvolumes_per_crop
+from ..mim.config import (
+    ALIGN_DIM_BY_SIZE,
+    MIM_SWITCHES,
+    align_dim_for,
+    subvolumes_per_crop,
+)
 from ..mim.tokens import INPUT_MULTIPLE
 from .intensity import foreground_rule, intensity_scheme
 from .loader import UNIFORM_CROP_FRACTION
@@ -36,6 +42,13 @@ REFERENCE_LR = 1e-4
 REFERENCE_BATCH_SUBVOLUMES = 256
 DEFAULT_GPU_MEMORY_TARGET_GB = 24.0
 GPU_MEMORY_RESERVE_GB = 2.0             # CUDA context, optimiser state, fragmentation
+# On the CPU (mim_pretrain -device cpu, or no GPU) the default target comes from the RAM available when
+# planning: this fraction of it (the rest for the system, other programs and the loader workers), shared
+# by the processes, and halved because the CPU trains in fp32, about twice the bf16 memory per crop of the
+# table below (which is in GPU bf16 GB). Rounded down to a power of two so that the plan, and edits made
+# to it, stay put while free memory drifts a little between invocations.
+CPU_MEMORY_FRACTION = 0.75
+CPU_FP32_FACTOR = 2.0
 # GPU memory of one L1 crop (21 sub-volumes, forward + backward, bf16 autocast) at S = 96^3, in GB:
 # estimated as half of the fp32 peaks measured on the CPU by scripts/benchmark_pretrain_step.py
 # (hybrid base 21.8 GB, tiny 7.0 GB, swin tiny 12.3 GB; swin base with activation checkpointing).
@@ -49,6 +62,56 @@ MEMORY_PER_CROP_GB_AT_96 = {("hybrid", "base"): 11.0, ("hybrid", "tiny"): 3.5,
 PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb", "in_channels", "target_spacing",
              "orientation", "intensity", "foreground", "store_dtype", "input_size", "uniform_crop_fraction",
              "backbone_sizes", "mim", "effective_batch_subvolumes", "batch_by_device_count", "lr", "explain")
+
+
+class MemoryTarget(float):
+    """A memory target in GB that carries how it was chosen (``why``), for the plan's ``explain``; it passes
+    through the data pipeline as the plain float it is."""
+
+    why: str
+
+    def __new__(cls, gb: float, why: str) -> "MemoryTarget":
+        target = super().__new__(cls, gb)
+        target.why = why
+        return target
+
+
+def available_memory_gb() -> Optional[float]:
+    """RAM available now, in GB: ``MemAvailable`` of /proc/meminfo (Linux), else the free pages of
+    ``os.sysconf``; None when neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_target_for(device: str, processes: int = 1, given: Optional[float] = None) -> float:
+    """The memory target per device the batch split is planned for: ``given`` (``-gpu_memory_target``) as
+    is; on the CPU, sized from the RAM available (``CPU_MEMORY_FRACTION``, shared by ``processes``, / the
+    fp32 factor, rounded down to a power of two); on GPUs ``DEFAULT_GPU_MEMORY_TARGET_GB``. The CPU's
+    comes as a :class:`MemoryTarget` whose ``why`` goes into the plan's explanation."""
+    if given is not None:
+        return float(given)
+    if device != "cpu":
+        return DEFAULT_GPU_MEMORY_TARGET_GB
+    available = available_memory_gb()
+    if available is None or available <= 0:
+        return MemoryTarget(DEFAULT_GPU_MEMORY_TARGET_GB, f"CPU run, but the available RAM could not be read: the "
+                                                          f"GPU default {DEFAULT_GPU_MEMORY_TARGET_GB:g} GB; set "
+                                                          f"-gpu_memory_target")
+    share = available * CPU_MEMORY_FRACTION / max(int(processes), 1) / CPU_FP32_FACTOR
+    gb = 2.0 ** math.floor(math.log2(share))
+    return MemoryTarget(gb, f"sized for the CPU (no -gpu_memory_target): {available:.1f} GB RAM available x "
+                            f"{CPU_MEMORY_FRACTION:g} / {int(processes)} process(es) / {CPU_FP32_FACTOR:g} (the CPU "
+                            f"trains in fp32, the memory table is bf16) = {share:.2f} GB, rounded down to a power "
+                            f"of two ({gb:g} GB) so the plan stays put as free memory drifts")
 
 
 def target_spacing(median: Sequence[float], p10: Sequence[float], median_shape: Sequence[float]):
@@ -168,16 +231,21 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     explain["store_dtype"] = f"{STORE_DTYPE}: [0, 1] CT in steps of 1/2048 (about 1 HU); halves the store's size"
     explain["backbone_sizes"] = (f"the '{size}' entry of the {backbone} backbone's size table (mim_nnunet/backbones/"
                                  f"{backbone}.py); the run builds exactly these sizes")
+    mim = {**MIM_SWITCHES, "align_dim": align_dim_for(size)}
     explain["mim"] = "MiM switches at their spec defaults (MIM_SPEC.md); mim_pretrain flags override them per run"
-    explain["gpu_memory_target_gb"] = "-gpu_memory_target: the memory per device the batch split is planned for"
+    if size in ALIGN_DIM_BY_SIZE:
+        explain["mim"] += (f"; align_dim {mim['align_dim']} instead of the paper's {MIM_SWITCHES['align_dim']} at the "
+                           f"'{size}' size (a lean checkpoint; mim_nnunet/mim/config.py ALIGN_DIM_BY_SIZE says why)")
+    explain["gpu_memory_target_gb"] = getattr(gpu_memory_target_gb, "why", None) or \
+        "-gpu_memory_target: the memory per device the batch split is planned for"
     explain["collection"] = (f"{overall['num_cases']} usable cases, modalities {overall['modalities']} "
                              f"(fingerprint.json has the per-case details)")
     plan = {
         "name": name, "manifest_hash": fingerprint["manifest_hash"], "backbone": backbone, "size": size,
-        "gpu_memory_target_gb": gpu_memory_target_gb, "in_channels": channels[0], "target_spacing": spacing,
+        "gpu_memory_target_gb": float(gpu_memory_target_gb), "in_channels": channels[0], "target_spacing": spacing,
         "orientation": STORE_ORIENTATION, "intensity": intensity, "foreground": foreground, "store_dtype": STORE_DTYPE,
         "input_size": s, "uniform_crop_fraction": UNIFORM_CROP_FRACTION,
-        "backbone_sizes": backbone_sizes(backbone, size), "mim": dict(MIM_SWITCHES),
+        "backbone_sizes": backbone_sizes(backbone, size), "mim": mim,
         "effective_batch_subvolumes": effective, "batch_by_device_count": batches, "lr": lr, "explain": explain,
     }
     return plan

@@ -107,7 +107,8 @@ def transfer_for_dataset(dataset: str, trainer_name: str, weights: str, configur
                                  architecture=record.get("architecture"))
     report = transfer(target.network, state, record, weights, spacing=target.configuration.spacing,
                       normalization=target.configuration.normalization_schemes,
-                      intensity_properties=target.plans.get("foreground_intensity_properties_per_channel"))
+                      intensity_properties=target.plans.get("foreground_intensity_properties_per_channel"),
+                      trainer=trainer_name)
     return target, report
 
 

@@ -24,7 +24,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from ..backbones.resenc import RESENC_PLANNERS
 from ..common.errors import MimError
 from ..weights.export import load_export
-from ..weights.finding import find_weights
+from ..weights.finding import dataset_modality, find_weights
 from .plans import RECORD_KEY, require_3d
 from .resenc_plans import adapt_resenc_plans
 from .trainer import PretrainedEncoder, RunGuards
@@ -61,7 +61,7 @@ class MiMResEncTrainerBase(PretrainedEncoder, RunGuards, nnUNetTrainer):
     def find_export(self) -> Tuple[str, str]:
         if getattr(self, "_export", None) is None:
             self._export = find_weights(self.plans_manager.plans, self.backbone, self.export_size(),
-                                        type(self).__name__)
+                                        type(self).__name__, modality=dataset_modality(self.dataset_json))
         return self._export
 
     def pretrained_architecture(self, configuration: str) -> Tuple[dict, str]:

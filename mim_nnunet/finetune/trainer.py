@@ -42,7 +42,7 @@ from ..common.errors import MimError, PlansError
 from ..networks import build_network
 from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
 from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
-from ..weights.finding import find_weights
+from ..weights.finding import dataset_modality, find_weights
 from ..weights.transfer import transfer
 from .plans import adapt_configuration, require_3d
 from .variants import BUDGETS
@@ -231,7 +231,8 @@ class PretrainedEncoder:
 
     def find_export(self) -> Tuple[str, str]:
         """(path, how it was found) of the export to start from."""
-        return find_weights(self.plans_manager.plans, self.backbone, self.export_size(), type(self).__name__)
+        return find_weights(self.plans_manager.plans, self.backbone, self.export_size(), type(self).__name__,
+                            modality=dataset_modality(self.dataset_json))
 
     def initialize(self):
         super().initialize()
@@ -264,7 +265,8 @@ class PretrainedEncoder:
         report = transfer(unwrap(self.network), {k: v.to(self.device) for k, v in state.items()}, record, str(path),
                           spacing=self.configuration_manager.spacing,
                           normalization=self.configuration_manager.normalization_schemes,
-                          intensity_properties=self.plans_manager.foreground_intensity_properties_per_channel)
+                          intensity_properties=self.plans_manager.foreground_intensity_properties_per_channel,
+                          trainer=type(self).__name__)
         for line in report.table().splitlines():
             self.print_to_log_file(line)
         if self.local_rank == 0:

@@ -27,6 +27,18 @@ MIM_SWITCHES = {
     "loss_weights": (1.0, 1.0, 1.0, 0.1, 0.1),   # b1..b5 of Eq. 10 (Table 3)
     "level_weight_schedule": "concurrent",       # or coarse_to_fine / fine_to_coarse (Table 14)
 }
+# The alignment projections' output D per model size, where it is not the spec's 2048. D = 2048 is the
+# paper's value for its model (base, decoder width 576) and is kept for every full size. The tiny size
+# (tests, CPU demos; decoder width 144) uses 256: at 2048 its four Linear-GELU-Linear projections held 18 M
+# of its 21 M parameters (a 255 MB checkpoint with Adam's two moments) to rank at most 216 candidates (the
+# tokens of an L2 volume at S = 96), which 256 dims, wider than the 144 features they project, separate.
+# The planner writes the value into the plan's ``mim`` record; ``-align_dim`` overrides it per run.
+ALIGN_DIM_BY_SIZE = {"tiny": 256}
+
+
+def align_dim_for(size: str) -> int:
+    """The alignment projections' D for a model size: ``ALIGN_DIM_BY_SIZE``, else the spec's 2048."""
+    return ALIGN_DIM_BY_SIZE.get(size, MIM_SWITCHES["align_dim"])
 
 
 def _default(name):

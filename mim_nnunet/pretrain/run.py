@@ -18,10 +18,11 @@ from .settings import RunSettings, continued_settings, resolve_settings
 
 @dataclass
 class RunRequest:
-    """What the user asked for: the data to prepare (``prepare`` runs it and returns a
-    :class:`mim_nnunet.data.pipeline.Prepared`), the run, and the flags that override the plan."""
+    """What the user asked for: the data to prepare (``prepare(device, local_processes)`` runs it for a run on
+    that many local processes of that device and returns a :class:`mim_nnunet.data.pipeline.Prepared`), the
+    run, and the flags that override the plan."""
 
-    prepare: Callable[[], object]
+    prepare: Callable[[str, int], object]
     backbone: str
     size: str
     gpus: int = 1
@@ -57,7 +58,7 @@ def pick_device(requested: Optional[str], gpus: int, log=print) -> str:
 
 def settings_for(request: RunRequest, world_size: int, device: str, log=print) -> RunSettings:
     """Prepare the data and resolve the run's settings; ``settings.json`` records them."""
-    prepared = request.prepare()
+    prepared = request.prepare(device, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     out = run_folder(prepared.plan["name"], request.backbone, request.size, request.run)
     latest = out / CHECKPOINT
     for stale in remove_stale_temporaries(out):
@@ -69,7 +70,7 @@ def settings_for(request: RunRequest, world_size: int, device: str, log=print) -
                            f"{str(state['settings'].get('manifest_hash'))[:12]}, now "
                            f"{prepared.plan['manifest_hash'][:12]}); an exact continuation needs the same -d")
         settings = continued_settings(state["settings"], world_size, device, out, prepared.store,
-                                      **request.operational)
+                                      steps=request.steps, done=int(state["step"]), **request.operational)
     else:
         if latest.is_file():
             raise MimError(f"{out} already holds a run ({CHECKPOINT}); continue it with --c, or start another with "

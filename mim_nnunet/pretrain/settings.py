@@ -185,11 +185,30 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
     return settings
 
 
+def check_continued_steps(out_dir: str, run_steps: int, done: int, steps: Optional[int]) -> None:
+    """``--c -steps N``: the warm-up and the cosine decay to 0 are laid over the run's own total steps, so a
+    continuation keeps them; any other N is refused with the reason (never silently ignored). A longer run
+    is a new run (``-run NAME``): stretching a finished schedule would restart a decayed lr, and changing an
+    unfinished one would make the run neither the N-step nor the original one."""
+    if steps is None or int(steps) == run_steps:
+        return
+    if done >= run_steps:
+        raise MimError(f"{out_dir}: the run finished its {run_steps} steps (warm-up, then cosine to lr 0 at step "
+                       f"{run_steps}); --c cannot extend it to -steps {steps}: start a {steps}-step run with "
+                       f"-steps {steps} -run NAME")
+    raise MimError(f"{out_dir}: the run is at step {done} of its {run_steps}, and its lr schedule (warm-up, cosine to "
+                   f"0) is laid over those {run_steps}: --c continues it as it was started, so leave out -steps "
+                   f"{steps}" + (f" (use -stop_at {steps} to stop early)" if steps < run_steps else
+                                 f" (start a {steps}-step run with -steps {steps} -run NAME)"))
+
+
 def continued_settings(saved: Dict, world_size: int, device: str, out_dir: str, store: str,
-                       log=print, **operational) -> RunSettings:
+                       log=print, steps: Optional[int] = None, done: int = 0, **operational) -> RunSettings:
     """The settings of a run being continued (``--c``): as saved, except the operational flags, the
     folders and the device. Another device count is accepted when the effective batch can be kept
-    (same per-device batch, world x accumulation unchanged: the same data per step)."""
+    (same per-device batch, world x accumulation unchanged: the same data per step). ``steps`` (``-steps``,
+    None: not given) must be the run's own (:func:`check_continued_steps`; ``done``: steps already done)."""
+    check_continued_steps(out_dir, int(saved["steps"]), done, steps)
     # -stop_at belongs to one invocation: a continued run goes to the end unless given again
     settings = RunSettings.from_dict({**saved, "stop_at": None, **operational, "out_dir": str(out_dir),
                                       "store": str(store)})

@@ -2,7 +2,10 @@
 
 In order: the dataset's plans (key ``mim_pretrained_weights``, written by ``mim_nnunet set-weights``),
 the environment variable ``MIM_PRETRAINED_WEIGHTS``, the newest export that ``mim_pretrain`` wrote
-under ``$nnUNet_results`` for the same backbone and size.
+under ``$nnUNet_results`` for the same backbone and size, preferring those pre-trained on the dataset's
+modality (the record's ``normalisation`` names the modalities of the pre-training data; the dataset's is
+``dataset.json`` ``channel_names`` of channel 0: ``CT``, anything else MRI). When several exports qualify,
+the "how it was found" line names the choice, how many others there were and how to pick another.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Mapping, Optional, Tuple
 
 from ..common.atomic import write_json_atomic
 from ..common.errors import MimError
@@ -21,6 +24,17 @@ WEIGHTS_ENV = "MIM_PRETRAINED_WEIGHTS"
 # the from-scratch twin to suggest when no weights exist
 SCRATCH_TRAINER = {"hybrid": "nnUNetTrainerMiMScratch", "swin": "nnUNetTrainerSwinUNETR",
                    "resenc": "stock nnUNetTrainer with the same -p plans"}
+# the pre-trained trainer of each backbone at its full sizes; other sizes are its short variants
+# <name>_<size>_<budget>
+PRETRAINED_TRAINER = {"hybrid": "nnUNetTrainerMiM", "swin": "nnUNetTrainerMiMSwinUNETR", "resenc": "nnUNetTrainerMiMResEnc"}
+FULL_SIZES = ("base", "M", "L")
+
+
+def trainer_for(backbone: str, size: str) -> str:
+    """The trainer (family) that builds ``backbone`` at ``size``, for advice: ``nnUNetTrainerMiM``,
+    ``nnUNetTrainerMiM_tiny_*``."""
+    family = PRETRAINED_TRAINER[backbone]
+    return family if size in FULL_SIZES else f"{family}_{size}_* (e.g. {family}_{size}_1epoch)"
 
 
 class WeightsNotFound(MimError):
@@ -34,15 +48,46 @@ def _record(path: Path) -> dict:
         return {}
 
 
-def newest_export(results: Path, backbone: str, size: str) -> Optional[Path]:
-    """The most recently written export under ``results`` whose record names ``backbone`` and ``size``."""
+def dataset_modality(dataset_json: Mapping) -> Optional[str]:
+    """``CT`` or ``MRI``: nnU-Net's ``dataset.json`` ``channel_names`` (or the older ``modality``) of channel 0,
+    as nnU-Net reads it (``CT`` selects its CT normalisation, anything else is not CT); None when absent."""
+    names = dataset_json.get("channel_names") or dataset_json.get("modality") or {}
+    first = names.get("0", names.get(0)) if isinstance(names, Mapping) else None
+    if first is None:
+        return None
+    return "CT" if str(first).strip().upper() == "CT" else "MRI"
+
+
+def pretrained_modalities(record: Mapping) -> List[str]:
+    """The modalities an export was pre-trained on: the keys of its record's ``normalisation`` (``CT``, ``MRI``)."""
+    return sorted(record.get("normalisation") or {})
+
+
+def newest_export(results: Path, backbone: str, size: str, modality: Optional[str] = None) -> Tuple[Optional[Path], str]:
+    """(the most recently written export under ``results`` whose record names ``backbone`` and ``size``,
+    preferring those pre-trained on ``modality``; how it was chosen). (None, "") when there is none."""
     records = {p: _record(p) for p in Path(results).glob(EXPORT_GLOB)}
     found = [p for p, r in records.items() if r.get("backbone") == backbone and r.get("size") == size]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    if not found:
+        return None, ""
+    matching = [p for p in found if modality in pretrained_modalities(records[p])] if modality else []
+    pool = matching or found
+    chosen = max(pool, key=lambda p: p.stat().st_mtime)
+    how = f"the newest {backbone} '{size}' export of mim_pretrain under $nnUNet_results"
+    if modality:
+        how += (f" pre-trained on {modality} (the dataset's modality)" if matching else
+                f" (none was pre-trained on {modality}, the dataset's modality; this one on "
+                f"{'+'.join(pretrained_modalities(records[chosen])) or 'unrecorded data'})")
+    if len(found) > 1:
+        how += (f", chosen from {len(found)} candidates ({len(found) - 1} other(s)); pick another with "
+                f"`mim_nnunet set-weights -d DATASET FILE` or ${WEIGHTS_ENV}=FILE")
+    return chosen, how
 
 
-def find_weights(plans: dict, backbone: str, size: str, trainer: str) -> Tuple[Path, str]:
-    """(export path, how it was found); :class:`WeightsNotFound` with what to do otherwise."""
+def find_weights(plans: dict, backbone: str, size: str, trainer: str,
+                 modality: Optional[str] = None) -> Tuple[Path, str]:
+    """(export path, how it was found); :class:`WeightsNotFound` with what to do otherwise. ``modality``
+    (the dataset's, :func:`dataset_modality`) ranks the exports found under ``$nnUNet_results``."""
     named = (plans.get(PLANS_KEY) or {}).get(backbone)
     if named:
         if not Path(named).is_file():
@@ -54,9 +99,9 @@ def find_weights(plans: dict, backbone: str, size: str, trainer: str) -> Tuple[P
             raise WeightsNotFound(f"${WEIGHTS_ENV} names {env}, which does not exist")
         return Path(env), f"${WEIGHTS_ENV}"
     results = os.environ.get("nnUNet_results")
-    newest = newest_export(Path(results), backbone, size) if results else None
+    newest, how = newest_export(Path(results), backbone, size, modality) if results else (None, "")
     if newest is not None:
-        return newest, f"the newest {backbone} '{size}' export of mim_pretrain under $nnUNet_results"
+        return newest, how
     scratch = SCRATCH_TRAINER[backbone]
     raise WeightsNotFound(
         f"{trainer} found no pre-trained {backbone} '{size}' encoder: pre-train one with "

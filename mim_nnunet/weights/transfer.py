@@ -17,6 +17,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..backbones import size_table
 from ..backbones.hybrid import FINETUNE_ONLY_PARTS
 from ..backbones.resenc import RESENC_UNET_CLASS_NAME, tensor_aliases
 from ..common.errors import MimError
@@ -24,6 +25,7 @@ from ..common.hashing import tensor_sha1
 from ..mim.tokens import TOKEN_SIZE
 from ..networks.mim_unetr import MiMUNETR
 from .export import NETWORK_PREFIX, STEM_KEY, network_key
+from .finding import trainer_for
 
 MIN_ENCODER_FRACTION = 0.99
 SPACING_TOLERANCE = 0.25   # relative difference per axis above which the spacing mismatch is reported
@@ -125,16 +127,47 @@ def encoder_keys(network: nn.Module, backbone: str) -> List[str]:
             and not (backbone == "hybrid" and any(part in k for part in FINETUNE_ONLY_PARTS))]
 
 
+def size_of_width(backbone: str, width: int) -> Optional[str]:
+    """The size of ``backbone`` whose first feature width (the stem's output channels) is ``width``."""
+    first = {"hybrid": lambda sizes: sizes["channels"][0], "swin": lambda sizes: sizes["feature_size"],
+             "resenc": lambda sizes: sizes["features_per_stage"][0]}[backbone]
+    return next((name for name, sizes in size_table(backbone).items() if first(sizes) == width), None)
+
+
+def check_size(network: nn.Module, state: Mapping[str, Tensor], record: Mapping, source: str, backbone: str,
+               trainer: Optional[str] = None) -> None:
+    """:class:`TransferError` naming both sizes when the export's feature width is not the network's (a
+    'tiny' export given to a 'base' trainer), and which trainer or export fits instead."""
+    key = STEM_KEY[backbone]
+    want = network.state_dict().get(network_key(backbone, key))
+    if key not in state or want is None or state[key].shape[0] == want.shape[0]:
+        return
+    have, need = int(state[key].shape[0]), int(want.shape[0])
+    export_size = record.get("size") or size_of_width(backbone, have) or "unknown size"
+    network_size = size_of_width(backbone, need)
+    who = trainer or type(network).__name__
+    if network_size is None:
+        network_size, fits = "another size", f"pre-train an encoder of feature width {need}"
+    elif export_size in size_table(backbone):
+        fits = f"use {trainer_for(backbone, export_size)} or a '{network_size}' export"
+    else:
+        fits = f"pre-train with -size {network_size}"
+    raise TransferError(f"{source}: the export is {backbone} '{export_size}' (feature width {have}), {who} builds "
+                        f"{backbone} '{network_size}' (feature width {need}): {fits}")
+
+
 def transfer(network: nn.Module, state: Mapping[str, Tensor], record: Mapping, source: str,
              spacing: Optional[Sequence[float]] = None, normalization: Optional[Sequence[str]] = None,
              min_fraction: float = MIN_ENCODER_FRACTION,
-             intensity_properties: Optional[Mapping] = None) -> TransferReport:
+             intensity_properties: Optional[Mapping] = None, trainer: Optional[str] = None) -> TransferReport:
     """Load ``state`` (an export's tensors, with its ``record``) into ``network``; raise
-    :class:`TransferError` below ``min_fraction`` of the encoder's parameters (nothing is loaded then)."""
+    :class:`TransferError` below ``min_fraction`` of the encoder's parameters (nothing is loaded then), or
+    naming both sizes when the export is of another size than the network (``trainer``: who builds it)."""
     backbone = backbone_of(network)
     if record.get("backbone") != backbone:
         raise TransferError(f"{source}: a {record.get('backbone')!r} export, but {type(network).__name__} needs a "
                             f"{backbone!r} one (pre-train with -backbone {backbone})")
+    check_size(network, state, record, source, backbone, trainer)
     target = network.state_dict()
     report = TransferReport(source=source, backbone=backbone)
     expected = set(encoder_keys(network, backbone))

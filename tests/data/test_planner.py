@@ -1,10 +1,12 @@
 """The planner's choices on synthetic fingerprints, each expected value derived by hand below."""
 
 import json
+import os
 
 import pytest
 
-from mim_nnunet.data.planner import plan_pretraining
+from mim_nnunet.data import planner
+from mim_nnunet.data.planner import memory_target_for, plan_pretraining
 
 
 def fingerprint(median_spacing, p10, median_shape, modality="CT", channels=1):
@@ -59,3 +61,26 @@ def test_mri_and_memory_pressure():
 def test_planning_is_deterministic():
     fp = fingerprint([0.8, 0.78, 0.78], [0.7, 0.7, 0.7], [200, 512, 512])
     assert json.dumps(plan_pretraining(fp, "swin", "tiny")) == json.dumps(plan_pretraining(fp, "swin", "tiny"))
+
+
+def test_on_the_cpu_the_memory_target_comes_from_the_ram(monkeypatch):
+    monkeypatch.setattr(planner, "available_memory_gb", lambda: 20.0)
+    # 20 GB x 0.75 / 2 processes / 2 (fp32 vs the table's bf16) = 3.75 GB -> power of two below: 2 GB
+    target = memory_target_for("cpu", processes=2)
+    assert target == 2.0 and "20.0 GB RAM available x 0.75 / 2 process(es) / 2" in target.why
+    assert memory_target_for("cpu", processes=1) == 4.0                 # 7.5 -> 4
+    assert memory_target_for("cuda") == 24.0 and memory_target_for("cpu", given=10.0) == 10.0
+    plan = plan_pretraining(fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [300, 512, 512]), "hybrid", "tiny", target)
+    # hybrid tiny: 3.5 GB per 96^3 crop; (2 - 2) // 3.5 = 0 fit: one crop per device, 16 crops by accumulation
+    assert plan["gpu_memory_target_gb"] == 2.0 and type(plan["gpu_memory_target_gb"]) is float
+    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16}
+    assert plan["explain"]["gpu_memory_target_gb"] == target.why
+    json.dumps(plan)
+    monkeypatch.setattr(planner, "available_memory_gb", lambda: None)
+    assert memory_target_for("cpu") == 24.0 and "could not be read" in memory_target_for("cpu").why
+
+
+def test_available_memory_is_read_from_the_system():
+    available = planner.available_memory_gb()
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+    assert 0 < available <= total

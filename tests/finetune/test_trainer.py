@@ -1,6 +1,8 @@
 """Our trainer classes as nnU-Net finds and builds them (no training here: see the integration test)."""
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from monai.networks.nets import SwinUNETR
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
+from helpers.exports import MRI_RECORD, hybrid_export
 from helpers.plans_factory import DATASET_JSON, make_plans
 from mim_nnunet.common.environment import trainers_dir
 from mim_nnunet.common.errors import PlansError
@@ -129,3 +132,35 @@ def test_a_non_finite_train_loss_stops_before_any_checkpoint_is_written(find_tra
         trainer.on_epoch_end()
     assert "error: val loss is inf at epoch 0; no checkpoint written" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "fold_0").iterdir() if p.suffix == ".pth") == ["checkpoint_best.pth"]
+
+
+def test_the_trainer_says_which_export_it_chose_and_names_a_size_mismatch(find_trainer, nnunet_dirs, monkeypatch):
+    from mim_nnunet.weights.finding import WEIGHTS_ENV
+    from mim_nnunet.weights.transfer import TransferError
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    results = nnunet_dirs["nnUNet_results"]
+    ct = hybrid_export(results / "MiM_ct" / "hybrid_tiny" / "export", "mim_hybrid_tiny")
+    mri = hybrid_export(results / "MiM_mr" / "hybrid_tiny" / "export", "mim_hybrid_tiny", normalisation=MRI_RECORD)
+    os.utime(ct, (1, 1))                                               # the MRI export is the newest
+    trainer = make_trainer(find_trainer("nnUNetTrainerMiM_tiny_1epoch"), patch_3d=(32, 64, 64))
+    trainer.plans_manager.plans["foreground_intensity_properties_per_channel"] = {}   # make_plans has none
+    trainer.network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1,
+                                                         trainer.label_manager.num_segmentation_heads, False)
+    trainer.load_pretrained_encoder()
+    lines = [line for line in Path(trainer.log_file).read_text(encoding="utf-8").splitlines()
+             if "MiM: pre-trained encoder" in line]
+    # the dataset is CT (DATASET_JSON channel 0): the CT export, in one line with the count and how to pick another
+    assert len(lines) == 1 and f"encoder {ct} (found through" in lines[0] and str(mri) not in lines[0]
+    assert "chosen from 2 candidates (1 other(s)); pick another with `mim_nnunet set-weights" in lines[0]
+    assert f"${WEIGHTS_ENV}=FILE" in lines[0]
+    # the same tiny export given to the base trainer: both sizes named, and what fits instead
+    base = make_trainer(find_trainer("nnUNetTrainerMiM"), patch_3d=(32, 64, 64))
+    base.plans_manager.plans["foreground_intensity_properties_per_channel"] = {}
+    base.network = base.build_network_architecture(base.plans_manager, base.configuration_manager, 1,
+                                                   base.label_manager.num_segmentation_heads, False)
+    with pytest.raises(TransferError) as wrong:
+        base.load_pretrained_encoder(str(ct))
+    assert str(wrong.value) == (f"{ct}: the export is hybrid 'tiny' (feature width 12), nnUNetTrainerMiM builds "
+                                f"hybrid 'base' (feature width 48): use nnUNetTrainerMiM_tiny_* (e.g. "
+                                f"nnUNetTrainerMiM_tiny_1epoch) or a 'base' export")

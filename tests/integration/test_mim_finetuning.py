@@ -94,7 +94,8 @@ def test_transfer_check_passes_and_fails_with_named_problems(setup):
         "backbone": (run(check + ["-tr", HYBRID, exports["swin"]], env, work, ok=False),
                      "a 'swin' export, but MiMUNETR needs a 'hybrid' one"),
         "shapes": (run(check + ["-tr", "nnUNetTrainerMiM", exports["hybrid"]], env, work, ok=False),
-                   "of the encoder's parameters would load (at least 99% required); shapes differ"),
+                   "the export is hybrid 'tiny' (feature width 12), nnUNetTrainerMiM builds hybrid 'base' (feature "
+                   "width 48): use nnUNetTrainerMiM_tiny_* (e.g. nnUNetTrainerMiM_tiny_1epoch) or a 'base' export"),
         "scratch": (run(check + ["-tr", "nnUNetTrainerMiMScratch_tiny_1epoch", exports["hybrid"]], env, work, ok=False),
                     "nnUNetTrainerMiMScratch_tiny_1epoch trains from random weights: there is nothing to transfer"),
     }

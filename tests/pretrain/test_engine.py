@@ -179,6 +179,33 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tm
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--c" in again.stderr
 
 
+def test_continuing_with_other_steps_is_refused_with_the_reason(collection):
+    """--c -steps N: the schedule is laid over the run's own steps, so another N is refused, never ignored."""
+    env = collection["env"]
+    args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny", "-np", "1",
+            "-device", "cpu", "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-val_crops", "0",
+            "-run", "steps"]
+    cli = lambda *extra: subprocess.run(args + list(extra), env=env, capture_output=True, encoding="utf-8",
+                                        errors="replace", timeout=600)
+    out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_steps"
+    stopped = cli("-steps", "3", "-stop_at", "1")
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    longer = cli("--c", "-steps", "5")                                   # unfinished: not silently 3
+    assert longer.returncode == 2 and "Traceback" not in longer.stderr, longer.stderr[-2000:]
+    assert "the run is at step 1 of its 3" in longer.stderr and "-steps 5 -run NAME" in longer.stderr
+    assert load_checkpoint(out / CHECKPOINT)["step"] == 1                 # nothing trained
+    shorter = cli("--c", "-steps", "2")
+    assert shorter.returncode == 2 and "use -stop_at 2" in shorter.stderr
+    finished = cli("--c", "-steps", "3")                                  # its own steps: continues
+    assert finished.returncode == 0 and "resumed at step 1 of 3" in finished.stdout, finished.stderr[-2000:]
+    extended = cli("--c", "-steps", "6")                                  # finished: not silently re-exported
+    assert extended.returncode == 2 and "Traceback" not in extended.stderr, extended.stderr[-2000:]
+    last = extended.stderr.strip().splitlines()[-1]                     # one line after the progress bars
+    assert last.startswith("mim_pretrain: error: ") and "finished its 3 steps" in last and "-steps 6 -run NAME" in last
+    assert load_checkpoint(out / CHECKPOINT)["step"] == 3
+    assert json.loads((out / "export" / "mim_hybrid_tiny.json").read_text(encoding="utf-8"))["steps"] == 3
+
+
 def test_cli_two_gloo_processes_finish_and_export(collection):
     env = collection["env"]
     result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",

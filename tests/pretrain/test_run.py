@@ -74,3 +74,25 @@ def test_a_plan_for_other_settings_is_planned_again(prepared):
     path.write_text(json.dumps(plan), encoding="utf-8")
     other_target = run(gpu_memory_target_gb=40.0)
     assert other_target.plan["gpu_memory_target_gb"] == 40.0 and other_target.plan["lr"] != 0.5
+
+
+def test_a_cpu_run_plans_its_batch_for_the_cpus_memory(tmp_path, nnunet_dirs, monkeypatch):
+    from mim_nnunet.cli.pretrain import build_parser, request_from
+    from mim_nnunet.data import planner
+    from mim_nnunet.pretrain.run import settings_for
+
+    folder = tmp_path / "scans"
+    for i in range(2):
+        write(ct_array((16, 24, 20), seed=i), folder / f"s{i}.nii.gz")
+    monkeypatch.setattr(planner, "available_memory_gb", lambda: 12.0, raising=False)
+    args = build_parser().parse_args(["-d", str(folder), "-o", "cpu", "-size", "tiny", "-np", "1", "-device", "cpu"])
+    settings = settings_for(request_from(args), 1, "cpu", log=lambda *_: None)
+    plan = json.loads(plan_file(nnunet_dirs["nnUNet_preprocessed"] / "MiM_cpu", "hybrid", "tiny")
+                      .read_text(encoding="utf-8"))
+    # 12 GB x 0.75 / 1 process / 2 (fp32) = 4.5 -> 4 GB, not the 24 GB GPU default
+    assert plan["gpu_memory_target_gb"] == 4.0 and "sized for the CPU" in plan["explain"]["gpu_memory_target_gb"]
+    # S = 32 x 96 x 96 (the scans' 2.5 x 0.8 x 0.9 mm): a tiny crop is 3.5 GB x 1/3 = 1.17 GB in the table;
+    # (4 - 2) // 1.17 = 1 fits -> 1 crop per step, 16 accumulated (at 24 GB: 18 fit -> all 16 crops at once,
+    # about 37 GB in fp32)
+    assert plan["input_size"] == [32, 96, 96]
+    assert (settings.per_device_batch, settings.accumulation) == (1, 16)
