@@ -2,6 +2,7 @@
 
 import importlib.util
 import shutil
+import subprocess
 from pathlib import Path
 
 
@@ -10,6 +11,17 @@ def command(name: str) -> str:
     path = shutil.which(name)
     assert path is not None, f"{name} is not on PATH; run the tests through scripts/test.sh"
     return path
+
+
+def run(cmd, env, cwd=None, ok=True, timeout=1200) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (each part str()-ed) as a user would; with ``ok``, assert it succeeded, showing the tails of
+    its output otherwise."""
+    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=timeout)
+    if ok:
+        assert result.returncode == 0, \
+            f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
 
 
 REPO = Path(__file__).resolve().parents[2]          # the checkout the tests belong to

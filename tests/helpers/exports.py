@@ -18,3 +18,9 @@ def hybrid_export(tmp_path, name="h", size="tiny", input_size=(32, 32, 32), spac
     return export_encoder(encoder, "hybrid", size, tmp_path / f"{name}.safetensors", in_channels=1,
                           input_size=input_size, spacing=list(spacing),
                           normalisation=CT_RECORD if normalisation is None else normalisation)[0]
+
+
+def raw_sha1(t) -> str:
+    """SHA-1 of a tensor's raw bytes, independent of the code under test (hashlib only)."""
+    import hashlib
+    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()

@@ -6,9 +6,7 @@ commit's ``mim_nnunet``, ``trainers`` and ``plans``): it writes the files here, 
 it instead of the installed package, and the installed code reads them.
 """
 
-import hashlib
 import os
-import subprocess
 import tarfile
 import textwrap
 
@@ -17,7 +15,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers.commands import REPO, command
+from helpers.commands import REPO, command, run
+from helpers.exports import raw_sha1
 from helpers.synthetic import write_dataset
 from mim_nnunet.networks import MiMUNETR
 from mim_nnunet.weights.export import load_export
@@ -27,17 +26,6 @@ pytestmark = pytest.mark.slow
 OLD_CODE = REPO / "tests" / "fixtures" / "pre_regroup_ddb190f.tar.gz"
 DATASET = 905
 TRAINER = "nnUNetTrainerMiM_tiny_1epoch"          # a trainer class name of 0.1.0, kept since
-
-
-def run(cmd, env, cwd):
-    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, encoding="utf-8",
-                            errors="replace", timeout=1200)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-def sha1(t):
-    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +70,7 @@ def test_exports_of_0_1_0_load_and_transfer_exactly(old):
     report = transfer(net, hybrid, record, "old hybrid export")
     assert report.encoder_fraction == 1.0
     for key, digest in report.digests.items():
-        assert digest == sha1(hybrid[key[len("backbone."):]]), key
+        assert digest == raw_sha1(hybrid[key[len("backbone."):]]), key
     swin, record = load_export(old["exports"]["swin"])
     from monai.networks.nets import SwinUNETR
     target = SwinUNETR(in_channels=1, out_channels=2, feature_size=12)

@@ -2,11 +2,9 @@
 nnUNetv2_train with each MiM trainer -> pre-training files deleted -> nnUNetv2_predict; a 4-channel dataset
 with an inflated stem; -pretrained_weights through expand-weights; lr schedule across --c."""
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -15,26 +13,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command
+from helpers.commands import command, run
+from helpers.exports import raw_sha1
 from helpers.synthetic import LABELS, write_dataset
 from mim_nnunet.weights.export import load_export
 
 DATASET, DATASET4 = 902, 903
 HYBRID, SWIN = "nnUNetTrainerMiM_tiny_1epoch", "nnUNetTrainerMiMSwinUNETR_tiny_1epoch"
 pytestmark = pytest.mark.slow
-
-
-def run(cmd, env, cwd, ok=True):
-    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, encoding="utf-8",
-                            errors="replace", timeout=1200)
-    if ok:
-        assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def sha1(t):
-    """Independent of the code under test: hashlib over the tensor's raw bytes."""
-    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
 
 
 def four_channel_copy(root: Path, raw: Path) -> Path:
@@ -118,7 +104,7 @@ def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(set
         compared = [k for k in report["digests"] if k not in report["adapted"]]
         assert len(compared) > 20
         for key in compared:          # the network's encoder at the start of fine-tuning = the export
-            assert report["digests"][key] == sha1(state[key[len(prefix):]]), key
+            assert report["digests"][key] == raw_sha1(state[key[len(prefix):]]), key
     # prediction needs only the fine-tuned model: delete every pre-training file first
     for folder in (Path(env["nnUNet_results"]) / "MiM_pre", Path(env["nnUNet_preprocessed"]) / "MiM_pre"):
         shutil.rmtree(folder)

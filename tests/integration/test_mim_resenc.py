@@ -2,38 +2,24 @@
 nnUNetv2_plan_and_preprocess with a ResEnc planner -> check-transfer -> nnUNetv2_train with the MiM ResEnc
 trainer (every loaded encoder tensor = the export's) -> pre-training files deleted -> nnUNetv2_predict."""
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command
+from helpers.commands import command, run
+from helpers.exports import raw_sha1
 from helpers.synthetic import LABELS, write_dataset
 from mim_nnunet.weights.export import load_export
 
-DATASET = 905
+DATASET = 906
 TRAINER = "nnUNetTrainerMiMResEnc_tiny_1epoch"
 PLANS = "nnUNetResEncUNetMPlans"
 pytestmark = pytest.mark.slow
-
-
-def run(cmd, env, cwd, ok=True):
-    result = subprocess.run([str(c) for c in cmd], env=env, cwd=cwd, capture_output=True, encoding="utf-8",
-                            errors="replace", timeout=1200)
-    if ok:
-        assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-def sha1(t):
-    """Independent of the code under test: hashlib over the tensor's raw bytes."""
-    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
 
 
 def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export(tmp_path):
@@ -63,7 +49,7 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
     state, record = load_export(export)
     assert len(report["digests"]) == len(state) > 50       # every export tensor, each once
     for key, digest in report["digests"].items():          # the encoder at the start of fine-tuning = the export
-        assert digest == sha1(state[key[len("encoder."):]]), key
+        assert digest == raw_sha1(state[key[len("encoder."):]]), key
     # the model folder's plans are stock ResEnc plans with the pre-trained encoder, the changes recorded
     config = json.loads((folder / "plans.json").read_text(encoding="utf-8"))["configurations"]["3d_fullres"]
     assert config["architecture"]["arch_kwargs"]["features_per_stage"] == \

@@ -1,26 +1,19 @@
 """The user's path with stock nnU-Net commands in subprocesses: plan, train our trainer, predict."""
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command
+from helpers.commands import command, run
 from helpers.nnunet_checkpoint import load_nnunet_checkpoint
 from helpers.synthetic import LABELS, write_dataset
 
 DATASET_ID = 901
 TRAINER = "nnUNetTrainerSwinUNETR_fs12_1epoch"
 pytestmark = pytest.mark.slow
-
-
-def run(cmd, env, cwd):
-    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, encoding="utf-8", errors="replace", timeout=1200)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
 
 
 @pytest.fixture(scope="module")
