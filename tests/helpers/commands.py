@@ -24,6 +24,18 @@ def run(cmd, env, cwd=None, ok=True, timeout=1200) -> subprocess.CompletedProces
     return result
 
 
+def nnunet_env(work: Path, processes: int = 2) -> dict:
+    """This environment without nnU-Net's or our variables, then nnU-Net's three folders under ``work``, our
+    trainers folder and ``processes`` augmentation workers: what a user's shell holds after setup."""
+    import os
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        env[name] = str(Path(work) / name)
+    env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, work).stdout.strip()
+    env["nnUNet_n_proc_DA"] = str(processes)
+    return env
+
+
 REPO = Path(__file__).resolve().parents[2]          # the checkout the tests belong to
 SCRIPTS = REPO / "scripts"
 

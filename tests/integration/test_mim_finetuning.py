@@ -3,7 +3,6 @@ nnUNetv2_train with each MiM trainer -> pre-training files deleted -> nnUNetv2_p
 with an inflated stem; -pretrained_weights through expand-weights; lr schedule across --c."""
 
 import json
-import os
 import shutil
 import sys
 import textwrap
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command, run
+from helpers.commands import command, nnunet_env, run
 from helpers.exports import raw_sha1
 from helpers.synthetic import LABELS, write_dataset
 from mim_nnunet.weights.export import load_export
@@ -44,11 +43,7 @@ def four_channel_copy(root: Path, raw: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     work = tmp_path_factory.mktemp("mim")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[name] = str(work / name)
-    env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, work).stdout.strip()
-    env["nnUNet_n_proc_DA"] = "2"
+    env = nnunet_env(work)
     root = write_dataset(work / "nnUNet_raw", DATASET, num_train=5, num_test=2, shape=(64, 64, 64), seed=2)
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "2"], env, work)
     exports = {}

@@ -3,7 +3,6 @@ nnUNetv2_plan_and_preprocess with a ResEnc planner -> check-transfer -> nnUNetv2
 trainer (every loaded encoder tensor = the export's) -> pre-training files deleted -> nnUNetv2_predict."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command, run
+from helpers.commands import command, nnunet_env, run
 from helpers.exports import raw_sha1
 from helpers.synthetic import LABELS, write_dataset
 from mim_nnunet.weights.export import load_export
@@ -23,11 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[name] = str(tmp_path / name)
-    env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, tmp_path).stdout.strip()
-    env["nnUNet_n_proc_DA"] = "2"
+    env = nnunet_env(tmp_path)
     root = write_dataset(tmp_path / "nnUNet_raw", DATASET, num_train=5, num_test=1, shape=(64, 64, 64), seed=3)
     # resenc needs two voxels at its stride-32 stage: S = 64 x 32 x 32 is its smallest input
     run([command("mim_pretrain"), "-d", DATASET, "-o", "pre", "-backbone", "resenc", "-size", "tiny", "-np", "1",
