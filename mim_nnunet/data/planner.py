@@ -47,14 +47,19 @@ STEP_MEMORY_FP32_AT_96 = {
                          "source": "estimate, not yet measured per chunk: the one-shot step's CPU peak RSS at 96^3 "
                                    "(21.8 GB, scripts/benchmark_pretrain_step.py, fp32) less the kept volumes, "
                                    "all counted per sub-volume"},
-    ("hybrid", "tiny"): {"fixed_gb": 0.0, "per_subvolume_gb": 0.325,
-                         "source": "estimate, not yet measured per chunk: the one-shot step's CPU peak RSS at 96^3 "
-                                   "(7.0 GB), all counted per sub-volume"},
+    ("hybrid", "tiny"): {"fixed_gb": 1.11, "per_subvolume_gb": 0.243,
+                         "source": "measured: CPU peak RSS, fp32, one crop, S = 64 (scripts/benchmark_pretrain_step.py "
+                                   "--configs hybrid:tiny --input-size 64 --chunks 0,1; 2-core CPU, 2026-11-29): one shot "
+                                   "2735 MB, chunk 1 1261 MB; per sub-volume = the difference / 20, x 3.375 to 96^3; "
+                                   "fixed = the rest (CPU process: interpreter and libraries included)"},
     ("swin", "base"): {"fixed_gb": 0.0, "per_subvolume_gb": 2.28,
                        "source": "estimate, not yet measured: twice the former bf16 guess of 24 GB per crop"},
-    ("swin", "tiny"): {"fixed_gb": 0.0, "per_subvolume_gb": 0.578,
-                       "source": "estimate, not yet measured per chunk: the one-shot step's CPU peak RSS at 96^3 "
-                                 "(12.3 GB), all counted per sub-volume"},
+    ("swin", "tiny"): {"fixed_gb": 1.84, "per_subvolume_gb": 0.751,
+                       "source": "measured: CPU peak RSS, fp32, one crop, S = 64 (scripts/benchmark_pretrain_step.py "
+                                 "--configs swin:tiny --input-size 64 --chunks 0,1; 2-core CPU, 2026-11-29): one shot "
+                                 "6716 MB, chunk 1 2161 MB; per sub-volume = the difference / 20, x 3.375 to 96^3; "
+                                 "fixed = the rest. Conservative between the two points (chunk 4: 3518 MB, 16: 4754 MB "
+                                 "measured; large batches recompute the window attention)"},
 }
 # A step keeps, per crop, its 2S crop (8 S-volumes) and the inputs and predictions of its 21 sub-volumes.
 KEPT_VOLUMES_PER_CROP = 8 + 2 * 21

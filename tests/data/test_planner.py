@@ -83,7 +83,9 @@ def test_chunk_and_batch_fit_the_memory_target(backbone, size):
     fp = fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [300, 512, 512])
     chunks = []
     for target in (4.0, 6.0, 10.0, 14.0):
-        split = plan_pretraining(fp, backbone, size, target)["batch_by_device_count"]["1"]
+        plan = plan_pretraining(fp, backbone, size, target)
+        split = plan["batch_by_device_count"]["1"]
+        assert entry["source"] in plan["explain"]["batch_by_device_count"]       # the plan names its source
         available = target - 2.0
         batch, chunk = split["per_device_batch"], split["chunk"]
         live = 21 * batch if chunk == 0 else min(chunk, 16 * batch)
