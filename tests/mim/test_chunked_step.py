@@ -69,7 +69,7 @@ def test_chunked_step_has_the_one_shot_gradients_and_losses(backbone, crops, swi
     assert abs(sum(calls) - float(ref["loss"].detach())) <= TOLERANCE       # the chunks' losses sum to the step's
     for mine, theirs in zip(out["levels"], ref["levels"]):
         assert torch.equal(mine["mask"], theirs["mask"]) and torch.equal(mine["inputs"], theirs["inputs"])
-        assert float((mine["pred"] - theirs["pred"]).abs().max()) <= TOLERANCE and not mine["pred"].requires_grad
+        assert float((mine["pred"] - theirs["pred"].detach()).abs().max()) <= TOLERANCE and not mine["pred"].requires_grad
 
 
 def test_chunks_hold_fewer_sub_volumes_at_once():
