@@ -47,11 +47,12 @@ STEP_MEMORY_FP32_AT_96 = {
                          "source": "estimate, not yet measured per chunk: the one-shot step's CPU peak RSS at 96^3 "
                                    "(21.8 GB, scripts/benchmark_pretrain_step.py, fp32) less the kept volumes, "
                                    "all counted per sub-volume"},
-    ("hybrid", "tiny"): {"fixed_gb": 1.11, "per_subvolume_gb": 0.243,
-                         "source": "measured: CPU peak RSS, fp32, one crop, S = 64 (scripts/benchmark_pretrain_step.py "
-                                   "--configs hybrid:tiny --input-size 64 --chunks 0,1; 2-core CPU, 2026-11-29): one shot "
-                                   "2735 MB, chunk 1 1261 MB; per sub-volume = the difference / 20, x 3.375 to 96^3; "
-                                   "fixed = the rest (CPU process: interpreter and libraries included)"},
+    ("hybrid", "tiny"): {"fixed_gb": 1.19, "per_subvolume_gb": 0.251,
+                         "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
+                                   "--configs hybrid:tiny --input-size 96 --chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 "
+                                   "1649 MB, chunk 8 3446 MB; per sub-volume = the difference / 7; fixed = the rest (CPU "
+                                   "process: interpreter and libraries included). At S = 64 the one-shot step (2735 MB) "
+                                   "and chunk 1 (1261 MB) give 0.243 GB per sub-volume at 96^3"},
     ("swin", "base"): {"fixed_gb": 0.0, "per_subvolume_gb": 2.28,
                        "source": "estimate, not yet measured: twice the former bf16 guess of 24 GB per crop"},
     ("swin", "tiny"): {"fixed_gb": 1.84, "per_subvolume_gb": 0.751,
