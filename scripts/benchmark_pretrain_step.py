@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Time one MiM pre-training step (forward + backward of one L1 crop = 21 sub-volumes).
 
-Prints one JSON line per configuration: median seconds per L1 crop after warm-up, peak memory,
-parameter counts (whole MiM model and encoder). Configurations: hybrid base, hybrid tiny, swin base and
-resenc tiny/M/L at S = 96 by default; fp32 on the CPU, and bf16 autocast as well where a GPU exists. Each
-configuration runs in its own process so that the CPU peak memory (max RSS) is its own; with
-``--memory-limit-gb`` that process gets an address-space limit and a configuration that does not fit
-reports where it failed instead of taking the machine down.
+Per configuration (backbone, size, input size S, sub-volume chunk, activation checkpointing, device,
+dtype): median seconds per L1 crop after warm-up, sub-volumes per second, peak memory, parameter counts
+(whole MiM model and encoder), and on a GPU the FLOPs of one step (``torch.utils.flop_counter``), the
+achieved TFLOP/s and, with ``--peak-tflops``, the MFU. Configurations: hybrid base, hybrid tiny, swin
+base and resenc tiny/M/L at S = 96 by default, each at every ``--chunks`` value (0 = one shot, else
+``MiM.forward_backward`` in chunks of that many sub-volumes); fp32 on the CPU, and bf16 autocast as
+well where a GPU exists. Each configuration runs in its own process so that the CPU peak memory (max
+RSS) is its own (on a GPU: ``torch.cuda.max_memory_allocated``); with ``--memory-limit-gb`` that process
+gets an address-space limit and a configuration that does not fit reports where it failed instead of
+taking the machine down. Prints a markdown table; ``--json`` writes the rows.
 
     python scripts/benchmark_pretrain_step.py                       # the full table (slow on CPU)
-    python scripts/benchmark_pretrain_step.py --configs hybrid:tiny --input-size 64 --repeats 2
+    python scripts/benchmark_pretrain_step.py --configs hybrid:tiny --input-size 64 --chunks 0,1,4
     python scripts/benchmark_pretrain_step.py --configs resenc:L --memory-limit-gb 18 --levels 1
 """
 
@@ -23,8 +27,15 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 DEFAULT_CONFIGS = "hybrid:base,hybrid:tiny,swin:base,resenc:tiny,resenc:M,resenc:L"
+# The markdown table's columns: (header, row key).
+TABLE = (("backbone", "backbone"), ("size", "size"), ("S", "input_size"), ("chunk", "chunk"),
+         ("ckpt", "activation_checkpointing"), ("device", "device"), ("dtype", "dtype"),
+         ("s / crop", "sec_per_l1_crop_median"), ("sub-vol / s", "subvolumes_per_s"),
+         ("peak MB", "peak_memory_mb"), ("peak kind", "peak_memory_kind"), ("TFLOP / step", "tflop_per_step"),
+         ("TFLOP/s", "tflops"), ("MFU", "mfu"), ("error", "error"))
 
 
 def peak_rss_mb() -> float:
@@ -32,7 +43,7 @@ def peak_rss_mb() -> float:
 
 
 def run_one(backbone: str, size: str, input_size: int, device: str, dtype: str, warmup: int, repeats: int,
-            checkpointing: bool, levels: int = 3) -> dict:
+            checkpointing: bool, levels: int = 3, chunk: int = 0, peak_tflops: float = 0.0) -> dict:
     import torch
 
     from mim_nnunet.backbones import build_encoder
@@ -45,39 +56,67 @@ def run_one(backbone: str, size: str, input_size: int, device: str, dtype: str, 
                                            **({"use_checkpoint": True} if checkpointing else {}))
     model = MiM(encoder, cfg, **decoder_sizes).to(device)
     crop = torch.randn(1, 1, *cfg.l1_crop_size, device=device)
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=(dtype == "bf16"))
+
+    def step(i: int) -> int:
+        """One step's forward and backward; returns its sub-volume count."""
+        g = torch.Generator(device=device).manual_seed(i)
+        if chunk:
+            out = model.forward_backward(crop, lambda loss: loss.backward(), chunk, generator=g, autocast=autocast)
+        else:
+            with autocast():
+                out = model(crop, generator=g)
+            out["loss"].backward()
+        return sum(lvl["inputs"].shape[0] for lvl in out["levels"])
+
+    described = {"backbone": backbone, "size": size, "input_size": input_size, "chunk": chunk, "device": device,
+                 "dtype": dtype, "levels": levels, "activation_checkpointing": checkpointing,
+                 "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                 "encoder_params_m": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 2),
+                 "threads": torch.get_num_threads()}
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, sub_volumes = [], 0
     for i in range(warmup + repeats):
-        g = torch.Generator(device=device).manual_seed(i)
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         try:
-            with autocast:
-                out = model(crop, generator=g)
-            sub_volumes = sum(lvl["inputs"].shape[0] for lvl in out["levels"])
-            out["loss"].backward()
+            sub_volumes = step(i)
         except (RuntimeError, MemoryError) as exc:   # e.g. the address-space limit: say where it stopped
-            return {"backbone": backbone, "size": size, "input_size": input_size, "device": device, "dtype": dtype,
-                    "levels": levels, "error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300],
-                    "failed_in_step": i, "peak_memory_mb_at_failure": round(peak_rss_mb(), 1),
-                    "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-                    "encoder_params_m": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 2)}
+            return {**described, "error": (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300],
+                    "failed_in_step": i, "peak_memory_mb_at_failure": round(peak_rss_mb(), 1)}
         model.zero_grad(set_to_none=True)
         if device == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else peak_rss_mb()
-    return {"backbone": backbone, "size": size, "input_size": input_size, "device": device, "dtype": dtype,
-            "sec_per_l1_crop_median": round(statistics.median(times), 4), "sec_all": [round(t, 4) for t in times],
-            "levels": levels, "subvolumes_per_crop": sub_volumes,
-            "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": "cuda_allocated" if device == "cuda" else "max_rss",
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "encoder_params_m": round(sum(p.numel() for p in encoder.parameters()) / 1e6, 2),
-            "threads": torch.get_num_threads(), "activation_checkpointing": checkpointing}
+    seconds = statistics.median(times)
+    row = {**described, "sec_per_l1_crop_median": round(seconds, 4), "sec_all": [round(t, 4) for t in times],
+           "subvolumes_per_crop": sub_volumes, "subvolumes_per_s": round(sub_volumes / seconds, 3),
+           "peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": "cuda_allocated" if device == "cuda" else "max_rss"}
+    if device == "cuda":       # FLOPs of one more step, counted apart from the timed ones
+        from torch.utils.flop_counter import FlopCounterMode
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step(warmup + repeats)
+        model.zero_grad(set_to_none=True)
+        tflop = counter.get_total_flops() / 1e12
+        row.update(tflop_per_step=round(tflop, 4), tflops=round(tflop / seconds, 3))
+        if peak_tflops:
+            row["mfu"] = round(tflop / seconds / peak_tflops, 4)
+    return row
+
+
+def markdown(rows) -> str:
+    """The rows as a markdown table (TABLE's columns; empty where a row has no value)."""
+    lines = ["| " + " | ".join(h for h, _ in TABLE) + " |", "|" + "---|" * len(TABLE)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(key, "")) for _, key in TABLE) + " |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -93,42 +132,55 @@ def main() -> int:
                         help="MiM levels per step (1: one sub-volume per crop, to measure what does not fit whole)")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
                         help="address-space limit of each configuration's process (virtual memory, above the RSS)")
-    parser.add_argument("--one", help=argparse.SUPPRESS)       # internal: backbone:size:device:dtype
+    parser.add_argument("--chunks", default="0",
+                        help="sub-volume chunks to run each configuration at, 0 = one shot (default: %(default)s)")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="the GPU's peak TFLOP/s at the benchmark's dtype, for the MFU column (default: none)")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
+    parser.add_argument("--one", help=argparse.SUPPRESS)       # internal: backbone:size:device:dtype:chunk
     args = parser.parse_args()
 
     if args.one:
-        backbone, size, device, dtype = args.one.split(":")
+        backbone, size, device, dtype, chunk = args.one.split(":")
         row = run_one(backbone, size, args.input_size, device, dtype, args.warmup, args.repeats, args.checkpointing,
-                      args.levels)
+                      args.levels, int(chunk), args.peak_tflops)
         print(json.dumps(row))
         return 1 if "error" in row else 0
 
     import torch
     plans = [("cpu", "fp32")] if not torch.cuda.is_available() else [("cuda", "fp32"), ("cuda", "bf16")]
-    status = 0
+    status, rows = 0, []
     for config in args.configs.split(","):
-        for device, dtype in plans:
-            cmd = [sys.executable, __file__, "--one", f"{config}:{device}:{dtype}", "--input-size",
-                   str(args.input_size), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-                   "--levels", str(args.levels)]
-            cmd += ["--checkpointing"] if args.checkpointing else []
-            limit = None
-            if args.memory_limit_gb:
-                limit = functools.partial(resource.setrlimit, resource.RLIMIT_AS,
-                                          (int(args.memory_limit_gb * 2 ** 30),) * 2)
-            result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", preexec_fn=limit)
-            if result.returncode == 1 and result.stdout.strip().startswith("{"):
-                status = 1
-                print(result.stdout.strip(), flush=True)    # the configuration's own account of its failure
-            elif result.returncode != 0:
-                status = 1
-                tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-                if result.returncode < 0:   # e.g. SIGKILL from the kernel's out-of-memory killer
-                    tail = f"killed by signal {-result.returncode} (out of memory?); last output: {tail}"
-                print(json.dumps({"config": config, "device": device, "dtype": dtype, "error": tail}))
-            else:
-                print(result.stdout.strip(), flush=True)
-    return status
+        for chunk in (int(c) for c in args.chunks.split(",")):
+            for device, dtype in plans:
+                row = run_in_process(args, config, device, dtype, chunk)
+                status |= "error" in row
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)     # progress, one line per configuration
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    return int(status)
+
+
+def run_in_process(args, config: str, device: str, dtype: str, chunk: int) -> dict:
+    """One configuration in a fresh process (its own peak RSS); its row, or its failure as a row."""
+    cmd = [sys.executable, __file__, "--one", f"{config}:{device}:{dtype}:{chunk}", "--input-size",
+           str(args.input_size), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+           "--levels", str(args.levels), "--peak-tflops", str(args.peak_tflops)]
+    cmd += ["--checkpointing"] if args.checkpointing else []
+    limit = None
+    if args.memory_limit_gb:
+        limit = functools.partial(resource.setrlimit, resource.RLIMIT_AS, (int(args.memory_limit_gb * 2 ** 30),) * 2)
+    result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", preexec_fn=limit)
+    if result.returncode in (0, 1) and result.stdout.strip().startswith("{"):
+        return json.loads(result.stdout.strip().splitlines()[-1])   # a row, or the configuration's own failure
+    tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    if result.returncode < 0:   # e.g. SIGKILL from the kernel's out-of-memory killer
+        tail = f"killed by signal {-result.returncode} (out of memory?); last output: {tail}"
+    backbone, size = config.split(":")
+    return {"backbone": backbone, "size": size, "input_size": args.input_size, "chunk": chunk, "device": device,
+            "dtype": dtype, "error": tail}
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def check_benchmark(ctx: Context) -> Dict:
 
 
 def check_planner_memory(ctx: Context) -> Dict:
-    from mim_nnunet.data.planner import DEFAULT_INPUT_SIZE, MEMORY_PER_CROP_GB_AT_96
+    from mim_nnunet.data.planner import DEFAULT_INPUT_SIZE, STEP_MEMORY_FP32_AT_96
     rows = [r for r in ctx.benchmark_rows if r.get("dtype") in ("bf16", "fp32") and "peak_memory_mb" in r]
     if not rows:
         raise RuntimeError("no benchmark rows to compare (run the benchmark check first)")
@@ -220,10 +220,11 @@ def check_planner_memory(ctx: Context) -> Dict:
         scale = (DEFAULT_INPUT_SIZE / r["input_size"]) ** 3
         measured = r["peak_memory_mb"] / 1024 * scale
         key = f"{r['backbone']}:{r['size']}:{r['dtype']}"
-        planned = MEMORY_PER_CROP_GB_AT_96.get((r["backbone"], r["size"]))
-        planned = planned.get("gb") if isinstance(planned, dict) else planned
-        table[key] = {"measured_gb_at_96": round(measured, 2), "planner_gb_at_96": planned,
-                      "kind": r.get("peak_memory_kind")}
+        entry = STEP_MEMORY_FP32_AT_96.get((r["backbone"], r["size"]), {})
+        table[key] = {"measured_gb_at_96": round(measured, 2), "chunk": r.get("chunk", 0),
+                      "kind": r.get("peak_memory_kind"), "planner_fp32_at_96": entry,
+                      "planner_one_shot_fp32_gb": round(entry["fixed_gb"] + 21 * entry["per_subvolume_gb"], 2)
+                      if entry else None}
     return {"per_crop": table}
 
 

@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="S (1 or 3 values, multiples of 32) instead of the plan's")
     run.add_argument("-batch", type=int, default=None, help="L1 crops per device and micro-batch (default: plan)")
     run.add_argument("-accum", type=int, default=None, help="micro-batches accumulated per step (default: plan)")
+    run.add_argument("-chunk", type=int, default=None,
+                     help="sub-volumes per forward/backward pass: each level runs in chunks of at most this many, "
+                          "each back-propagated before the next; same gradients up to float rounding, peak "
+                          "memory set by the chunk; 0 = all at once; may change on --c (default: plan)")
     run.add_argument("-lr", type=float, default=None, help="peak learning rate (default: 1e-4 x effective "
                                                            "sub-volumes / 256)")
     run.add_argument("-precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
@@ -118,7 +122,7 @@ def switches_from(args: argparse.Namespace) -> Dict:
 
 def operational_from(args: argparse.Namespace) -> Dict:
     values = {"stop_at": args.stop_at, "loader_workers": args.workers, "compile": args.compile,
-              "cpu_threads": args.threads, "val_crops": args.val_crops,
+              "cpu_threads": args.threads, "val_crops": args.val_crops, "chunk": args.chunk,
               **{name: getattr(args, name) for name in PRETRAIN_INTERVALS}}
     return {k: v for k, v in values.items() if v is not None}
 

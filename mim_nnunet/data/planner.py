@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,15 +49,38 @@ GPU_MEMORY_RESERVE_GB = 2.0             # CUDA context, optimiser state, fragmen
 # to it, stay put while free memory drifts a little between invocations.
 CPU_MEMORY_FRACTION = 0.75
 CPU_FP32_FACTOR = 2.0
-# GPU memory of one L1 crop (21 sub-volumes, forward + backward, bf16 autocast) at S = 96^3, in GB:
-# estimated as half of the fp32 peaks measured on the CPU by scripts/benchmark_pretrain_step.py
-# (hybrid base 21.8 GB, tiny 7.0 GB, swin tiny 12.3 GB; swin base with activation checkpointing).
-MEMORY_PER_CROP_GB_AT_96 = {("hybrid", "base"): 11.0, ("hybrid", "tiny"): 3.5,
-                            ("swin", "base"): 24.0, ("swin", "tiny"): 6.2,
-                            # resenc: estimates, not measured: nnU-Net's ResEnc-L planner fits 24 GB with
-                            # batch 2 x 160^3 (about 1.3 GB per 96^3 volume), x 21 sub-volumes; M has L's
-                            # topology (the presets differ in patch size, not in the encoder)
-                            ("resenc", "M"): 27.0, ("resenc", "L"): 27.0, ("resenc", "tiny"): 2.0}
+# The memory model of one pre-training step on one device: ``fixed_gb`` (interpreter, weights, gradients)
+# plus ``per_subvolume_gb`` for each sub-volume whose activations are alive at once (all 21 of a crop in
+# a one-shot step; at most the chunk with -chunk), both fp32 at S = 96^3 (the per-sub-volume part scales
+# with S's voxels), plus what a step keeps per crop (KEPT_VOLUMES_PER_CROP). Each entry names its
+# source: a two-point fit of peaks measured by scripts/benchmark_pretrain_step.py (one shot and
+# chunked, one crop), or an estimate not yet measured per chunk.
+STEP_MEMORY_FP32_AT_96 = {
+    ("hybrid", "base"): {"fixed_gb": 0.0, "per_subvolume_gb": 1.030,
+                         "source": "estimate, not yet measured per chunk: the one-shot step's CPU peak RSS at 96^3 "
+                                   "(21.8 GB, scripts/benchmark_pretrain_step.py, fp32) less the kept volumes, "
+                                   "all counted per sub-volume"},
+    ("hybrid", "tiny"): {"fixed_gb": 1.19, "per_subvolume_gb": 0.251,
+                         "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
+                                   "--configs hybrid:tiny --input-size 96 --chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 "
+                                   "1649 MB, chunk 8 3446 MB; per sub-volume = the difference / 7; fixed = the rest (CPU "
+                                   "process: interpreter and libraries included). At S = 64 the one-shot step (2735 MB) "
+                                   "and chunk 1 (1261 MB) give 0.243 GB per sub-volume at 96^3"},
+    ("swin", "base"): {"fixed_gb": 0.0, "per_subvolume_gb": 2.28,
+                       "source": "estimate, not yet measured: twice the former bf16 guess of 24 GB per crop"},
+    ("swin", "tiny"): {"fixed_gb": 1.84, "per_subvolume_gb": 0.751,
+                       "source": "measured: CPU peak RSS, fp32, one crop, S = 64 (scripts/benchmark_pretrain_step.py "
+                                 "--configs swin:tiny --input-size 64 --chunks 0,1; 2-core CPU, 2026-11-29): one shot "
+                                 "6716 MB, chunk 1 2161 MB; per sub-volume = the difference / 20, x 3.375 to 96^3; "
+                                 "fixed = the rest. Conservative between the two points (chunk 4: 3518 MB, 16: 4754 MB "
+                                 "measured; large batches recompute the window attention)"},
+}
+# A step keeps, per crop, its 2S crop (8 S-volumes) and the inputs and predictions of its 21 sub-volumes.
+KEPT_VOLUMES_PER_CROP = 8 + 2 * 21
+FP32_BYTES = 4
+# GPU steps run under bf16 autocast: activations about half their fp32 size (estimate, not yet measured
+# on a GPU: no GPU has been lent to this project).
+BF16_FRACTION_OF_FP32 = 0.5
 # What a plan holds; each is read back by preprocessing or the engine (``explain`` documents them).
 PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb", "in_channels", "target_spacing",
              "orientation", "intensity", "foreground", "store_dtype", "input_size", "uniform_crop_fraction",
@@ -156,8 +179,44 @@ def rescale_lr(lr: float, from_subvolumes: float, to_subvolumes: float) -> float
     return lr * math.sqrt(to_subvolumes / from_subvolumes)
 
 
-def _largest_divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(cap, 1))
+def memory_entry(backbone: str, size: str) -> Dict:
+    """The memory model's entry of a backbone and size (:data:`STEP_MEMORY_FP32_AT_96`)."""
+    if (backbone, size) not in STEP_MEMORY_FP32_AT_96:
+        raise MimError(f"no memory model for {backbone} '{size}' (mim_nnunet/data/planner.py STEP_MEMORY_FP32_AT_96); "
+                       f"measure it with scripts/benchmark_pretrain_step.py and add it")
+    return STEP_MEMORY_FP32_AT_96[(backbone, size)]
+
+
+def live_subvolumes(batch: int, chunk: int, gamma2: int, gamma3: int) -> int:
+    """Sub-volumes whose activations are alive at once in a step of ``batch`` crops: all of them in one
+    shot (``chunk`` 0), else at most ``chunk`` of the largest level (L3: batch x gamma2 x gamma3)."""
+    if not chunk:
+        return batch * subvolumes_per_crop(3, gamma2, gamma3)
+    return min(chunk, batch * max(1, gamma2, gamma2 * gamma3))
+
+
+def step_memory_gb(backbone: str, size: str, input_size: Sequence[int], batch: int, chunk: int,
+                   gamma2: int = MIM_SWITCHES["gamma2"], gamma3: int = MIM_SWITCHES["gamma3"],
+                   fraction: float = BF16_FRACTION_OF_FP32) -> float:
+    """Modelled memory (GB) of one step on one device: ``fraction`` x (fixed + per sub-volume x live
+    sub-volumes x voxel scale + kept volumes per crop x batch)."""
+    entry, voxels = memory_entry(backbone, size), float(np.prod(input_size))
+    scale = voxels / DEFAULT_INPUT_SIZE ** 3
+    kept = KEPT_VOLUMES_PER_CROP * voxels * FP32_BYTES / 2 ** 30
+    live = live_subvolumes(batch, chunk, gamma2, gamma3)
+    return fraction * (entry["fixed_gb"] + entry["per_subvolume_gb"] * scale * live + kept * batch)
+
+
+def split_for_memory(backbone: str, size: str, input_size: Sequence[int], crops_per_device: int,
+                     available_gb: float) -> Tuple[int, int]:
+    """(per-device batch, chunk): the largest batch dividing ``crops_per_device`` whose one-shot step fits
+    ``available_gb``; when not even one crop fits, one crop in the largest chunk that fits (at least 1)."""
+    for batch in sorted((d for d in range(1, crops_per_device + 1) if crops_per_device % d == 0), reverse=True):
+        if step_memory_gb(backbone, size, input_size, batch, 0) <= available_gb:
+            return batch, 0
+    largest = live_subvolumes(1, 10 ** 6, MIM_SWITCHES["gamma2"], MIM_SWITCHES["gamma3"])
+    fitting = [c for c in range(1, largest + 1) if step_memory_gb(backbone, size, input_size, 1, c) <= available_gb]
+    return 1, max(fitting, default=1)
 
 
 def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "base",
@@ -195,21 +254,26 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
         f"rounded up to a multiple of {DEVICE_COUNT_MULTIPLE} ({crops} crops, {effective} sub-volumes) so that 1, 2 "
         f"and 4 devices reach the same effective batch; the lr below is for this batch")
 
-    mem = MEMORY_PER_CROP_GB_AT_96[(backbone, size)] * float(np.prod(s)) / DEFAULT_INPUT_SIZE ** 3
-    fit = int((gpu_memory_target_gb - GPU_MEMORY_RESERVE_GB) // mem)
+    available = gpu_memory_target_gb - GPU_MEMORY_RESERVE_GB
     batches = {}
     for n in DEVICE_COUNTS:
         if crops % n:
             continue
-        per_device = _largest_divisor_at_most(crops // n, fit)
-        batches[str(n)] = {"per_device_batch": per_device, "accumulation": crops // (n * per_device)}
+        per_device, chunk = split_for_memory(backbone, size, s, crops // n, available)
+        batches[str(n)] = {"per_device_batch": per_device, "accumulation": crops // (n * per_device), "chunk": chunk}
+    entry = memory_entry(backbone, size)
+    one_crop = step_memory_gb(backbone, size, s, 1, 0)
     explain["batch_by_device_count"] = (
-        f"one crop needs about {mem:.1f} GB (bf16; {MEMORY_PER_CROP_GB_AT_96[(backbone, size)]} GB at 96^3 scaled by "
-        f"voxels); {gpu_memory_target_gb:g} GB target - {GPU_MEMORY_RESERVE_GB:g} GB reserve fits {fit}; per device "
-        f"count, the largest batch dividing the crops per device, and accumulation for the rest")
-    if fit < 1:
-        explain["batch_by_device_count"] += (" - WARNING: not even one crop fits the target: expect out-of-memory "
-                                             "errors; raise -gpu_memory_target or use activation checkpointing")
+        f"modelled step memory per device: {BF16_FRACTION_OF_FP32:g} (bf16; estimate, not yet measured on a GPU) x "
+        f"(fixed {entry['fixed_gb']:g} GB + {entry['per_subvolume_gb']:g} GB per live sub-volume at 96^3, scaled by "
+        f"voxels, + the volumes kept per crop), fp32 figures from: {entry['source']}; one crop in one shot: "
+        f"{one_crop:.1f} GB. Against the {gpu_memory_target_gb:g} GB target - {GPU_MEMORY_RESERVE_GB:g} GB reserve, "
+        f"per device count: the largest per-device batch dividing the crops per device whose one-shot step fits, "
+        f"accumulation for the rest; when not even one crop fits, one crop with its sub-volumes in the largest "
+        f"chunk that fits (chunk 0 = one shot; mim_pretrain -chunk overrides)")
+    if step_memory_gb(backbone, size, s, 1, 1) > available:
+        explain["batch_by_device_count"] += (" - WARNING: not even a chunk of one sub-volume fits the target: expect "
+                                             "out-of-memory errors; raise -gpu_memory_target")
 
     lr = lr_for(effective)
     explain["lr"] = (f"{REFERENCE_LR:g} x sqrt(effective batch {effective} / {REFERENCE_BATCH_SUBVOLUMES} sub-volumes): the "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,30 +43,37 @@ def has_content(target: Tensor) -> Tensor:
     return target.var(dim=-1) > 0
 
 
-def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True) -> Tensor:
+def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor, norm_pix: bool = True,
+                        denominator: Optional[Tensor] = None) -> Tensor:
     """Eqs. 1-2: mean over masked tokens of the per-token mean squared error.
 
-    pred, target: ``(N, T, P)``; mask: ``(N, T)`` bool, True = masked (only those count).
+    pred, target: ``(N, T, P)``; mask: ``(N, T)`` bool, True = masked (only those count). ``denominator``
+    replaces this batch's masked-token count: a chunk of a level divides by the whole level's count, so
+    that the chunks' losses (and gradients) sum to the level's.
     """
     if norm_pix:
         target = normalise_tokens(target)
     per_token = (pred - target).pow(2).mean(dim=-1)             # d_m, (N, T)
     m = mask.to(per_token.dtype)
-    return (per_token * m).sum() / m.sum()
+    return (per_token * m).sum() / (m.sum() if denominator is None else denominator)
 
 
 def alignment_loss(child: Tensor, parents: Tensor, target: Tensor, kind: str = "infonce",
-                   tau: float = 0.1) -> Tensor:
+                   tau: float = 0.1, denominator: Optional[int] = None) -> Tensor:
     """Eqs. 4-7. child ``(N, D)``; parents ``(N, K, D)`` candidates of each child's parent volume;
     target ``(N,)`` index of the true source among the K.
 
-    infonce: cross-entropy over logits cos(c, p_j) / tau. byol: 2 - 2 cos(c, p_target).
+    infonce: cross-entropy over logits cos(c, p_j) / tau. byol: 2 - 2 cos(c, p_target). The mean over
+    the N children, or with ``denominator`` the sum divided by it (a chunk of a level's children).
     """
     cos = F.cosine_similarity(child.unsqueeze(1), parents, dim=-1)            # (N, K)
     if kind == "infonce":
-        return F.cross_entropy(cos / tau, target)
+        if denominator is None:
+            return F.cross_entropy(cos / tau, target)
+        return F.cross_entropy(cos / tau, target, reduction="sum") / denominator
     if kind == "byol":
-        return (2.0 - 2.0 * cos.gather(1, target.unsqueeze(1))).mean()
+        per_child = 2.0 - 2.0 * cos.gather(1, target.unsqueeze(1))
+        return per_child.mean() if denominator is None else per_child.sum() / denominator
     raise ValueError(f"unknown alignment loss {kind!r}")
 
 
@@ -78,15 +85,21 @@ def level_weights(schedule: str, progress: float) -> Tuple[float, float, float]:
     return tuple(s + (e - s) * ramp for s, e in zip(start, end))
 
 
+def term_weights(names: Iterable[str], loss_weights: Sequence[float], schedule: str,
+                 progress: float) -> Dict[str, float]:
+    """The weight of each named term in Eq. 10 (b1..b5, the level schedule multiplying b1..b3)."""
+    lw = level_weights(schedule, progress)
+    weights = {"rec_l1": loss_weights[0] * lw[0], "rec_l2": loss_weights[1] * lw[1],
+               "rec_l3": loss_weights[2] * lw[2], "align_12": loss_weights[3], "align_23": loss_weights[4]}
+    return {name: weights[name] for name in names}
+
+
 def total_loss(terms: Dict[str, Tensor], loss_weights: Sequence[float], schedule: str,
                progress: float) -> Tuple[Tensor, Dict[str, float]]:
     """Eq. 10: b1 L_R^1 + b2 L_R^2 + b3 L_R^3 + b4 L_C^12 + b5 L_C^23 over the terms present.
 
     The level schedule multiplies b1..b3. Returns the total and the weight used for each term.
     """
-    lw = level_weights(schedule, progress)
-    weights = {"rec_l1": loss_weights[0] * lw[0], "rec_l2": loss_weights[1] * lw[1],
-               "rec_l3": loss_weights[2] * lw[2], "align_12": loss_weights[3], "align_23": loss_weights[4]}
-    used = {name: weights[name] for name in terms}
+    used = term_weights(terms, loss_weights, schedule, progress)
     total = sum(used[name] * value for name, value in terms.items())
     return total, used

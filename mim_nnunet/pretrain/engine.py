@@ -118,6 +118,8 @@ def restore(trainee: Trainee, settings: RunSettings, resume: bool, rank: int, wo
 def train_step(trainee: Trainee, batches: Iterator[torch.Tensor], step: int, settings: RunSettings, rank: int,
                world: int, device: torch.device) -> Tuple[Dict, Dict, torch.Tensor]:
     """Optimiser step ``step`` (0-based): forward/backward of every micro-batch, one all-reduce, the update.
+    With ``settings.chunk``, each micro-batch runs in chunks of at most that many sub-volumes, each
+    back-propagated before the next (:meth:`MiM.forward_backward`: the same gradients, less memory).
 
     Returns the step's log record, the last micro-batch's model output and its crops."""
     out, accum = Path(settings.out_dir), settings.accumulation
@@ -131,9 +133,15 @@ def train_step(trainee: Trainee, batches: Iterator[torch.Tensor], step: int, set
         waited += time.perf_counter() - t
         g = global_batch_index(step * accum + m, rank, world)
         generator = torch.Generator(device=device).manual_seed(mask_seed(settings.seed, g))
-        with torch.autocast(**autocast):
-            result = trainee.forward(crops, generator=generator, progress=step / settings.steps)
-        trainee.scaler.scale(result["loss"]).backward()
+        if settings.chunk:       # forward and backward chunk by chunk of sub-volumes (same gradients)
+            result = trainee.model.forward_backward(crops, lambda loss: trainee.scaler.scale(loss).backward(),
+                                                    settings.chunk, generator=generator,
+                                                    progress=step / settings.steps,
+                                                    autocast=lambda: torch.autocast(**autocast))
+        else:
+            with torch.autocast(**autocast):
+                result = trainee.forward(crops, generator=generator, progress=step / settings.steps)
+            trainee.scaler.scale(result["loss"]).backward()
         values = torch.stack([result["loss"].detach().float()] + [v.detach().float() for v in result["terms"].values()])
         sums = values if sums is None else sums + values
         subvolumes += sum(lv["inputs"].shape[0] for lv in result["levels"])
@@ -219,7 +227,8 @@ def _describe(settings: RunSettings, start: int, resume: bool, world: int, devic
         return f"resumed at step {start} of {settings.steps} from {Path(settings.out_dir) / CHECKPOINT}"
     return (f"pre-training {settings.backbone} '{settings.size}' for {settings.steps} steps on {world} "
             f"{device.type} process(es): {settings.per_device_batch} crop(s) x {settings.accumulation} "
-            f"accumulation x {world} = {settings.effective_batch_crops} crops per step, "
+            f"accumulation x {world} = {settings.effective_batch_crops} crops per step"
+            f"{f' (sub-volumes in chunks of {settings.chunk})' if settings.chunk else ''}, "
             f"S = {list(settings.config.input_size)}, lr {settings.lr:.3g}, {settings.precision}")
 
 

@@ -62,6 +62,7 @@ class RunSettings:
     precision: str = "fp32"
     clip_grad: Optional[float] = None
     compile: bool = False
+    chunk: int = 0                         # sub-volumes per forward/backward pass; 0 = the whole micro-batch
     seed: int = PRETRAIN_RECIPE["seed"]
     stop_at: Optional[int] = None
     loader_workers: int = DEFAULT_LOADER_WORKERS
@@ -112,6 +113,23 @@ def pick_precision(requested: str, device: str) -> str:
     return requested
 
 
+def plan_chunk(plan: Dict, world_size: int) -> int:
+    """The plan's sub-volume chunk for this device count (0 = one shot; plans before chunking had none)."""
+    return int(plan["batch_by_device_count"].get(str(world_size), {}).get("chunk", 0))
+
+
+def check_chunk(settings: "RunSettings") -> None:
+    """Refuse a chunk setting that cannot give the one-shot step's gradients, or is not supported."""
+    if settings.chunk < 0:
+        raise MimError(f"-chunk must be 0 (one shot) or a number of sub-volumes, got {settings.chunk}")
+    if settings.chunk and not settings.mim.get("detach_parent", True):
+        raise MimError("-chunk needs -detach_parent true: with gradients through the parents' features a "
+                       "level's chunks are not independent; use -chunk 0")
+    if settings.chunk and settings.compile:
+        raise MimError("-chunk and --compile together are not supported yet (the chunked step calls the "
+                       "encoder and decoder directly); use one of them")
+
+
 def batch_split(plan: Dict, world_size: int, per_device_batch: Optional[int], accumulation: Optional[int]):
     """(per-device batch, accumulation): the flags when given, else the plan's entry for this device count."""
     if per_device_batch:
@@ -149,6 +167,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
     except (TypeError, ValueError) as exc:
         raise MimError(f"MiM settings: {exc}") from None
     batch, accum = batch_split(plan, world_size, per_device_batch, accumulation)
+    chunk = operational.pop("chunk", None)
     steps = int(steps or PRETRAIN_RECIPE["steps"])
     if steps < 2:
         raise MimError(f"-steps must be at least 2 (warm-up and decay), got {steps}")
@@ -170,6 +189,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
                   "backbone_sizes": source("backbone_sizes", False),
                   "batch_split": source("batch_by_device_count", per_device_batch is not None or accumulation is not None),
                   "uniform_crop_fraction": source("uniform_crop_fraction", False),
+                  "chunk": source("batch_by_device_count", chunk is not None),
                   "mim": {k: source(f"mim.{k}", k in (switches or {})) for k in plan["mim"]},
                   "plan_edits": sorted(edits)}
     settings = RunSettings(
@@ -179,9 +199,11 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
         lr=float(lr), device=device, precision=pick_precision(precision, device), spacing=plan.get("target_spacing"),
         intensity=plan.get("intensity"), manifest_hash=plan.get("manifest_hash"), provenance=provenance,
         uniform_crop_fraction=plan["uniform_crop_fraction"], val_cases=held_out,
+        chunk=plan_chunk(plan, world_size) if chunk is None else int(chunk),
         **{k: v for k, v in operational.items() if v is not None})
     if settings.stop_at is not None and not 0 < settings.stop_at <= steps:
         raise MimError(f"-stop_at must be in 1..{steps}, got {settings.stop_at}")
+    check_chunk(settings)
     return settings
 
 
@@ -224,4 +246,5 @@ def continued_settings(saved: Dict, world_size: int, device: str, out_dir: str, 
         settings.world_size, settings.accumulation = world_size, total // world_size
     if settings.stop_at is not None and not 0 < settings.stop_at <= settings.steps:
         raise MimError(f"-stop_at must be in 1..{settings.steps}, got {settings.stop_at}")
+    check_chunk(settings)
     return settings

@@ -6,7 +6,11 @@ import os
 import pytest
 
 from mim_nnunet.data import planner
-from mim_nnunet.data.planner import memory_target_for, plan_pretraining
+from mim_nnunet.data.planner import (
+    STEP_MEMORY_FP32_AT_96,
+    memory_target_for,
+    plan_pretraining,
+)
 
 
 def fingerprint(median_spacing, p10, median_shape, modality="CT", channels=1):
@@ -23,10 +27,14 @@ def test_isotropic_ct():
     assert plan["effective_batch_subvolumes"] == 336
     assert {n * e["per_device_batch"] * e["accumulation"] for n, e in
             ((int(k), v) for k, v in plan["batch_by_device_count"].items())} == {16}
-    # hybrid base: 11 GB per crop at 96^3; (24 - 2) // 11 = 2 crops fit per device
+    # hybrid base, one crop in one shot: 0.5 (bf16) x (1.030 GB x 21 sub-volumes + 50 kept 96^3 fp32 volumes
+    # (0.165 GB)) = 10.90 GB; two crops (21.8 GB) fit 24 - 2 GB, in one shot
     assert plan["batch_by_device_count"] == {
-        "1": {"per_device_batch": 2, "accumulation": 8}, "2": {"per_device_batch": 2, "accumulation": 4},
-        "4": {"per_device_batch": 2, "accumulation": 2}, "8": {"per_device_batch": 2, "accumulation": 1}}
+        "1": {"per_device_batch": 2, "accumulation": 8, "chunk": 0},
+        "2": {"per_device_batch": 2, "accumulation": 4, "chunk": 0},
+        "4": {"per_device_batch": 2, "accumulation": 2, "chunk": 0},
+        "8": {"per_device_batch": 2, "accumulation": 1, "chunk": 0}}
+    assert "estimate, not yet measured" in plan["explain"]["batch_by_device_count"]      # names its source
     assert plan["lr"] == pytest.approx(1e-4 * (336 / 256) ** 0.5)               # the square-root rule
     assert plan["intensity"]["CT"]["window"] == [-1000.0, 1000.0]
     assert set(plan["explain"]) >= {"target_spacing", "input_size", "batch_by_device_count", "lr", "intensity"}
@@ -39,8 +47,8 @@ def test_thick_slice_ct():
     plan = plan_pretraining(fingerprint([5.0, 0.7, 0.7], [2.5, 0.6, 0.6], [60, 512, 512]), "hybrid", "base", 24.0)
     assert plan["target_spacing"] == [2.5, 0.7, 0.7]
     assert plan["input_size"] == [32, 96, 96]
-    # one crop of 32x96x96 needs 11 GB / 3 = 3.67 GB: (24 - 2) // 3.67 = 5 fit; the largest divisor of 16 <= 5 is 4
-    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 4, "accumulation": 4}
+    # one crop of 32x96x96 needs 10.90 GB / 3 = 3.63 GB: 6 fit 22 GB; the largest divisor of 16 <= 6 is 4
+    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 4, "accumulation": 4, "chunk": 0}
     # a 10th percentile finer than the in-plane spacing is raised just above it
     plan = plan_pretraining(fingerprint([5.0, 0.7, 0.7], [0.5, 0.6, 0.6], [60, 512, 512]))
     assert plan["target_spacing"][0] == pytest.approx(0.70001)
@@ -53,9 +61,55 @@ def test_mri_and_memory_pressure():
     assert plan["target_spacing"] == [1.5, 1.0, 1.0] and plan["input_size"] == [64, 96, 96]
     assert plan["in_channels"] == 4 and plan["intensity"] == {"MRI": {"scheme": "zscore",
                                                                    "background": "the normalised value of 0 per case"}}
-    # 64x96x96 = 2/3 of 96^3 -> 7.33 GB per crop; (8 - 2) // 7.33 = 0: one crop per device, with a warning
-    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16}
-    assert "WARNING" in plan["explain"]["batch_by_device_count"]
+    # 64x96x96 = 2/3 of 96^3 -> 7.27 GB per crop in one shot > 8 - 2 GB: one crop, chunked; a chunk of c
+    # needs 0.5 x 2/3 x (1.030 c + 0.165) GB <= 6 -> c <= 17.3, capped at the largest level (L3: 16)
+    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16, "chunk": 16}
+    assert "WARNING" not in plan["explain"]["batch_by_device_count"]
+    # a 2.5 GB target leaves 0.5 GB: chunk 1 (0.5 x 2/3 x (1.030 + 0.165) = 0.40 GB) fits, chunk 2 (0.74 GB)
+    # does not; 2.2 GB leaves 0.2 GB: not even chunk 1 fits, a warning
+    plan = plan_pretraining(fingerprint([1.5, 1.0, 1.0], [1.2, 1.0, 1.0], [120, 256, 256], "MRI", channels=4),
+                            "hybrid", "base", 2.5)
+    assert plan["batch_by_device_count"]["1"]["chunk"] == 1
+    assert "WARNING" not in plan["explain"]["batch_by_device_count"]
+    plan = plan_pretraining(fingerprint([1.5, 1.0, 1.0], [1.2, 1.0, 1.0], [120, 256, 256], "MRI", channels=4),
+                            "hybrid", "base", 2.2)
+    assert plan["batch_by_device_count"]["1"]["chunk"] == 1 and "WARNING" in plan["explain"]["batch_by_device_count"]
+
+
+def modelled_gb(entry, voxels, live, crops=1):
+    """The memory model written out: bf16 half of fixed + per sub-volume (scaled by voxels) + kept volumes."""
+    kept = (8 + 2 * 21) * voxels * 4 / 2 ** 30
+    return 0.5 * (entry["fixed_gb"] + entry["per_subvolume_gb"] * voxels / 96 ** 3 * live + kept * crops)
+
+
+@pytest.mark.parametrize("backbone, size", [("hybrid", "base"), ("swin", "base"), ("hybrid", "tiny")])
+def test_chunk_and_batch_fit_the_memory_target(backbone, size):
+    """Smaller targets give smaller chunks; each pick fits, and the next chunk (or batch) would not."""
+    entry = STEP_MEMORY_FP32_AT_96[(backbone, size)]
+    fp = fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [300, 512, 512])
+    chunks = []
+    for target in (4.0, 6.0, 10.0, 14.0):
+        plan = plan_pretraining(fp, backbone, size, target)
+        split = plan["batch_by_device_count"]["1"]
+        assert entry["source"] in plan["explain"]["batch_by_device_count"]       # the plan names its source
+        available = target - 2.0
+        batch, chunk = split["per_device_batch"], split["chunk"]
+        live = 21 * batch if chunk == 0 else min(chunk, 16 * batch)
+        assert modelled_gb(entry, 96 ** 3, live, batch) <= available
+        if chunk:                               # chunks only when one crop does not fit in one shot
+            assert batch == 1 and modelled_gb(entry, 96 ** 3, 21) > available
+            assert chunk == 16 or modelled_gb(entry, 96 ** 3, chunk + 1) > available
+        chunks.append(chunk or 21 * batch)
+    assert chunks == sorted(chunks) and chunks[0] < chunks[-1]
+
+
+def test_hybrid_base_chunks_by_hand():
+    # 96^3, one crop: a chunk of c needs 0.5 x (1.030 c + 0.165) GB; 8 GB - 2: c <= 11.5 -> 11; 5 GB - 2: c <= 5.7 -> 5
+    fp = fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [300, 512, 512])
+    assert plan_pretraining(fp, "hybrid", "base", 8.0)["batch_by_device_count"]["1"] == \
+        {"per_device_batch": 1, "accumulation": 16, "chunk": 11}
+    assert plan_pretraining(fp, "hybrid", "base", 5.0)["batch_by_device_count"]["4"] == \
+        {"per_device_batch": 1, "accumulation": 4, "chunk": 5}
 
 
 def test_planning_is_deterministic():

@@ -131,6 +131,26 @@ def test_accumulation_and_processes_are_interchangeable(collection, tmp_path):
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
 
 
+def test_chunked_steps_train_as_one_shot_steps_and_resume_exactly(collection, tmp_path):
+    """-chunk: the same losses and weights as one-shot steps up to fp32 summation order (the fp64 equality
+    of the gradients is tests/mim/test_chunked_step.py's), and bit-exact resume with chunks too."""
+    quick = dict(steps=2, val_crops=0, plot_every=100, recon_every=100)     # no pictures, no validation
+    run(collection, tmp_path / "one_shot", **quick)
+    run(collection, tmp_path / "chunked", chunk=5, **quick)
+    run(collection, tmp_path / "stopped", chunk=5, stop_at=1, **quick)
+    resume(tmp_path / "stopped", collection)
+    assert load_checkpoint(tmp_path / "chunked" / CHECKPOINT)["settings"]["chunk"] == 5
+    one, chunked = losses(tmp_path / "one_shot"), losses(tmp_path / "chunked")
+    assert [r.keys() for r in one] == [r.keys() for r in chunked]
+    for a, b in zip(one, chunked):
+        assert all(b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6) for k in a), (a, b)
+    a, b, c = weights(tmp_path / "one_shot"), weights(tmp_path / "chunked"), weights(tmp_path / "stopped")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert all(torch.equal(b[k], c[k]) for k in b) and losses(tmp_path / "stopped") == chunked
+    with pytest.raises(MimError, match="-chunk needs -detach_parent true"):
+        run(collection, tmp_path / "refused", chunk=5, switches={"detach_parent": False})
+
+
 def test_a_half_written_checkpoint_never_replaces_a_good_one(tmp_path, monkeypatch):
     model, path = torch.nn.Linear(3, 2), tmp_path / CHECKPOINT
     opt = torch.optim.AdamW(model.parameters())

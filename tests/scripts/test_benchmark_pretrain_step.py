@@ -1,17 +1,23 @@
 """scripts/benchmark_pretrain_step.py runs and reports what it says."""
 
 import json
+import subprocess
+import sys
 
 from helpers.commands import SCRIPTS
 
 
-def test_benchmark_script_prints_one_json_line_per_configuration():
-    import subprocess
-    import sys
-    script = SCRIPTS / "benchmark_pretrain_step.py"
+def test_benchmark_script_writes_a_table_and_a_json_row_per_configuration(tmp_path):
+    script, out = SCRIPTS / "benchmark_pretrain_step.py", tmp_path / "rows.json"
     result = subprocess.run([sys.executable, str(script), "--configs", "hybrid:tiny", "--input-size", "32",
-                             "--warmup", "0", "--repeats", "1"], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+                             "--warmup", "0", "--repeats", "1", "--chunks", "4", "--json", str(out)],
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    rows = json.loads(out.read_text(encoding="utf-8"))
     assert len(rows) == 1 and rows[0]["backbone"] == "hybrid" and rows[0]["subvolumes_per_crop"] == 21
-    assert rows[0]["sec_per_l1_crop_median"] > 0 and rows[0]["peak_memory_mb"] > 0
+    row = rows[0]
+    assert row["chunk"] == 4 and row["sec_per_l1_crop_median"] > 0 and row["peak_memory_mb"] > 0
+    assert row["subvolumes_per_s"] == round(21 / row["sec_per_l1_crop_median"], 3)
+    table = result.stdout.strip().splitlines()
+    assert table[0].startswith("| backbone | size | S | chunk |") and len(table) == 3
+    assert table[2].startswith("| hybrid | tiny | 32 | 4 | False | cpu | fp32 |")
