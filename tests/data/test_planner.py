@@ -125,9 +125,11 @@ def test_on_the_cpu_the_memory_target_comes_from_the_ram(monkeypatch):
     assert memory_target_for("cpu", processes=1) == 4.0                 # 7.5 -> 4
     assert memory_target_for("cuda") == 24.0 and memory_target_for("cpu", given=10.0) == 10.0
     plan = plan_pretraining(fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [300, 512, 512]), "hybrid", "tiny", target)
-    # hybrid tiny: 3.5 GB per 96^3 crop; (2 - 2) // 3.5 = 0 fit: one crop per device, 16 crops by accumulation
+    # the 2 GB target less the 2 GB reserve leaves nothing: one crop per device in the smallest chunk (1 sub-volume),
+    # 16 crops by accumulation, and the plan warns
     assert plan["gpu_memory_target_gb"] == 2.0 and type(plan["gpu_memory_target_gb"]) is float
-    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16}
+    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16, "chunk": 1}
+    assert "WARNING" in plan["explain"]["batch_by_device_count"]
     assert plan["explain"]["gpu_memory_target_gb"] == target.why
     json.dumps(plan)
     monkeypatch.setattr(planner, "available_memory_gb", lambda: None)
