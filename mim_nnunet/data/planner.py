@@ -56,10 +56,11 @@ CPU_FP32_FACTOR = 2.0
 # source: a two-point fit of peaks measured by scripts/benchmark_pretrain_step.py (one shot and
 # chunked, one crop), or an estimate not yet measured per chunk.
 STEP_MEMORY_FP32_AT_96 = {
-    ("hybrid", "base"): {"fixed_gb": 0.0, "per_subvolume_gb": 1.030,
-                         "source": "estimate, not yet measured per chunk: the one-shot step's CPU peak RSS at 96^3 "
-                                   "(21.8 GB, scripts/benchmark_pretrain_step.py, fp32) less the kept volumes, "
-                                   "all counted per sub-volume"},
+    ("hybrid", "base"): {"fixed_gb": 1.86, "per_subvolume_gb": 0.942,
+                         "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
+                                   "--configs hybrid:base): one shot 21.8 GB (2026-11-28) and chunk 4 5930 MB "
+                                   "(--chunks 4, 2026-11-29; 2-core CPU); per sub-volume = the difference / 17, "
+                                   "fixed = the rest less the kept volumes"},
     ("hybrid", "tiny"): {"fixed_gb": 1.19, "per_subvolume_gb": 0.251,
                          "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
                                    "--configs hybrid:tiny --input-size 96 --chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 "

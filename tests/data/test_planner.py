@@ -27,14 +27,14 @@ def test_isotropic_ct():
     assert plan["effective_batch_subvolumes"] == 336
     assert {n * e["per_device_batch"] * e["accumulation"] for n, e in
             ((int(k), v) for k, v in plan["batch_by_device_count"].items())} == {16}
-    # hybrid base, one crop in one shot: 0.5 (bf16) x (1.030 GB x 21 sub-volumes + 50 kept 96^3 fp32 volumes
-    # (0.165 GB)) = 10.90 GB; two crops (21.8 GB) fit 24 - 2 GB, in one shot
+    # hybrid base, one crop in one shot: 0.5 (bf16) x (1.86 GB fixed + 0.942 GB x 21 sub-volumes + 50 kept 96^3
+    # fp32 volumes (0.165 GB)) = 10.90 GB; two crops 0.5 x (1.86 + 0.942 x 42 + 0.33) = 20.9 GB fit 24 - 2 GB
     assert plan["batch_by_device_count"] == {
         "1": {"per_device_batch": 2, "accumulation": 8, "chunk": 0},
         "2": {"per_device_batch": 2, "accumulation": 4, "chunk": 0},
         "4": {"per_device_batch": 2, "accumulation": 2, "chunk": 0},
         "8": {"per_device_batch": 2, "accumulation": 1, "chunk": 0}}
-    assert "estimate, not yet measured" in plan["explain"]["batch_by_device_count"]      # names its source
+    assert "measured: CPU peak RSS" in plan["explain"]["batch_by_device_count"]      # names its source
     assert plan["lr"] == pytest.approx(1e-4 * (336 / 256) ** 0.5)               # the square-root rule
     assert plan["intensity"]["CT"]["window"] == [-1000.0, 1000.0]
     assert set(plan["explain"]) >= {"target_spacing", "input_size", "batch_by_device_count", "lr", "intensity"}
@@ -47,7 +47,8 @@ def test_thick_slice_ct():
     plan = plan_pretraining(fingerprint([5.0, 0.7, 0.7], [2.5, 0.6, 0.6], [60, 512, 512]), "hybrid", "base", 24.0)
     assert plan["target_spacing"] == [2.5, 0.7, 0.7]
     assert plan["input_size"] == [32, 96, 96]
-    # one crop of 32x96x96 needs 10.90 GB / 3 = 3.63 GB: 6 fit 22 GB; the largest divisor of 16 <= 6 is 4
+    # b crops of 32x96x96 (1/3 of 96^3) need 0.5 x (1.86 + (0.942 x 21 + 0.165) / 3 x b) = 0.93 + 3.32 b GB <= 22:
+    # b <= 6.3; the largest divisor of 16 <= 6 is 4
     assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 4, "accumulation": 4, "chunk": 0}
     # a 10th percentile finer than the in-plane spacing is raised just above it
     plan = plan_pretraining(fingerprint([5.0, 0.7, 0.7], [0.5, 0.6, 0.6], [60, 512, 512]))
@@ -61,18 +62,18 @@ def test_mri_and_memory_pressure():
     assert plan["target_spacing"] == [1.5, 1.0, 1.0] and plan["input_size"] == [64, 96, 96]
     assert plan["in_channels"] == 4 and plan["intensity"] == {"MRI": {"scheme": "zscore",
                                                                    "background": "the normalised value of 0 per case"}}
-    # 64x96x96 = 2/3 of 96^3 -> 7.27 GB per crop in one shot > 8 - 2 GB: one crop, chunked; a chunk of c
-    # needs 0.5 x 2/3 x (1.030 c + 0.165) GB <= 6 -> c <= 17.3, capped at the largest level (L3: 16)
-    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16, "chunk": 16}
+    # 64x96x96 = 2/3 of 96^3 -> 0.5 x (1.86 + 2/3 x (0.942 x 21 + 0.165)) = 7.58 GB per crop in one shot > 8 - 2 GB:
+    # one crop, chunked; a chunk of c needs 0.5 x (1.86 + 2/3 x (0.942 c + 0.165)) GB <= 6 -> c <= 15.97 -> 15
+    assert plan["batch_by_device_count"]["1"] == {"per_device_batch": 1, "accumulation": 16, "chunk": 15}
     assert "WARNING" not in plan["explain"]["batch_by_device_count"]
-    # a 2.5 GB target leaves 0.5 GB: chunk 1 (0.5 x 2/3 x (1.030 + 0.165) = 0.40 GB) fits, chunk 2 (0.74 GB)
-    # does not; 2.2 GB leaves 0.2 GB: not even chunk 1 fits, a warning
+    # a 3.4 GB target leaves 1.4 GB: chunk 1 (0.5 x (1.86 + 2/3 x (0.942 + 0.165)) = 1.30 GB) fits, chunk 2
+    # (1.61 GB) does not; 3.2 GB leaves 1.2 GB: not even chunk 1 fits, a warning
     plan = plan_pretraining(fingerprint([1.5, 1.0, 1.0], [1.2, 1.0, 1.0], [120, 256, 256], "MRI", channels=4),
-                            "hybrid", "base", 2.5)
+                            "hybrid", "base", 3.4)
     assert plan["batch_by_device_count"]["1"]["chunk"] == 1
     assert "WARNING" not in plan["explain"]["batch_by_device_count"]
     plan = plan_pretraining(fingerprint([1.5, 1.0, 1.0], [1.2, 1.0, 1.0], [120, 256, 256], "MRI", channels=4),
-                            "hybrid", "base", 2.2)
+                            "hybrid", "base", 3.2)
     assert plan["batch_by_device_count"]["1"]["chunk"] == 1 and "WARNING" in plan["explain"]["batch_by_device_count"]
 
 
@@ -104,12 +105,13 @@ def test_chunk_and_batch_fit_the_memory_target(backbone, size):
 
 
 def test_hybrid_base_chunks_by_hand():
-    # 96^3, one crop: a chunk of c needs 0.5 x (1.030 c + 0.165) GB; 8 GB - 2: c <= 11.5 -> 11; 5 GB - 2: c <= 5.7 -> 5
+    # 96^3, one crop: a chunk of c needs 0.5 x (1.86 + 0.942 c + 0.165) GB; 8 GB - 2: c <= 10.6 -> 10;
+    # 5 GB - 2: c <= 4.2 -> 4
     fp = fingerprint([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [300, 512, 512])
     assert plan_pretraining(fp, "hybrid", "base", 8.0)["batch_by_device_count"]["1"] == \
-        {"per_device_batch": 1, "accumulation": 16, "chunk": 11}
+        {"per_device_batch": 1, "accumulation": 16, "chunk": 10}
     assert plan_pretraining(fp, "hybrid", "base", 5.0)["batch_by_device_count"]["4"] == \
-        {"per_device_batch": 1, "accumulation": 4, "chunk": 5}
+        {"per_device_batch": 1, "accumulation": 4, "chunk": 4}
 
 
 def test_planning_is_deterministic():
