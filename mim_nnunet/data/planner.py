@@ -75,6 +75,16 @@ STEP_MEMORY_FP32_AT_96 = {
                                  "6716 MB, chunk 1 2161 MB; per sub-volume = the difference / 20, x 3.375 to 96^3; "
                                  "fixed = the rest. Conservative between the two points (chunk 4: 3518 MB, 16: 4754 MB "
                                  "measured; large batches recompute the window attention)"},
+    # resenc: one measured point, the split assumed (not fitted); M and L share one topology
+    ("resenc", "M"): {"fixed_gb": 2.4, "per_subvolume_gb": 1.7,
+                      "source": "estimate from one measured point: CPU peak RSS 4064 MB for one 96^3 sub-volume "
+                                "(scripts/benchmark_pretrain_step.py --configs resenc:M --levels 1, fp32, 2-core CPU, "
+                                "2026-11-29); fixed = interpreter (about 1.2 GB) + weights and gradients of 146.6 M "
+                                "parameters (1.2 GB), the rest per sub-volume: assumed, not fitted over chunks"},
+    ("resenc", "L"): {"fixed_gb": 2.4, "per_subvolume_gb": 1.7,
+                      "source": "as resenc M (the same encoder topology; the ResEnc-M/-L presets differ in patch size)"},
+    ("resenc", "tiny"): {"fixed_gb": 1.2, "per_subvolume_gb": 0.25,
+                         "source": "estimate, not yet measured: hybrid tiny's measured entry (a model of similar size)"},
 }
 # A step keeps, per crop, its 2S crop (8 S-volumes) and the inputs and predictions of its 21 sub-volumes.
 KEPT_VOLUMES_PER_CROP = 8 + 2 * 21

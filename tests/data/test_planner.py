@@ -142,3 +142,11 @@ def test_available_memory_is_read_from_the_system():
     available = planner.available_memory_gb()
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
     assert 0 < available <= total
+
+
+def test_every_backbone_and_size_has_a_memory_entry_naming_its_source():
+    from mim_nnunet.backbones import BACKBONES, size_table
+    for backbone in BACKBONES:
+        for size in size_table(backbone):
+            entry = STEP_MEMORY_FP32_AT_96[(backbone, size)]
+            assert entry["source"].startswith(("measured", "estimate", "as ")) and entry["per_subvolume_gb"] > 0
