@@ -1,6 +1,7 @@
 """MiM for nnU-Net's own ResEnc U-Net, in subprocesses: mim_pretrain -backbone resenc (tiny) -> stock
 nnUNetv2_plan_and_preprocess with a ResEnc planner -> check-transfer -> nnUNetv2_train with the MiM ResEnc
-trainer (every loaded encoder tensor = the export's) -> pre-training files deleted -> nnUNetv2_predict."""
+trainer (every loaded encoder tensor = the export's) -> pre-training files deleted -> nnUNet's --val and
+nnUNetv2_predict."""
 
 import json
 import shutil
@@ -54,6 +55,12 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
 
     for pre in (Path(env["nnUNet_results"]) / "MiM_pre", Path(env["nnUNet_preprocessed"]) / "MiM_pre"):
         shutil.rmtree(pre)
+    # nnU-Net's validation of the trained fold, the export gone: the network comes from the model folder's plans
+    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu", "--val"],
+        env, tmp_path)
+    log = "".join(p.read_text(encoding="utf-8") for p in (folder / "fold_0").glob("training_log_*.txt"))
+    assert f"MiM: network architecture from the model folder's {folder / 'plans.json'}" in log
+    assert (folder / "fold_0" / "validation" / "summary.json").is_file()
     out = tmp_path / "pred"
     run([command("nnUNetv2_predict"), "-i", root / "imagesTs", "-o", out, "-d", DATASET, "-c", "3d_fullres", "-f",
          "0", "-tr", TRAINER, "-p", PLANS, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], env, tmp_path)
