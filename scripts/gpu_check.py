@@ -46,12 +46,6 @@ FINETUNE_TRAINER = "nnUNetTrainerMiM_1epoch"
 DATASET_ID = 990
 
 
-def write_json(path: Path, data: Dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def command(name: str) -> str:
     """A console script of this environment (next to this Python), else from PATH."""
     local = Path(sys.executable).parent / name
@@ -120,9 +114,9 @@ def write_volumes(folder: Path, n: int, shape, labels: bool) -> None:
 # The checks: each returns its details (a dict); an exception marks it failed.
 
 def check_environment(ctx: Context) -> Dict:
-    import nnunetv2  # noqa: F401  (its version, below)
-    import torch
     from importlib.metadata import version
+
+    import torch
     info = {"python": platform.python_version(), "torch": torch.__version__, "nnunetv2": version("nnunetv2"),
             "cuda_available": torch.cuda.is_available(), "cuda_build": torch.version.cuda}
     if ctx.device == "cuda":
@@ -265,6 +259,7 @@ def main(argv=None) -> int:
     parser.add_argument("--benchmark_configs", default=BENCHMARK_CONFIGS)
     parser.add_argument("--benchmark_input_size", type=int, default=96)
     args = parser.parse_args(argv)
+    from mim_nnunet.common.atomic import write_json_atomic
     chosen = [c.strip() for c in args.checks.split(",") if c.strip()]
     unknown = sorted(set(chosen) - set(CHECKS))
     if unknown:
@@ -276,7 +271,7 @@ def main(argv=None) -> int:
     import torch
     if args.device == "cuda" and not torch.cuda.is_available():
         summary["checks"] = {c: {"status": "skipped", "why": "no CUDA device"} for c in chosen}
-        write_json(out / SUMMARY, summary)
+        write_json_atomic(out / SUMMARY, summary)
         print(f"no CUDA device: nothing checked ({out / SUMMARY})")
         return 2
     ctx = Context(args)
@@ -293,10 +288,10 @@ def main(argv=None) -> int:
         entry["check_seconds"] = round(time.perf_counter() - t, 1)
         summary["checks"][name] = entry
         summary["total_seconds"] = round(time.perf_counter() - started, 1)
-        write_json(out / SUMMARY, summary)
+        write_json_atomic(out / SUMMARY, summary)
         print(f"[gpu_check] {name}: {entry['status']} ({entry['check_seconds']} s)", flush=True)
     summary["all_ok"] = all(e["status"] == "ok" for e in summary["checks"].values())
-    write_json(out / SUMMARY, summary)
+    write_json_atomic(out / SUMMARY, summary)
     print(f"summary: {out / SUMMARY}")
     return 0 if summary["all_ok"] else 1
 
