@@ -9,8 +9,10 @@ Checks (``--checks`` picks some; all by default):
   pretrain_1gpu     mim_pretrain on one GPU (its NCCL process group), a few steps, export written
   pretrain_torchrun the same through torchrun --nproc_per_node 1
   pretrain_compile  the same with --compile
-  benchmark         scripts/benchmark_pretrain_step.py at S = 96: s per L1 crop, peak memory, params
-  planner_memory    the planner's per-crop memory table next to the benchmark's measured bf16 peaks
+  benchmark         scripts/benchmark_pretrain_step.py at S = 96: s per L1 crop, peak memory, TFLOP/s, fused
+                    AdamW step time, params; then each lever alone on hybrid base in bf16 (chunk 4,
+                    activation checkpointing, channels-last, unfused AdamW, torch.compile)
+  planner_memory    the planner's modelled step memory next to each measured peak
   nnunet_finetune   nnUNetv2_plan_and_preprocess + one nnUNetv2_train epoch of nnUNetTrainerMiM_1epoch (hybrid
                     base) on CUDA with nnU-Net's default torch.compile, from a 2-step base export
 
@@ -43,6 +45,10 @@ CHECKS = ("environment", "precision_steps", "pretrain_1gpu", "pretrain_torchrun"
 SUMMARY = "gpu_check_summary.json"
 BENCHMARK_CONFIGS = "hybrid:base,hybrid:tiny,swin:base,resenc:M,resenc:L"
 FINETUNE_TRAINER = "nnUNetTrainerMiM_1epoch"
+# The step's levers, each benchmarked alone (scripts/benchmark_pretrain_step.py flags); the one-shot row of
+# the benchmark check, with fused AdamW, is what they are compared with.
+LEVERS = {"chunk4": ["--chunks", "4"], "checkpointing": ["--checkpointing"], "channels_last": ["--channels-last"],
+          "unfused_adamw": ["--optimizer", "adamw"], "compile": ["--compile"]}
 DATASET_ID = 990
 
 
@@ -192,33 +198,57 @@ def check_pretrain_compile(ctx: Context) -> Dict:
     return _pretrain(ctx, "compile", [], ["-gpus", "1", "--compile"])
 
 
-def check_benchmark(ctx: Context) -> Dict:
-    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_pretrain_step.py"), "--configs", ctx.args.benchmark_configs,
-           "--input-size", str(ctx.args.benchmark_input_size), "--repeats", "2"]
+def _benchmark(ctx: Context, name: str, extra: List[str]) -> List[Dict]:
+    """Rows of one scripts/benchmark_pretrain_step.py invocation (its ``--json`` file)."""
+    rows_file = Path(ctx.args.out) / f"benchmark_{name}.json"
+    rows_file.unlink(missing_ok=True)
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_pretrain_step.py"), "--input-size",
+           str(ctx.args.benchmark_input_size), "--repeats", "2", "--json", str(rows_file)] + extra
     result = subprocess.run(cmd, env=ctx.env, capture_output=True, encoding="utf-8", errors="replace", timeout=1200)
-    ctx.benchmark_rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    failed = [r for r in ctx.benchmark_rows if "error" in r]
-    if not ctx.benchmark_rows or failed:
-        raise RuntimeError(f"benchmark: {len(failed)} configuration(s) failed: "
-                           f"{[r.get('error') for r in failed] or result.stderr[-500:]}")
-    return {"rows": ctx.benchmark_rows}
+    if not rows_file.is_file():
+        raise RuntimeError(f"benchmark {name} wrote no rows (exit {result.returncode}): {result.stderr[-500:]}")
+    return json.loads(rows_file.read_text(encoding="utf-8"))
+
+
+def check_benchmark(ctx: Context) -> Dict:
+    """Every configuration in one shot (fp32 and bf16, fused AdamW timed), then each lever of the step
+    alone on ``--lever_config`` in bf16 (the engine's GPU precision), to compare with its one-shot row."""
+    ctx.benchmark_rows = _benchmark(ctx, "configs", ["--configs", ctx.args.benchmark_configs, "--chunks", "0",
+                                                     "--optimizer", "fused"])
+    levers = {}
+    for lever in (v for v in ctx.args.levers.split(",") if v):
+        if lever not in LEVERS:
+            raise RuntimeError(f"unknown lever {lever!r}; choose from {', '.join(LEVERS)}")
+        levers[lever] = _benchmark(ctx, lever, ["--configs", ctx.args.lever_config, "--dtypes", ctx.args.lever_dtype]
+                                   + LEVERS[lever])
+    failed = [r for r in ctx.benchmark_rows + [r for rows in levers.values() for r in rows] if "error" in r]
+    if failed:
+        raise RuntimeError(f"benchmark: {len(failed)} configuration(s) failed: {[r.get('error') for r in failed]}")
+    return {"rows": ctx.benchmark_rows, "levers": levers}
 
 
 def check_planner_memory(ctx: Context) -> Dict:
-    from mim_nnunet.data.planner import DEFAULT_INPUT_SIZE, STEP_MEMORY_FP32_AT_96
+    """The planner's modelled step memory next to each measured peak (same backbone, size, S, chunk, dtype)."""
+    from mim_nnunet.data.planner import (
+        BF16_FRACTION_OF_FP32,
+        STEP_MEMORY_FP32_AT_96,
+        step_memory_gb,
+    )
     rows = [r for r in ctx.benchmark_rows if r.get("dtype") in ("bf16", "fp32") and "peak_memory_mb" in r]
     if not rows:
         raise RuntimeError("no benchmark rows to compare (run the benchmark check first)")
     table = {}
     for r in rows:
-        scale = (DEFAULT_INPUT_SIZE / r["input_size"]) ** 3
-        measured = r["peak_memory_mb"] / 1024 * scale
-        key = f"{r['backbone']}:{r['size']}:{r['dtype']}"
-        entry = STEP_MEMORY_FP32_AT_96.get((r["backbone"], r["size"]), {})
-        table[key] = {"measured_gb_at_96": round(measured, 2), "chunk": r.get("chunk", 0),
-                      "kind": r.get("peak_memory_kind"), "planner_fp32_at_96": entry,
-                      "planner_one_shot_fp32_gb": round(entry["fixed_gb"] + 21 * entry["per_subvolume_gb"], 2)
-                      if entry else None}
+        key = f"{r['backbone']}:{r['size']}:{r['dtype']}:S{r['input_size']}:chunk{r.get('chunk', 0)}"
+        if (r["backbone"], r["size"]) not in STEP_MEMORY_FP32_AT_96:
+            table[key] = {"measured_gb": round(r["peak_memory_mb"] / 1024, 2), "modelled_gb": None}
+            continue
+        modelled = step_memory_gb(r["backbone"], r["size"], [r["input_size"]] * 3, 1, r.get("chunk", 0),
+                                  fraction=BF16_FRACTION_OF_FP32 if r["dtype"] == "bf16" else 1.0)
+        table[key] = {"measured_gb": round(r["peak_memory_mb"] / 1024, 2), "modelled_gb": round(modelled, 2),
+                      "measured_over_modelled": round(r["peak_memory_mb"] / 1024 / modelled, 3),
+                      "kind": r.get("peak_memory_kind"),
+                      "source": STEP_MEMORY_FP32_AT_96[(r["backbone"], r["size"])]["source"]}
     return {"per_crop": table}
 
 
@@ -258,6 +288,9 @@ def main(argv=None) -> int:
     parser.add_argument("--precision_input_size", type=int, default=64, help="S of precision_steps (default: 64)")
     parser.add_argument("--benchmark_configs", default=BENCHMARK_CONFIGS)
     parser.add_argument("--benchmark_input_size", type=int, default=96)
+    parser.add_argument("--levers", default=",".join(LEVERS), help="step levers to benchmark (default: all)")
+    parser.add_argument("--lever_config", default="hybrid:base", help="backbone:size the levers run on")
+    parser.add_argument("--lever_dtype", default="bf16", help="the levers' dtype (default: bf16)")
     args = parser.parse_args(argv)
     from mim_nnunet.common.atomic import write_json_atomic
     chosen = [c.strip() for c in args.checks.split(",") if c.strip()]

@@ -38,6 +38,25 @@ def test_build_adamw_uses_recipe_values():
     assert all(g["lr"] == 3e-4 and g["betas"] == (0.9, 0.95) for g in opt.param_groups)
 
 
+def test_fused_adamw_makes_the_same_updates():
+    """``fused`` (pre-training's choice) changes the kernel, not the update: three steps of both agree to float rounding, and the weights did move."""
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = {k: v.clone() for k, v in nets[0].state_dict().items()}
+    opts = [build_adamw(net, 1e-2, 0.05, (0.9, 0.95), fused=fused) for net, fused in zip(nets, (False, True))]
+    assert [g.get("fused") for g in opts[1].param_groups] == [True, True]      # decayed and not decayed
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+        assert float((a.detach() - start[name]).abs().max()) > 1e-3, name
+
+
 @pytest.mark.parametrize("step, expected", [
     (0, 1 / 3),                                   # warm-up: (0 + 1) / (2 + 1)
     (1, 2 / 3),

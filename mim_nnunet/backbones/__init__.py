@@ -20,6 +20,7 @@ ENCODERS = {"hybrid": (HybridEncoder, HYBRID_SIZES), "swin": (SwinEncoder, SWIN_
             "resenc": (ResEncEncoder, RESENC_SIZES)}
 BACKBONES = tuple(ENCODERS)
 DECODER_KEYS = ("decoder_dim", "decoder_depth", "decoder_heads")
+CHECKPOINT_KEY = "use_checkpoint"   # every backbone's activation-checkpointing switch (size tables, plans)
 
 
 def size_table(backbone: str) -> Mapping[str, dict]:
@@ -41,8 +42,9 @@ def build_encoder(backbone: str, size: str, in_channels: int, input_size: Sequen
     """The encoder and the decoder sizes that go with it (``decoder_dim``, ``_depth``, ``_heads``).
 
     ``sizes`` (e.g. a plan's ``backbone_sizes``) replaces the table entry of ``size``; ``overrides``
-    replace single entries (e.g. ``use_checkpoint=True`` for swin)."""
+    replace single entries (e.g. ``use_checkpoint=True``: activation checkpointing)."""
     table = dict(sizes) if sizes is not None else backbone_sizes(backbone, size)
+    table.setdefault(CHECKPOINT_KEY, False)     # hybrid plans and runs from before it could checkpoint
     known = backbone_sizes(backbone, next(iter(size_table(backbone))))
     unknown = (set(overrides) | set(table)) - set(known)
     missing = set(known) - set(table)

@@ -20,6 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..mim.tokens import TOKEN_SIZE, token_mask_to_grid
 from .layers import (
@@ -32,12 +33,13 @@ from .layers import (
 )
 
 # Sizes: 'base' is the release; 'tiny' (channels / 4, 3 heads, a small decoder) is for tests and CPUs.
-# decoder_* size the MAE decoder of pre-training (MIM_SPEC.md 3.1).
+# decoder_* size the MAE decoder of pre-training (MIM_SPEC.md 3.1). use_checkpoint: activation
+# checkpointing of every conv block and ViT block of pre-training (less memory, one more forward of each).
 HYBRID_SIZES = {
     "base": {"channels": (48, 96, 192, 384), "depths": (2, 2, 2, 11), "heads": 12, "mlp_ratio": 4.0,
-             "conv_kernel": 5, "decoder_dim": 576, "decoder_depth": 8, "decoder_heads": 16},
+             "conv_kernel": 5, "use_checkpoint": False, "decoder_dim": 576, "decoder_depth": 8, "decoder_heads": 16},
     "tiny": {"channels": (12, 24, 48, 96), "depths": (2, 2, 2, 11), "heads": 3, "mlp_ratio": 4.0,
-             "conv_kernel": 5, "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
+             "conv_kernel": 5, "use_checkpoint": False, "decoder_dim": 144, "decoder_depth": 2, "decoder_heads": 4},
 }
 CONV_STAGES = 3           # masked conv stages before the tokens (strides 2, 4, 8)
 # Parameters the release adds for fine-tuning: never in a pre-trained export, initialised by the network.
@@ -106,11 +108,15 @@ class HybridConvStages(nn.Module):
         mlp_ratio: hidden width of the MLPs relative to their input.
         conv_kernel: kernel of the depth-wise conv of the masked conv blocks.
         conv_drop_path: drop-path rate of each conv block, in order (default: none).
+        use_checkpoint: recompute each block's activations in the backward pass instead of storing them
+            (conv blocks here; subclasses' ViT blocks too): the same gradients for less memory.
     """
 
     def __init__(self, in_channels: int, input_size: Sequence[int], channels: Sequence[int], depths: Sequence[int],
-                 mlp_ratio: float, conv_kernel: int, conv_drop_path: Optional[Sequence[float]] = None):
+                 mlp_ratio: float, conv_kernel: int, conv_drop_path: Optional[Sequence[float]] = None,
+                 use_checkpoint: bool = False):
         super().__init__()
+        self.use_checkpoint = use_checkpoint
         if len(channels) != CONV_STAGES + 1 or len(depths) != CONV_STAGES + 1:
             raise ValueError(f"channels and depths need {CONV_STAGES + 1} entries, got {channels}, {depths}")
         c1, c2, c3, c4 = channels
@@ -138,9 +144,15 @@ class HybridConvStages(nn.Module):
             grid_mask = 1.0 if visible is None else \
                 token_mask_to_grid(visible, self.grid, TOKEN_SIZE >> stage).to(x.dtype)
             for blk in getattr(self, f"blocks{stage}"):
-                x = blk(x, grid_mask)
+                x = self.run_block(blk, x, grid_mask)
             outputs.append(x)
         return outputs
+
+    def run_block(self, block: nn.Module, *args) -> Tensor:
+        """``block(*args)``, checkpointed with ``use_checkpoint`` while gradients are recorded."""
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def tokens(self, stage3: Tensor) -> Tuple[Tensor, Tensor]:
         """The last conv stage's output -> (stride-16 grid ``(N, c4, *G)``, tokens ``(N, T, c4)`` after
@@ -155,12 +167,13 @@ class HybridEncoder(HybridConvStages):
 
     Rows of the mask must all hide the same number of tokens (true within a MiM level). Masked
     positions of the output are zero; they carry nothing about the masked input. Arguments as
-    :class:`HybridConvStages` plus ``heads`` of the ViT.
+    :class:`HybridConvStages` plus ``heads`` of the ViT; ``use_checkpoint`` covers the ViT blocks too.
     """
 
     def __init__(self, in_channels: int, input_size: Sequence[int], channels: Sequence[int],
-                 depths: Sequence[int], heads: int, mlp_ratio: float, conv_kernel: int):
-        super().__init__(in_channels, input_size, channels, depths, mlp_ratio, conv_kernel)
+                 depths: Sequence[int], heads: int, mlp_ratio: float, conv_kernel: int, use_checkpoint: bool = False):
+        super().__init__(in_channels, input_size, channels, depths, mlp_ratio, conv_kernel,
+                         use_checkpoint=use_checkpoint)
         c1, c2, c3, c4 = channels
         self.pos_embed = fixed_pos_embed(self.grid, c4)
         self.blocks4 = nn.ModuleList(Block(c4, heads, mlp_ratio) for _ in range(depths[3]))
@@ -188,7 +201,7 @@ class HybridEncoder(HybridConvStages):
         index = keep.unsqueeze(-1).expand(-1, -1, self.out_dim)
         h = tokens.gather(1, index)
         for blk in self.blocks4:
-            h = blk(h)
+            h = self.run_block(blk, h)
         h = self.norm(h + skips.gather(1, index))
         return h.new_zeros(n, tokens.shape[1], self.out_dim).scatter(1, index, h)
 

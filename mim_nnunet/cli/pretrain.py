@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto: bf16 where the GPU supports it, else fp16 with a loss scaler; fp32 on CPU")
     run.add_argument("-clip_grad", type=float, default=None, help="clip the gradient norm to this (default: off)")
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    run.add_argument("--checkpointing", action="store_true", default=None,
+                     help="activation checkpointing of the backbone's blocks: the same gradients, less memory, "
+                          "one more forward pass of each block; may change on --c (default: off, or the plan's "
+                          "backbone_sizes.use_checkpoint)")
     run.add_argument("-seed", type=int, default=None, help=f"default: {PRETRAIN_RECIPE['seed']}")
     run.add_argument("-workers", type=int, default=None,
                      help=f"data-loading workers per process (default: {DEFAULT_LOADER_WORKERS})")
@@ -122,6 +126,7 @@ def switches_from(args: argparse.Namespace) -> Dict:
 
 def operational_from(args: argparse.Namespace) -> Dict:
     values = {"stop_at": args.stop_at, "loader_workers": args.workers, "compile": args.compile,
+              "checkpointing": args.checkpointing,
               "cpu_threads": args.threads, "val_crops": args.val_crops, "chunk": args.chunk,
               **{name: getattr(args, name) for name in PRETRAIN_INTERVALS}}
     return {k: v for k, v in values.items() if v is not None}

@@ -53,8 +53,9 @@ CPU_FP32_FACTOR = 2.0
 # plus ``per_subvolume_gb`` for each sub-volume whose activations are alive at once (all 21 of a crop in
 # a one-shot step; at most the chunk with -chunk), both fp32 at S = 96^3 (the per-sub-volume part scales
 # with S's voxels), plus what a step keeps per crop (KEPT_VOLUMES_PER_CROP). Each entry names its
-# source: a two-point fit of peaks measured by scripts/benchmark_pretrain_step.py (one shot and
-# chunked, one crop), or an estimate not yet measured per chunk.
+# source: a two-point fit of peaks measured by scripts/benchmark_pretrain_step.py (two settings of the
+# sub-volumes alive at once: one shot, a chunk, or the first levels alone); the CPU's RSS includes the
+# interpreter and libraries, so the fits are conservative for a GPU's allocated memory.
 STEP_MEMORY_FP32_AT_96 = {
     ("hybrid", "base"): {"fixed_gb": 1.86, "per_subvolume_gb": 0.942,
                          "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
@@ -67,24 +68,30 @@ STEP_MEMORY_FP32_AT_96 = {
                                    "1649 MB, chunk 8 3446 MB; per sub-volume = the difference / 7; fixed = the rest (CPU "
                                    "process: interpreter and libraries included). At S = 64 the one-shot step (2735 MB) "
                                    "and chunk 1 (1261 MB) give 0.243 GB per sub-volume at 96^3"},
-    ("swin", "base"): {"fixed_gb": 0.0, "per_subvolume_gb": 2.28,
-                       "source": "estimate, not yet measured: twice the former bf16 guess of 24 GB per crop"},
+    ("swin", "base"): {"fixed_gb": 2.63, "per_subvolume_gb": 1.178,
+                       "source": "measured: CPU peak RSS, fp32, S = 96 (scripts/benchmark_pretrain_step.py "
+                                 "--configs swin:base; 2-core CPU, 2026-11-29): one sub-volume (--levels 1) 4063 MB, "
+                                 "four at once (--levels 2 --chunks 4) 7683 MB; per sub-volume = the difference / 3, "
+                                 "fixed = the rest less the kept volumes"},
     ("swin", "tiny"): {"fixed_gb": 1.84, "per_subvolume_gb": 0.751,
                        "source": "measured: CPU peak RSS, fp32, one crop, S = 64 (scripts/benchmark_pretrain_step.py "
                                  "--configs swin:tiny --input-size 64 --chunks 0,1; 2-core CPU, 2026-11-29): one shot "
                                  "6716 MB, chunk 1 2161 MB; per sub-volume = the difference / 20, x 3.375 to 96^3; "
                                  "fixed = the rest. Conservative between the two points (chunk 4: 3518 MB, 16: 4754 MB "
                                  "measured; large batches recompute the window attention)"},
-    # resenc: one measured point, the split assumed (not fitted); M and L share one topology
-    ("resenc", "M"): {"fixed_gb": 2.4, "per_subvolume_gb": 1.7,
-                      "source": "estimate from one measured point: CPU peak RSS 4064 MB for one 96^3 sub-volume "
-                                "(scripts/benchmark_pretrain_step.py --configs resenc:M --levels 1, fp32, 2-core CPU, "
-                                "2026-11-29); fixed = interpreter (about 1.2 GB) + weights and gradients of 146.6 M "
-                                "parameters (1.2 GB), the rest per sub-volume: assumed, not fitted over chunks"},
-    ("resenc", "L"): {"fixed_gb": 2.4, "per_subvolume_gb": 1.7,
-                      "source": "as resenc M (the same encoder topology; the ResEnc-M/-L presets differ in patch size)"},
-    ("resenc", "tiny"): {"fixed_gb": 1.2, "per_subvolume_gb": 0.25,
-                         "source": "estimate, not yet measured: hybrid tiny's measured entry (a model of similar size)"},
+    ("resenc", "M"): {"fixed_gb": 2.52, "per_subvolume_gb": 1.284,
+                      "source": "measured: CPU peak RSS, fp32, S = 96 (scripts/benchmark_pretrain_step.py --configs "
+                                "resenc:M; 2-core CPU, 2026-11-29): one sub-volume (--levels 1) 4064 MB, four at once "
+                                "(--levels 2 --chunks 4) 8009 MB; per sub-volume = the difference / 3, fixed = the "
+                                "rest less the kept volumes"},
+    ("resenc", "L"): {"fixed_gb": 2.52, "per_subvolume_gb": 1.284,
+                      "source": "as resenc M, measured there (the same encoder topology and MAE decoder; the "
+                                "ResEnc-M/-L presets differ in nnU-Net's fine-tuning patch size, not here)"},
+    ("resenc", "tiny"): {"fixed_gb": 1.25, "per_subvolume_gb": 0.318,
+                         "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
+                                   "--configs resenc:tiny --chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 1772 MB, "
+                                   "chunk 8 4048 MB; per sub-volume = the difference / 7, fixed = the rest less the "
+                                   "kept volumes"},
 }
 # A step keeps, per crop, its 2S crop (8 S-volumes) and the inputs and predictions of its 21 sub-volumes.
 KEPT_VOLUMES_PER_CROP = 8 + 2 * 21
@@ -284,7 +291,9 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
         f"chunk that fits (chunk 0 = one shot; mim_pretrain -chunk overrides)")
     if step_memory_gb(backbone, size, s, 1, 1) > available:
         explain["batch_by_device_count"] += (" - WARNING: not even a chunk of one sub-volume fits the target: expect "
-                                             "out-of-memory errors; raise -gpu_memory_target")
+                                             "out-of-memory errors; raise -gpu_memory_target, or add mim_pretrain "
+                                             "--checkpointing (activations recomputed, not kept: about 40 % less "
+                                             "per sub-volume, README 'Benchmark')")
 
     lr = lr_for(effective)
     explain["lr"] = (f"{REFERENCE_LR:g} x sqrt(effective batch {effective} / {REFERENCE_BATCH_SUBVOLUMES} sub-volumes): the "

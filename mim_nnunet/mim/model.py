@@ -162,12 +162,13 @@ class MiM(nn.Module):
         return {"loss": loss, "terms": terms, "weights": weights, "levels": outputs}
 
 
-def build_mim(backbone: str, size: str, config: MiMConfig, sizes: Optional[Mapping] = None) -> MiM:
-    """A MiM model with the named backbone (``hybrid``/``swin``) and size (``base``/``tiny``); ``sizes``
-    (a plan's ``backbone_sizes``) replaces the size table's entry."""
+def build_mim(backbone: str, size: str, config: MiMConfig, sizes: Optional[Mapping] = None, **overrides) -> MiM:
+    """A MiM model with the named backbone (``hybrid``/``swin``/``resenc``) and size; ``sizes`` (a plan's
+    ``backbone_sizes``) replaces the size table's entry, ``overrides`` single entries of it (e.g.
+    ``use_checkpoint=True``)."""
     from ..backbones import (
         build_encoder,  # here, not at the top: the backbones import mim.tokens
     )
 
-    encoder, decoder_sizes = build_encoder(backbone, size, config.in_channels, config.input_size, sizes)
+    encoder, decoder_sizes = build_encoder(backbone, size, config.in_channels, config.input_size, sizes, **overrides)
     return MiM(encoder, config, **decoder_sizes)

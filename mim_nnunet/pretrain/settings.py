@@ -62,6 +62,7 @@ class RunSettings:
     precision: str = "fp32"
     clip_grad: Optional[float] = None
     compile: bool = False
+    checkpointing: bool = False            # activation checkpointing of the backbone (else the plan's sizes say)
     chunk: int = 0                         # sub-volumes per forward/backward pass; 0 = the whole micro-batch
     seed: int = PRETRAIN_RECIPE["seed"]
     stop_at: Optional[int] = None
@@ -125,9 +126,6 @@ def check_chunk(settings: "RunSettings") -> None:
     if settings.chunk and not settings.mim.get("detach_parent", True):
         raise MimError("-chunk needs -detach_parent true: with gradients through the parents' features a "
                        "level's chunks are not independent; use -chunk 0")
-    if settings.chunk and settings.compile:
-        raise MimError("-chunk and --compile together are not supported yet (the chunked step calls the "
-                       "encoder and decoder directly); use one of them")
 
 
 def batch_split(plan: Dict, world_size: int, per_device_batch: Optional[int], accumulation: Optional[int]):

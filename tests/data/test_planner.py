@@ -75,6 +75,7 @@ def test_mri_and_memory_pressure():
     plan = plan_pretraining(fingerprint([1.5, 1.0, 1.0], [1.2, 1.0, 1.0], [120, 256, 256], "MRI", channels=4),
                             "hybrid", "base", 3.2)
     assert plan["batch_by_device_count"]["1"]["chunk"] == 1 and "WARNING" in plan["explain"]["batch_by_device_count"]
+    assert "--checkpointing" in plan["explain"]["batch_by_device_count"]       # the way out it names
 
 
 def modelled_gb(entry, voxels, live, crops=1):

@@ -133,10 +133,12 @@ def test_accumulation_and_processes_are_interchangeable(collection, tmp_path):
 
 def test_chunked_steps_train_as_one_shot_steps_and_resume_exactly(collection, tmp_path):
     """-chunk: the same losses and weights as one-shot steps up to fp32 summation order (the fp64 equality
-    of the gradients is tests/mim/test_chunked_step.py's), and bit-exact resume with chunks too."""
+    of the gradients is tests/mim/test_chunked_step.py's), and bit-exact resume with chunks too; with
+    --checkpointing as well the chunked run's weights (tests/mim/test_step_levers.py: fp64 gradients)."""
     quick = dict(steps=2, val_crops=0, plot_every=100, recon_every=100)     # no pictures, no validation
     run(collection, tmp_path / "one_shot", **quick)
     run(collection, tmp_path / "chunked", chunk=5, **quick)
+    run(collection, tmp_path / "levers", chunk=5, checkpointing=True, **quick)      # --checkpointing as well
     run(collection, tmp_path / "stopped", chunk=5, stop_at=1, **quick)
     resume(tmp_path / "stopped", collection)
     assert load_checkpoint(tmp_path / "chunked" / CHECKPOINT)["settings"]["chunk"] == 5
@@ -147,6 +149,9 @@ def test_chunked_steps_train_as_one_shot_steps_and_resume_exactly(collection, tm
     a, b, c = weights(tmp_path / "one_shot"), weights(tmp_path / "chunked"), weights(tmp_path / "stopped")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
     assert all(torch.equal(b[k], c[k]) for k in b) and losses(tmp_path / "stopped") == chunked
+    assert load_checkpoint(tmp_path / "levers" / CHECKPOINT)["settings"]["checkpointing"] is True
+    levers = weights(tmp_path / "levers")
+    assert all(torch.allclose(b[k], levers[k], rtol=1e-5, atol=1e-7) for k in b)
     with pytest.raises(MimError, match="-chunk needs -detach_parent true"):
         run(collection, tmp_path / "refused", chunk=5, switches={"detach_parent": False})
 
@@ -344,7 +349,8 @@ def test_help_documents_every_flag():
     result = subprocess.run([command("mim_pretrain"), "--help"], capture_output=True, encoding="utf-8",
                             errors="replace", timeout=120)
     for flag in ("-gpus", "-backbone", "-size", "-steps", "-device", "--c", "-gpu_memory_target", "-np", "-stop_at",
-                 "-precision", "-clip_grad", "--compile", "-levels", "-next_level_from", "-align_loss",
+                 "-precision", "-clip_grad", "--compile", "--checkpointing", "-chunk", "-levels", "-next_level_from",
+                 "-align_loss",
                  "-level_weight_schedule", "-loss_weights", "-o NAME"):
         assert flag in result.stdout, flag
 

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,13 +36,28 @@ def test_precision_steps_run_and_are_summarised_on_the_cpu(tmp_path):
     assert step["grads_finite"] and len(step["losses"]) == 2 and all(0 < v < 100 for v in step["losses"])
 
 
-def test_planner_memory_scales_measured_peaks_to_96_and_unknown_checks_are_refused(tmp_path):
+def test_benchmark_levers_and_planner_memory_on_the_cpu(tmp_path):
+    """The benchmark check's rows (one shot) and a lever's rows, and the planner's model next to each peak."""
+    from mim_nnunet.data.planner import step_memory_gb
+
+    result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--out", str(tmp_path), "--device", "cpu",
+                             "--checks", "benchmark,planner_memory", "--benchmark_configs", "hybrid:tiny",
+                             "--benchmark_input_size", "32", "--levers", "checkpointing", "--lever_config",
+                             "hybrid:tiny", "--lever_dtype", "fp32"],
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    checks = summary(tmp_path)["checks"]
+    (row,) = checks["benchmark"]["rows"]
+    assert (row["backbone"], row["chunk"], row["optimizer"]) == ("hybrid", 0, "fused")
+    assert row["optimizer_sec_median"] > 0
+    (lever,) = checks["benchmark"]["levers"]["checkpointing"]
+    assert lever["activation_checkpointing"] and not row["activation_checkpointing"]
+    entry = checks["planner_memory"]["per_crop"]["hybrid:tiny:fp32:S32:chunk0"]
+    assert entry["modelled_gb"] == round(step_memory_gb("hybrid", "tiny", [32] * 3, 1, 0, fraction=1.0), 2)
+    assert entry["measured_gb"] == round(row["peak_memory_mb"] / 1024, 2)
+
+
+def test_unknown_checks_are_refused(tmp_path):
     module = load_script("gpu_check")
-    rows = [{"backbone": "hybrid", "size": "tiny", "dtype": "bf16", "input_size": 48, "peak_memory_mb": 1536.0,
-             "peak_memory_kind": "cuda_allocated"}]
-    table = module.check_planner_memory(SimpleNamespace(benchmark_rows=rows))["per_crop"]
-    assert table["hybrid:tiny:bf16"]["measured_gb_at_96"] == 1.5 * 8          # (96 / 48)^3 voxels
-    with pytest.raises(RuntimeError, match="no benchmark rows"):
-        module.check_planner_memory(SimpleNamespace(benchmark_rows=[]))
     with pytest.raises(SystemExit):
         module.main(["--out", str(tmp_path), "--checks", "environment,warp_drive"])
