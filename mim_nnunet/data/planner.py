@@ -84,15 +84,17 @@ STEP_MEMORY_FP32_AT_96 = {
                                 "resenc:M; 2-core CPU, 2026-11-29): one sub-volume (--levels 1) 4064 MB, four at once "
                                 "(--levels 2 --chunks 4) 8009 MB; per sub-volume = the difference / 3, fixed = the "
                                 "rest less the kept volumes"},
-    ("resenc", "L"): {"fixed_gb": 2.52, "per_subvolume_gb": 1.284,
-                      "source": "as resenc M, measured there (the same encoder topology and MAE decoder; the "
-                                "ResEnc-M/-L presets differ in nnU-Net's fine-tuning patch size, not here)"},
     ("resenc", "tiny"): {"fixed_gb": 1.25, "per_subvolume_gb": 0.318,
                          "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
                                    "--configs resenc:tiny --chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 1772 MB, "
                                    "chunk 8 4048 MB; per sub-volume = the difference / 7, fixed = the rest less the "
                                    "kept volumes"},
 }
+# resenc L is resenc M here: the same encoder topology and MAE decoder (the presets differ in nnU-Net's
+# fine-tuning patch size only)
+STEP_MEMORY_FP32_AT_96[("resenc", "L")] = {**STEP_MEMORY_FP32_AT_96[("resenc", "M")],
+                                           "source": "as resenc M, measured there (the same encoder topology and "
+                                                     "MAE decoder)"}
 # A step keeps, per crop, its 2S crop (8 S-volumes) and the inputs and predictions of its 21 sub-volumes.
 KEPT_VOLUMES_PER_CROP = 8 + 2 * 21
 FP32_BYTES = 4
