@@ -21,7 +21,10 @@ class Budget(NamedTuple):
 
 BUDGETS = {
     "1epoch": Budget(1, 2, 1),          # smoke tests
-    "demo": Budget(20, 10, 1, lr=3e-3, final_validation=False),  # the demo's default setting
+    # the demo's default setting. Peak lr chosen on the scratch network's fit to its own two training halves
+    # (liver DSC after these 200 iterations, seed 0: lr 1e-3 18/59 %, 3e-3 62/73, 1e-2 71/74, 3e-2 55/58),
+    # never on the held-out halves
+    "demo": Budget(20, 10, 1, lr=1e-2, final_validation=False),
     "10epochs": Budget(10, 10, 2),
     "100epochs": Budget(100, 25, 5, lr=1e-3),  # the demo's long setting
 }

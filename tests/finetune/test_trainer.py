@@ -69,14 +69,14 @@ def test_optimiser_is_adamw_with_warmup_then_cosine(find_trainer):
 
 
 def test_short_budget_sets_its_own_peak_lr_for_both_networks(find_trainer):
-    # the demo budget: 20 epochs x 10 iterations at 3e-3 (the recipe's 1e-4 is for 1000 epochs);
+    # the demo budget: 20 epochs x 10 iterations at 1e-2 (the recipe's 1e-4 is for 1000 epochs);
     # warm-up 5 % of 20 epochs = 1 epoch: epoch 1 at the peak, half of it at epoch 10 (cosine over 19)
     for name in ("nnUNetTrainerMiM_tiny_demo", "nnUNetTrainerMiMScratch_tiny_demo"):
         trainer = make_trainer(find_trainer(name), patch_3d=(32, 64, 64))
-        assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.initial_lr) == (20, 10, 3e-3)
+        assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.initial_lr) == (20, 10, 1e-2)
         trainer.network = torch.nn.Linear(4, 2)
         optimizer, scheduler = trainer.configure_optimizers()
-        for epoch, lr in {0: 3e-3 / 2, 1: 3e-3, 10: 3e-3 * 0.5 * (1 + math.cos(math.pi * 9 / 19))}.items():
+        for epoch, lr in {0: 1e-2 / 2, 1: 1e-2, 10: 1e-2 * 0.5 * (1 + math.cos(math.pi * 9 / 19))}.items():
             scheduler.step(epoch)
             assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9), (name, epoch)
     # the full-length trainer keeps the recipe's lr
