@@ -18,11 +18,22 @@ OVERLAY_WINDOW = (-200.0, 300.0)   # HU shown in overlay pictures (soft tissue)
 COLOURS = np.array([[0, 0, 0], [0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.4, 1.0], [1.0, 0.8, 0.1], [0.8, 0.3, 0.9]])
 
 
+# Orientation of the pictures: array axes (z, y, x) run to superior, posterior and the patient's left, so a
+# slice shows anterior at the top and the patient's right on the viewer's left (the radiological view),
+# whatever the direction cosines of the file (the demo's CTs come as LPS and as RAS).
+DISPLAY_ORIENTATION = "LPS"
+
+
+def display_array(path: Path) -> np.ndarray:
+    """The image at ``path`` as a (z, y, x) array in :data:`DISPLAY_ORIENTATION`."""
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(path)), DISPLAY_ORIENTATION))
+
+
 def overlay_case(image: Path, label: Path, predictions: Dict[str, Path], out: Path, names: Dict[int, str]) -> Path:
     """CT slice with the most labelled voxels; label and each prediction overlaid, one panel each."""
-    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(image))).astype(np.float32)
-    maps = {"label": sitk.GetArrayFromImage(sitk.ReadImage(str(label)))}
-    maps.update({k: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for k, p in predictions.items()})
+    ct = display_array(image).astype(np.float32)
+    maps = {"label": display_array(label)}
+    maps.update({k: display_array(p) for k, p in predictions.items()})
     z = int(np.argmax((maps["label"] > 0).reshape(maps["label"].shape[0], -1).sum(1)))
     lo, hi = OVERLAY_WINDOW
     fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4.4), squeeze=False)

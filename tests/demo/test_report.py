@@ -1,0 +1,28 @@
+"""The demo report's pictures: slices shown in one orientation whatever the file's direction cosines."""
+
+import numpy as np
+import SimpleITK as sitk
+
+from mim_nnunet.demo.report import display_array
+
+
+def _write(path, array, direction):
+    image = sitk.GetImageFromArray(array)
+    image.SetDirection(direction)
+    image.SetSpacing((2.0, 3.0, 4.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_ras_file_is_shown_like_an_lps_one(tmp_path):
+    # (z, y, x) = (2, 3, 4); one marked voxel at array index (1, 0, 0)
+    array = np.zeros((2, 3, 4), dtype=np.int16)
+    array[1, 0, 0] = 7
+    # RAS: array x runs to the patient's right, y to anterior; index (y 0, x 0) is posterior-left,
+    # which in LPS (x to the left, y to posterior) is the last row and the last column
+    ras = display_array(_write(tmp_path / "ras.nii.gz", array, (-1, 0, 0, 0, -1, 0, 0, 0, 1)))
+    assert ras.shape == (2, 3, 4)
+    assert list(zip(*np.nonzero(ras))) == [(1, 2, 3)]
+    # an LPS file is shown as stored
+    lps = display_array(_write(tmp_path / "lps.nii.gz", array, (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    np.testing.assert_array_equal(lps, array)
