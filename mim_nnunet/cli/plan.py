@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from ..backbones import BACKBONES, size_table
+from ..data.intensity import CT_WINDOW
 from ..data.modality import AUTO
 from ..data.planner import DEFAULT_GPU_MEMORY_TARGET_GB
 from ..data.sources import DATA_ROOT_ENV
@@ -41,6 +42,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail_on_leakage", action="store_true", help="with --check_leakage: stop instead of warn")
     parser.add_argument("-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="target spacing in mm (image axes x y z) instead of the planned one")
+    parser.add_argument("-ct_window", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                        help=f"CT window in HU, clipped and scaled to [0, 1] (default: the spec's {list(CT_WINDOW)}); "
+                             "fine-tuning should see the same: `mim_nnunet plans-variant --window LO HI`")
     parser.add_argument("--replan", action="store_true",
                         help="plan again even if a plan for the same data and settings exists (edits are lost)")
 
@@ -65,7 +69,8 @@ def prepare_from(args: argparse.Namespace, device: str = "cuda", processes: int 
                    gpu_memory_target_gb=memory_target_for(device, processes, args.gpu_memory_target),
                    num_processes=args.np,
                    allow_partial=args.allow_partial, modality=args.modality, leakage_dataset=args.check_leakage,
-                   leakage_fail=args.fail_on_leakage, replan=args.replan, spacing_xyz=args.spacing)
+                   leakage_fail=args.fail_on_leakage, replan=args.replan, spacing_xyz=args.spacing,
+                   ct_window=args.ct_window)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -112,11 +112,13 @@ def plan_edits(plan: Dict, planned: Dict) -> List[str]:
 
 
 def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_memory_target_gb: float, name: str,
-                 replan: bool = False, spacing_zyx: Optional[Sequence[float]] = None, log=print):
+                 replan: bool = False, spacing_zyx: Optional[Sequence[float]] = None,
+                 ct_window: Optional[Sequence[float]] = None, log=print):
     """(plan, edits): the plan in ``path`` when it was planned from the same inputs (edits kept), else a
     new one written there."""
-    planned = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name, spacing_zyx)
-    inputs = PLANNED_FROM + (("target_spacing",) if spacing_zyx is not None else ())
+    planned = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name, spacing_zyx, ct_window)
+    inputs = PLANNED_FROM + (("target_spacing",) if spacing_zyx is not None else ()) + \
+        (("intensity",) if ct_window is not None else ())
     if path.is_file() and not replan:
         try:
             plan = json.loads(path.read_text(encoding="utf-8"))
@@ -139,9 +141,10 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
             gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_TARGET_GB, num_processes: int = 2,
             allow_partial: bool = False, modality: Union[str, Sequence[str]] = AUTO,
             leakage_dataset: Optional[str] = None, leakage_fail: bool = False, replan: bool = False,
-            spacing_xyz: Optional[Sequence[float]] = None, log=print) -> Prepared:
+            spacing_xyz: Optional[Sequence[float]] = None, ct_window: Optional[Sequence[float]] = None,
+            log=print) -> Prepared:
     """Prepare the data ``specs`` name (see the module's docstring); ``spacing_xyz`` (mm, x y z) replaces the
-    planned target spacing."""
+    planned target spacing, ``ct_window`` (HU) the spec's CT window."""
     folder = preprocessed_folder(name or collection_name(specs))
     sources = check_sources(folder, specs, name, log=log)
     name = name or collection_name(specs)
@@ -179,9 +182,12 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
 
     spacing_zyx = list(spacing_xyz)[::-1] if spacing_xyz is not None else None
     plan, edits = load_or_plan(plan_file(folder, backbone, size), fingerprint, backbone, size, gpu_memory_target_gb,
-                               name, replan, spacing_zyx, log)
+                               name, replan, spacing_zyx, ct_window, log)
+    # a store whose preprocessing differs from the default plan's gets its own folder (a digest of the values)
+    default = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name, spacing_zyx)
+    own = any(json.dumps(plan[k]) != json.dumps(default[k]) for k in STORE_DEFINING)
     store = store_folder(folder, manifest["hash"], plan["target_spacing"],
-                         variant={k: plan[k] for k in STORE_DEFINING} if set(edits) & set(STORE_DEFINING) else None)
+                         variant={k: plan[k] for k in STORE_DEFINING} if own else None)
     report = preprocess(with_modalities(manifest, fingerprint), plan, store, num_processes)
     log(f"store {store}: {len(report['ok'])} cases ready ({report['done_before']} from an earlier run), "
         f"{len(report['skipped'])} skipped (listed in {store / 'report.json'})")

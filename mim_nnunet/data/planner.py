@@ -241,9 +241,10 @@ def split_for_memory(backbone: str, size: str, input_size: Sequence[int], crops_
 
 def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "base",
                      gpu_memory_target_gb: float = 24.0, name: str = "collection",
-                     spacing_zyx: Optional[Sequence[float]] = None) -> Dict:
+                     spacing_zyx: Optional[Sequence[float]] = None,
+                     ct_window: Optional[Sequence[float]] = None) -> Dict:
     """The plan for a collection's fingerprint; ``spacing_zyx`` (mm, the store's z, y, x axes) replaces the
-    planned target spacing (``-spacing``)."""
+    planned target spacing (``-spacing``), ``ct_window`` (HU) the spec's CT window (``-ct_window``)."""
     overall = fingerprint.get("overall")
     if not overall:
         raise MimError(f"{name}: no usable case in the fingerprint; nothing to plan")
@@ -305,7 +306,7 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
                      f"another device count, other switches) rescales this lr by the same rule. Short runs (a few "
                      f"hundred steps, e.g. the demo) learn faster at a higher lr: set it here or with -lr")
 
-    intensity, explain["intensity"] = intensity_scheme(overall["modalities"])
+    intensity, explain["intensity"] = intensity_scheme(overall["modalities"], ct_window)
     foreground, explain["foreground"] = foreground_rule()
     explain["uniform_crop_fraction"] = (f"{UNIFORM_CROP_FRACTION:g} of the crops are placed uniformly (air, table, "
                                         f"padding included); the others are centred on a foreground voxel")

@@ -15,16 +15,17 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from ..common.atomic import write_json_atomic
 from ..common.environment import trainers_dir
 from ..common.errors import MimError
 from ..common.layout import CHECKPOINT, export_path, run_folder
 from ..data.sources import DATA_ROOT_ENV
-from ..finetune.trainer import SEED_ENV
+from ..finetune.trainer import SEED_ENV, THREADS_ENV
 from ..weights.finding import WEIGHTS_ENV
 from .settings import DEMO_SETTINGS
 
@@ -53,9 +54,59 @@ def _run_step(title: str, cmd: List[str], env: Dict[str, str]) -> float:
     return seconds
 
 
+def trainings_at_once(device: str) -> int:
+    """Fine-tunings run together: two on a CPU with at least two cores (the demo's tiny network scales poorly
+    from one thread to two: 1.3 vs 0.8 s per iteration on 2 cores, so two runs of one thread each do 23 % more
+    iterations per second than one of two), one on a GPU."""
+    return 2 if device == "cpu" and cpu_count() >= 2 else 1
+
+
+def _run_together(steps: List[Tuple[str, str, List[str], Dict[str, str]]], parallel: int) -> Dict[str, float]:
+    """Run ``(key, title, cmd, env)`` steps, ``parallel`` at a time, each with an equal share of the CPU threads
+    (``$MIM_CPU_THREADS``); their output is passed on line by line, prefixed with the step's number. Returns
+    the seconds each took, by key (``"<key> (in parallel)"`` for steps that ran together: their times overlap)."""
+    if parallel <= 1 or len(steps) <= 1:
+        return {key: _run_step(title, cmd, env) for key, title, cmd, env in steps}
+    seconds: Dict[str, float] = {}
+    for start in range(0, len(steps), parallel):
+        group = steps[start: start + parallel]
+        threads = str(max(1, cpu_count() // len(group)))
+        running = []
+        for n, (key, title, cmd, env) in enumerate(group, start=1):
+            print(f"\n== [{n}] {title}\n$ {THREADS_ENV}={threads} {shlex.join(cmd)}", flush=True)
+            # unbuffered: the child's lines arrive as it prints them, not in blocks at its end
+            proc = subprocess.Popen(cmd, env=dict(env, PYTHONUNBUFFERED="1", **{THREADS_ENV: threads}),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
+                                    errors="replace")
+            pump = threading.Thread(target=_prefix_lines, args=(proc.stdout, f"[{n}] "), daemon=True)
+            pump.start()
+            running.append((key, title, cmd, proc, pump, time.time()))
+        failed = []
+        for key, title, cmd, proc, pump, began in running:
+            code = proc.wait()
+            pump.join()
+            seconds[f"{key} (in parallel)"] = took = time.time() - began
+            print(f"== {title}: done in {took:.0f} s" if code == 0 else
+                  f"== {title}: failed with exit code {code}", flush=True)
+            if code != 0:
+                failed.append(f"step '{title}' failed with exit code {code}: {shlex.join(cmd)}")
+        if failed:
+            raise DemoError("; ".join(failed))
+    return seconds
+
+
+def _prefix_lines(stream, prefix: str) -> None:
+    for line in stream:
+        print(prefix + line, end="", flush=True)
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
 def demo_environment(workspace: Path) -> Dict[str, str]:
     """The process environment for the demo: its own nnU-Net folders and data root, our trainers found."""
-    env = {k: v for k, v in os.environ.items() if k not in (WEIGHTS_ENV, SEED_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in (WEIGHTS_ENV, SEED_ENV, THREADS_ENV)}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(workspace / name)
         (workspace / name).mkdir(parents=True, exist_ok=True)
@@ -96,14 +147,15 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     data = prepare_demo_data(Path(env["nnUNet_raw"]), Path(env[DATA_ROOT_ENV]))
     dataset_id, dataset = str(spec["dataset_id"]), data["dataset"].name
     spacing = [str(s) for s in recipe["spacing_xyz"]]
+    window = [str(w) for w in recipe["window"]]     # pre-training and fine-tuning see the same intensities
 
     run_dir = run_folder(COLLECTION, BACKBONE, SIZE, results=Path(env["nnUNet_results"]))
     export = export_path(run_dir, BACKBONE, SIZE)
     if not export.is_file():
         steps = pre["steps"]
         cmd = ["mim_pretrain", "-d", COLLECTION, "-o", COLLECTION, "-backbone", BACKBONE, "-size", SIZE, "-np", "2",
-               "-device", device, "-spacing", *spacing, "-input_size", str(pre["input_size"]), "-batch",
-               str(pre["batch"]), "-accum", "1", "-steps", str(steps), "-workers", "1",
+               "-device", device, "-spacing", *spacing, "-ct_window", *window, "-input_size", str(pre["input_size"]),
+               "-batch", str(pre["batch"]), "-accum", "1", "-steps", str(steps), "-workers", "1",
                "-val_every", str(pre["val_every"]), "-val_crops", str(pre["val_crops"]),
                "-recon_every", str(max(1, steps // 2)), "-plot_every", str(max(1, steps // 10)),
                "-save_every", str(max(1, steps // 4))] + (["-lr", str(pre["lr"])] if pre["lr"] else [])
@@ -121,7 +173,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
         timings["planning"] += _run_step(
             "the recipe's plans variant: spacing, the pre-training HU window, patch",
             ["mim_nnunet", "plans-variant", "-d", dataset_id, "-o", PLANS, "--spacing", *spacing,
-             "--window", *[str(w) for w in recipe["window"]], "--patch", *[str(p) for p in recipe["patch_xyz"]]], env)
+             "--window", *window, "--patch", *[str(p) for p in recipe["patch_xyz"]]], env)
     if not (preprocessed / f"{PLANS}_{CONFIGURATION}").is_dir():
         timings["preprocessing"] = _run_step(
             "preprocess with the variant (stock nnUNetv2_preprocess)",
@@ -130,6 +182,10 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
         cases = sorted(p.name[: -len("_0000.nii.gz")] for p in (data["dataset"] / "imagesTr").glob("*_0000.nii.gz"))
         write_one_case_split(preprocessed, cases, spec)
 
+    held_out = len(list((data["dataset"] / "labelsTs").glob("*.nii.gz")))
+    parallel = trainings_at_once(device)
+    if parallel > 1:
+        print(f"\n== fine-tunings: {parallel} at a time, {cpu_count() // parallel} CPU thread(s) each (${THREADS_ENV})")
     results: Dict[str, Dict] = {}
     for label in fine["labels"]:
         fold = FOLDS[label]
@@ -138,6 +194,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
             # (nnU-Net's planner refuses nnUNet_n_proc_DA=0, so only the training steps get it)
             run_env = dict(env, nnUNet_results=str(ws / "finetune" / f"{label}_seed{seed}"), nnUNet_n_proc_DA="0",
                            **{SEED_ENV: str(seed)})
+            trainings = []
             for kind, prefix in KINDS.items():
                 trainer = f"{prefix}_tiny_{fine['budget']}"
                 model = Path(run_env["nnUNet_results"]) / dataset / f"{trainer}__{PLANS}__{CONFIGURATION}"
@@ -145,19 +202,23 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
                 if not (model / f"fold_{fold}" / "checkpoint_final.pth").is_file():
                     resume = ["--c"] if (model / f"fold_{fold}" / "checkpoint_latest.pth").is_file() else []
                     step_env = dict(run_env, **{WEIGHTS_ENV: str(export)}) if kind == "MiM" else run_env
-                    timings[f"fine-tuning {tag}"] = _run_step(
-                        f"fine-tune {trainer} ({tag}; stock nnUNetv2_train, fold {fold})",
-                        ["nnUNetv2_train", dataset_id, CONFIGURATION, fold, "-tr", trainer, "-p", PLANS,
-                         "-device", device] + resume, step_env)
+                    trainings.append((f"fine-tuning {tag}",
+                                      f"fine-tune {trainer} ({tag}; stock nnUNetv2_train, fold {fold})",
+                                      ["nnUNetv2_train", dataset_id, CONFIGURATION, fold, "-tr", trainer, "-p", PLANS,
+                                       "-device", device] + resume, step_env))
                 pred = ws / "predictions" / f"{label}_seed{seed}" / kind
-                if not pred.is_dir() or len(list(pred.glob("*.nii.gz"))) < len(list((data["dataset"] / "labelsTs").glob("*.nii.gz"))):
+                results[f"{label}/{seed}/{kind}"] = {"label": label, "seed": seed, "kind": kind, "trainer": trainer,
+                                                     "model": str(model), "fold": fold, "predictions": str(pred)}
+            timings.update(_run_together(trainings, parallel))
+            for kind in KINDS:
+                run = results[f"{label}/{seed}/{kind}"]
+                pred, tag = Path(run["predictions"]), f"{kind}, {label} labelled, seed {seed}"
+                if not pred.is_dir() or len(list(pred.glob("*.nii.gz"))) < held_out:
                     timings[f"prediction {tag}"] = _run_step(
                         f"predict the held-out halves ({tag}; stock nnUNetv2_predict)",
                         ["nnUNetv2_predict", "-i", str(data["dataset"] / "imagesTs"), "-o", str(pred), "-d",
-                         dataset_id, "-c", CONFIGURATION, "-f", fold, "-tr", trainer, "-p", PLANS,
+                         dataset_id, "-c", CONFIGURATION, "-f", fold, "-tr", run["trainer"], "-p", PLANS,
                          "--disable_tta", "-device", device, "-npp", "1", "-nps", "1"], run_env)
-                results[f"{label}/{seed}/{kind}"] = {"label": label, "seed": seed, "kind": kind, "trainer": trainer,
-                                                     "model": str(model), "fold": fold, "predictions": str(pred)}
 
     from .report import write_report
     report = write_report(ws / REPORT, data["dataset"], results, run_dir, spec, setting, timings,

@@ -8,8 +8,8 @@ DEMO_SETTINGS = {
     # tests and smoke runs: every step once, numbers meaningless
     "quick": {"pretrain": {"steps": 4, "input_size": 32, "batch": 1, "lr": None, "val_every": 2, "val_crops": 2},
               "finetune": {"budget": "1epoch", "seeds": [0], "labels": ["all"]}},
-    # about 33 minutes on 2 CPU cores (1956 s at lr 3e-3, 1945 s at 1e-2, measured 2026-11-29):
-    # 8 fine-tunings (2 labels x 2 seeds x MiM/scratch) of 200 iterations
+    # about 19 minutes on 2 CPU cores (1134 s, measured 2026-11-29): 8 fine-tunings (2 labels x 2 seeds x
+    # MiM/scratch) of 120 iterations, MiM and scratch at the same time on one core each
     "default": {"pretrain": {"steps": 400, "input_size": 32, "batch": 1, "lr": 1e-3, "val_every": 50, "val_crops": 4},
                 "finetune": {"budget": "demo", "seeds": [0, 1], "labels": ["all", "one"]}},
     # better numbers, hours on a CPU

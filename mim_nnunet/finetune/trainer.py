@@ -62,14 +62,18 @@ ENCODER_LR_SCALE_ENV = "MIM_ENCODER_LR_SCALE"
 # nnUNetv2_train has no seed flag: with this variable set, the trainer seeds Python, NumPy and torch before
 # it builds the network, so initialisation and (with nnUNet_n_proc_DA=0) the data stream are reproducible.
 SEED_ENV = "MIM_SEED"
+# nnUNetv2_train on the CPU takes a thread per core; with this variable set the trainer uses that many, so
+# that several runs can share a machine without oversubscribing it (the demo runs two at a time).
+THREADS_ENV = "MIM_CPU_THREADS"
 TRANSFER_REPORT = "mim_transfer.json"
 
 
 class RunGuards:
     """What every trainer of ours adds to nnU-Net's loop, whatever its network: ``$MIM_SEED``, a short
     ``budget`` (:mod:`mim_nnunet.finetune.variants`), one-line stops, no checkpoint from a diverged run, and
-    the CPU variants' switches (no test-time mirroring in the final validation). Mixed in before
-    ``nnUNetTrainer``; :meth:`apply_run_guards` is called at the end of ``__init__``."""
+    the CPU variants' switches (no test-time mirroring in the final validation), ``$MIM_CPU_THREADS``. Mixed in
+    before ``nnUNetTrainer``; ``__init__`` calls :meth:`seed_run` before the network is built and
+    :meth:`apply_budget` at its end."""
 
     # Test-time mirroring in nnU-Net's final validation (8 flips in 3D); CPU variants turn it off, as
     # their users predict with --disable_tta anyway. Mirroring as training augmentation is unchanged.
@@ -78,7 +82,12 @@ class RunGuards:
     budget: Optional[str] = None
 
     def seed_run(self) -> None:
-        """Seed from ``$MIM_SEED`` (before the network is built: its initialisation is then reproducible)."""
+        """Seed from ``$MIM_SEED`` (before the network is built: its initialisation is then reproducible);
+        cap torch's CPU threads at ``$MIM_CPU_THREADS``."""
+        threads = threads_from_environment()
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(threads)
+            self.print_to_log_file(f"${THREADS_ENV}={threads}: torch uses {threads} CPU thread(s)")
         self.seed = seed_from_environment()
         if self.seed is not None:
             self.print_to_log_file(f"seeded with ${SEED_ENV}={self.seed} (the data stream is reproducible with "
@@ -180,6 +189,16 @@ class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
                                 scaled_prefix=self.encoder_prefix, lr_scale=scale)
         warmup = warmup_steps_for(self.num_epochs, self.recipe["warmup_fraction"])
         return optimizer, WarmupCosineLR(optimizer, total_steps=self.num_epochs, warmup_steps=warmup)
+
+
+def threads_from_environment() -> Optional[int]:
+    """``$MIM_CPU_THREADS`` as a positive int (None: not set)."""
+    value = os.environ.get(THREADS_ENV)
+    if value is None or value == "":
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise PlansError(f"${THREADS_ENV}={value!r}: not a positive number of threads")
+    return int(value)
 
 
 def seed_from_environment() -> Optional[int]:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from helpers.commands import SCRIPTS, command
@@ -32,6 +33,24 @@ def test_fingerprint_is_cached_until_the_data_changes(tmp_path, nnunet_dirs):
     assert not any("fingerprint unchanged" in m for m in logs) and third.store != first.store
     fp = json.loads((first.folder / "fingerprint.json").read_text(encoding="utf-8"))
     assert fp["manifest_hash"] == json.loads((first.folder / "manifest.json").read_text(encoding="utf-8"))["hash"]
+
+
+def test_a_given_ct_window_is_planned_stored_apart_and_applied(tmp_path, nnunet_dirs):
+    folder = scans(tmp_path / "scans", 1)
+    spec = prepare([str(folder)], name="win", size="tiny", num_processes=1, log=lambda m: None)
+    soft = prepare([str(folder)], name="win", size="tiny", num_processes=1, ct_window=(-175, 250), log=lambda m: None)
+    assert soft.plan["intensity"]["CT"]["window"] == [-175.0, 250.0]
+    assert "-ct_window" in soft.plan["explain"]["intensity"]
+    assert spec.plan["intensity"]["CT"]["window"] == [-1000.0, 1000.0]
+    assert soft.store != spec.store            # the default window's arrays are never reused
+    case = spec.report["ok"][0]
+    wide, narrow = (np.load(p.store / f"{case}.npy").astype(np.float64) for p in (spec, soft))
+    hu = wide * 2000 - 1000                    # the spec window maps [-1000, 1000] HU to [0, 1]
+    assert np.allclose(narrow, (np.clip(hu, -175, 250) + 175) / 425, atol=2e-3)
+    assert prepare([str(folder)], name="win", size="tiny", num_processes=1, ct_window=(-175, 250),
+                   log=lambda m: None).store == soft.store
+    with pytest.raises(MimError, match="low < high"):
+        prepare([str(folder)], name="win", size="tiny", num_processes=1, ct_window=(250, -175), log=lambda m: None)
 
 
 def test_leakage_guard_warns_or_fails(tmp_path, nnunet_dirs):

@@ -165,3 +165,13 @@ def test_foreground_is_the_body_by_hand():
     coords, voxels = foreground_coordinates(mri, "MRI", {}, dict(rule, coordinates_per_case=1000),
                                             np.random.default_rng(0))
     assert voxels == 90 and sorted(mri[(0, *coords.T)].tolist()) == list(range(10, 100))
+
+
+def test_foreground_under_a_window_above_the_body_threshold_starts_at_its_low_end():
+    # window [-175, 250]: -500 HU is below its low end, where every voxel is stored as 0
+    rule = foreground_rule()[0]
+    hu = np.array([-1000.0, -600.0, -300.0, -175.0, -174.0, -100.0, 40.0, 400.0]).reshape(1, 1, 1, 8)
+    stored = (np.clip(hu, -175, 250) + 175) / 425
+    coords, voxels = foreground_coordinates(stored, "CT", {"CT": {"window": [-175.0, 250.0]}}, rule,
+                                            np.random.default_rng(0))
+    assert voxels == 4 and sorted(coords[:, 2].tolist()) == [4, 5, 6, 7]     # -174 HU and above

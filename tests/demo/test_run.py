@@ -3,6 +3,7 @@ and the demo data: archive checked, labels on their organs, held-out halves."""
 
 import json
 import math
+import os
 import subprocess
 
 import numpy as np
@@ -68,3 +69,11 @@ def test_quick_demo_writes_the_report(tmp_path, clean_env):
     # the pre-training validation loss at the first and last validation (steps 0 and 4 at this setting)
     assert "| first | 0 |" in summary and "| last | 4 |" in summary
     assert "| **mean** |" in summary and "Demo finished" in result.stdout
+    # on a CPU with two cores or more, MiM and scratch train together, one thread each on two cores, their
+    # output passed on with a prefix
+    if (os.cpu_count() or 1) >= 2:
+        threads = str((os.cpu_count() or 1) // 2)
+        assert "fine-tunings: 2 at a time" in result.stdout and "[1] " in result.stdout and "[2] " in result.stdout
+        logs = list((tmp_path / "ws" / "finetune").rglob("training_log_*.txt"))
+        assert len(logs) == 2 and all(f"MIM_CPU_THREADS={threads}: torch uses {threads} CPU thread(s)"
+                                      in p.read_text(encoding="utf-8") for p in logs)

@@ -69,14 +69,14 @@ def test_optimiser_is_adamw_with_warmup_then_cosine(find_trainer):
 
 
 def test_short_budget_sets_its_own_peak_lr_for_both_networks(find_trainer):
-    # the demo budget: 20 epochs x 10 iterations at 1e-2 (the recipe's 1e-4 is for 1000 epochs);
-    # warm-up 5 % of 20 epochs = 1 epoch: epoch 1 at the peak, half of it at epoch 10 (cosine over 19)
+    # the demo budget: 12 epochs x 10 iterations at 3e-3 (the recipe's 1e-4 is for 1000 epochs);
+    # warm-up 5 % of 12 epochs, rounded = 1 epoch: epoch 1 at the peak, then cosine over the 11 left
     for name in ("nnUNetTrainerMiM_tiny_demo", "nnUNetTrainerMiMScratch_tiny_demo"):
         trainer = make_trainer(find_trainer(name), patch_3d=(32, 64, 64))
-        assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.initial_lr) == (20, 10, 1e-2)
+        assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.initial_lr) == (12, 10, 3e-3)
         trainer.network = torch.nn.Linear(4, 2)
         optimizer, scheduler = trainer.configure_optimizers()
-        for epoch, lr in {0: 1e-2 / 2, 1: 1e-2, 10: 1e-2 * 0.5 * (1 + math.cos(math.pi * 9 / 19))}.items():
+        for epoch, lr in {0: 3e-3 / 2, 1: 3e-3, 6: 3e-3 * 0.5 * (1 + math.cos(math.pi * 5 / 11))}.items():
             scheduler.step(epoch)
             assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-9), (name, epoch)
     # the full-length trainer keeps the recipe's lr
@@ -106,6 +106,25 @@ def test_seed_from_the_environment_makes_initialisation_repeatable(monkeypatch):
     monkeypatch.setenv(SEED_ENV, "seven")
     with pytest.raises(PlansError, match="MIM_SEED='seven': not an integer seed"):
         seed_from_environment()
+
+
+def test_cpu_threads_from_the_environment_cap_torch(find_trainer, monkeypatch):
+    from mim_nnunet.finetune.trainer import THREADS_ENV, threads_from_environment
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert threads_from_environment() is None
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv(THREADS_ENV, "1")
+        make_trainer(find_trainer("nnUNetTrainerMiMScratch_tiny_1epoch"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(PlansError, match=f"MIM_CPU_THREADS='{bad}': not a positive number of threads"):
+            threads_from_environment()
 
 
 def test_a_non_finite_train_loss_stops_before_any_checkpoint_is_written(find_trainer, tmp_path, capsys):
