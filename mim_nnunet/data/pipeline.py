@@ -24,6 +24,7 @@ from ..common.layout import (
     store_folder,
 )
 from .fingerprint import FINGERPRINT_FORMAT, compute_fingerprint
+from .intensity import CT_WINDOW, check_ct_window
 from .leakage import find_leakage
 from .manifest import build_manifest
 from .modality import AUTO
@@ -183,9 +184,10 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
     spacing_zyx = list(spacing_xyz)[::-1] if spacing_xyz is not None else None
     plan, edits = load_or_plan(plan_file(folder, backbone, size), fingerprint, backbone, size, gpu_memory_target_gb,
                                name, replan, spacing_zyx, ct_window, log)
-    # a store whose preprocessing differs from the default plan's gets its own folder (a digest of the values)
-    default = plan_pretraining(fingerprint, backbone, size, gpu_memory_target_gb, name, spacing_zyx)
-    own = any(json.dumps(plan[k]) != json.dumps(default[k]) for k in STORE_DEFINING)
+    # a store whose preprocessing differs from the default plan's (edited, or another CT window) gets its own
+    # folder (a digest of the values)
+    own = bool(set(edits) & set(STORE_DEFINING)) or (ct_window is not None and
+                                                      check_ct_window(ct_window) != list(CT_WINDOW))
     store = store_folder(folder, manifest["hash"], plan["target_spacing"],
                          variant={k: plan[k] for k in STORE_DEFINING} if own else None)
     report = preprocess(with_modalities(manifest, fingerprint), plan, store, num_processes)
