@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,3 +30,21 @@ def clean_env(monkeypatch):
     for name in NNUNET_VARS + ("nnUNet_extTrainer",):
         monkeypatch.delenv(name, raising=False)
     return dict(os.environ)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """``tmp_path_factory.mktemp`` for a module's shared fixtures, whose folders go when the module's tests end.
+
+    pytest would keep them to the session's end: together a few GB, more than CI's disk has spare
+    (pytest.ini already drops each passed test's own tmp_path).
+    """
+    made = []
+
+    def make(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

@@ -46,7 +46,7 @@ def architecture_of(size):
 
 
 @pytest.fixture(scope="module")
-def stock_plans(tmp_path_factory):
+def stock_plans(module_tmp):
     """3d_fullres configurations that stock nnU-Net's ResEnc planners compute, keyed (planner, dataset).
 
     The planners' own ``get_plans_for_configuration`` runs on a one-case dataset whose fingerprint has the
@@ -56,7 +56,7 @@ def stock_plans(tmp_path_factory):
         residual_encoder_unet_planners,
     )
 
-    root = tmp_path_factory.mktemp("planning")
+    root = module_tmp("planning")
     name = "Dataset900_ResEncProbe"
     raw, pre = root / "raw" / name, root / "pre" / name
     for folder in (raw / "imagesTr", raw / "labelsTr", pre):

@@ -17,8 +17,8 @@ KINDS = ("MiM", "scratch")
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo_data")
+def demo_data(module_tmp):
+    root = module_tmp("demo_data")
     return prepare_demo_data(root / "raw", root / "data", log=lambda *_: None)
 
 

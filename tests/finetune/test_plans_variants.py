@@ -142,13 +142,13 @@ def load_case(folder: Path, case: str):
 
 
 @pytest.fixture(scope="module")
-def demo_ct(tmp_path_factory):
+def demo_ct(module_tmp):
     from mim_nnunet.demo.data import cache_dir, demo_spec, prepare_demo_data
     spec = demo_spec()
     archive = cache_dir() / f"{spec['package']}-{spec['version']}.tar.gz"
     if not archive.is_file():
         pytest.fail(f"{archive} is missing: run scripts/setup_env.sh (mim_nnunet demo-data); tests never download")
-    work = tmp_path_factory.mktemp("variant")
+    work = module_tmp("variant")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(work / name)

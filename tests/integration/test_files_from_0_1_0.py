@@ -29,9 +29,9 @@ TRAINER = "nnUNetTrainerMiM_tiny_1epoch"          # a trainer class name of 0.1.
 
 
 @pytest.fixture(scope="module")
-def old(tmp_path_factory):
+def old(module_tmp):
     """Exports and a fine-tuned MiMUNETR fold written by 0.1.0, and its predictions."""
-    work = tmp_path_factory.mktemp("old")
+    work = module_tmp("old")
     code = work / "code"
     with tarfile.open(OLD_CODE) as tar:
         tar.extractall(code, filter="data")

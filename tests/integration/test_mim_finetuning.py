@@ -41,8 +41,8 @@ def four_channel_copy(root: Path, raw: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    work = tmp_path_factory.mktemp("mim")
+def setup(module_tmp):
+    work = module_tmp("mim")
     env = nnunet_env(work)
     root = write_dataset(work / "nnUNet_raw", DATASET, num_train=5, num_test=2, shape=(64, 64, 64), seed=2)
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "2"], env, work)

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    work = tmp_path_factory.mktemp("nnunet")
+def pipeline(module_tmp):
+    work = module_tmp("nnunet")
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(work / name)

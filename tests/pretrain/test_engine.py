@@ -34,9 +34,9 @@ TINY = dict(input_size=[32], per_device_batch=1, accumulation=1, steps=6, loader
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory):
+def collection(module_tmp):
     """Three CT-like scans prepared once; nnU-Net folders exported for this module's tests."""
-    root = tmp_path_factory.mktemp("pretrain")
+    root = module_tmp("pretrain")
     scans = root / "scans"
     for i in range(3):
         write(ct_array((40, 48, 44), seed=i), scans / f"s{i}.nii.gz")
