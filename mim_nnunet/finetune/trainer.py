@@ -76,7 +76,8 @@ class RunGuards:
     :meth:`apply_budget` at its end."""
 
     # Test-time mirroring in nnU-Net's final validation (8 flips in 3D); CPU variants turn it off, as
-    # their users predict with --disable_tta anyway. Mirroring as training augmentation is unchanged.
+    # their users predict with --disable_tta anyway. Mirroring as training augmentation is the budget's
+    # (``Budget.mirroring``).
     inference_mirroring: bool = True
     # A short variant names its budget (epochs x iterations); None keeps nnU-Net's 1000 x (250 + 50).
     budget: Optional[str] = None
@@ -128,10 +129,14 @@ class RunGuards:
         super().perform_actual_validation(save_probabilities)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        configured = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.budget is not None and not BUDGETS[self.budget].mirroring:
+            mirror_axes = None
+            self.inference_allowed_mirroring_axes = None
         if not self.inference_mirroring:
             self.inference_allowed_mirroring_axes = None
-        return configured
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
 
 
 class FineTuneTrainerBase(RunGuards, nnUNetTrainer):

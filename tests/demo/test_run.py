@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from helpers.commands import command
-from mim_nnunet.demo.data import demo_spec, prepare_demo_data
+from mim_nnunet.data.preprocess import STORE_ORIENTATION
+from mim_nnunet.demo.data import demo_spec, prepare_demo_data, read_volume
 
 KINDS = ("MiM", "scratch")
 
@@ -38,11 +39,22 @@ def test_demo_data_labels_sit_on_their_organs(demo_data):
             assert set(np.unique(lab)) == {0, 1, 2, 3, 4}, (split, case)            # every organ in every half
             liver = ct[lab == 2].mean()
             assert 0 < liver < 250, (split, case, liver)                           # soft tissue, not air or fat
+            # written as the store orients (RAS: x grows toward the patient's right), whatever the source's
+            # orientation (the contrast CT's is LPS): the liver (right) lies at larger x than the spleen (left)
+            orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+            assert orientation == STORE_ORIENTATION == "RAS", (split, case, orientation)
+            assert np.nonzero(lab == 2)[2].mean() > np.nonzero(lab == 1)[2].mean() + 10, (split, case)
     # the contrast CT's label is stored flipped along y relative to the DICOM order: without the
     # resampling through world coordinates the liver label would land on other tissue
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "imagesTr" / "contrast_0000.nii.gz")))
     lab = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "labelsTr" / "contrast.nii.gz")))
     assert abs(ct[lab == 2].mean() - ct[lab[:, ::-1, :] == 2].mean()) > 50
+    # each case is its source CT cut in two along the slice axis, the inferior half for training
+    for item in spec["labelled"]:
+        source = sitk.GetArrayFromImage(sitk.DICOMOrient(read_volume(demo_data["reference"], item), "RAS"))
+        halves = [sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / f"images{split}" / f"{item['name']}_0000.nii.gz")))
+                  for split in ("Tr", "Ts")]
+        assert len(halves[0]) == len(source) // 2 and np.array_equal(np.concatenate(halves), source.astype(np.int16))
 
 
 @pytest.mark.slow

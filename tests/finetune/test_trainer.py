@@ -83,6 +83,24 @@ def test_short_budget_sets_its_own_peak_lr_for_both_networks(find_trainer):
     assert make_trainer(find_trainer("nnUNetTrainerMiMScratch"), patch_3d=(32, 64, 64)).initial_lr == 1e-4
 
 
+def test_the_demo_budget_trains_without_mirroring(find_trainer):
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+
+    def mirrors(trainer):
+        rotation, dummy_2d, _, axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        pipeline = trainer.get_training_transforms(trainer.configuration_manager.patch_size, rotation, None, axes,
+                                                   dummy_2d)
+        found = [t for t in pipeline.transforms if isinstance(getattr(t, "transform", t), MirrorTransform)]
+        return axes, len(found)
+
+    # the demo budget: no mirror augmentation, no test-time mirroring (nnU-Net's nnUNetTrainerNoMirroring switch)
+    for name in ("nnUNetTrainerMiM_tiny_demo", "nnUNetTrainerMiMScratch_tiny_demo"):
+        trainer = make_trainer(find_trainer(name), patch_3d=(32, 64, 64))
+        assert mirrors(trainer) == (None, 0) and trainer.inference_allowed_mirroring_axes is None, name
+    # other budgets keep nnU-Net's mirroring along all three axes in training
+    assert mirrors(make_trainer(find_trainer("nnUNetTrainerMiM_tiny_10epochs"), patch_3d=(32, 64, 64))) == ((0, 1, 2), 1)
+
+
 def test_2d_plans_are_refused_before_anything_is_written(find_trainer, nnunet_dirs):
     cls = find_trainer("nnUNetTrainerSwinUNETR")
     with pytest.raises(PlansError, match="nnUNetTrainerSwinUNETR is 3D only: configuration '2d'"):
