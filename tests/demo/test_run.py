@@ -52,8 +52,8 @@ def test_demo_data_labels_sit_on_their_organs(demo_data):
     # each case is its source CT cut in two along the slice axis, the inferior half for training
     for item in spec["labelled"]:
         source = sitk.GetArrayFromImage(sitk.DICOMOrient(read_volume(demo_data["reference"], item), "RAS"))
-        halves = [sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / f"images{split}" / f"{item['name']}_0000.nii.gz")))
-                  for split in ("Tr", "Ts")]
+        files = [dataset / f"images{split}" / f"{item['name']}_0000.nii.gz" for split in ("Tr", "Ts")]
+        halves = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files]
         assert len(halves[0]) == len(source) // 2 and np.array_equal(np.concatenate(halves), source.astype(np.int16))
 
 

@@ -98,7 +98,8 @@ def test_the_demo_budget_trains_without_mirroring(find_trainer):
         trainer = make_trainer(find_trainer(name), patch_3d=(32, 64, 64))
         assert mirrors(trainer) == (None, 0) and trainer.inference_allowed_mirroring_axes is None, name
     # other budgets keep nnU-Net's mirroring along all three axes in training
-    assert mirrors(make_trainer(find_trainer("nnUNetTrainerMiM_tiny_10epochs"), patch_3d=(32, 64, 64))) == ((0, 1, 2), 1)
+    longer = make_trainer(find_trainer("nnUNetTrainerMiM_tiny_10epochs"), patch_3d=(32, 64, 64))
+    assert mirrors(longer) == ((0, 1, 2), 1)
 
 
 def test_2d_plans_are_refused_before_anything_is_written(find_trainer, nnunet_dirs):
