@@ -11,22 +11,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..common.atomic import atomic_write, write_json_atomic
-from ..common.figures import plt, save_figure
+from ..common.figures import RADIOLOGICAL_ORIENTATION, plt, save_figure
 from ..evaluation import class_names, evaluate_folders
 
 OVERLAY_WINDOW = (-200.0, 300.0)   # HU shown in overlay pictures (soft tissue)
 COLOURS = np.array([[0, 0, 0], [0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.4, 1.0], [1.0, 0.8, 0.1], [0.8, 0.3, 0.9]])
 
 
-# Orientation of the pictures: array axes (z, y, x) run to superior, posterior and the patient's left, so a
-# slice shows anterior at the top and the patient's right on the viewer's left (the radiological view),
-# whatever the direction cosines of the file (the demo's CTs come as LPS and as RAS).
-DISPLAY_ORIENTATION = "LPS"
-
-
 def display_array(path: Path) -> np.ndarray:
-    """The image at ``path`` as a (z, y, x) array in :data:`DISPLAY_ORIENTATION`."""
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(path)), DISPLAY_ORIENTATION))
+    """The image at ``path`` as a (z, y, x) array whose axial slices are in the radiological view as they are,
+    whatever the direction cosines of the file (the demo's CTs come as LPS and as RAS)."""
+    return sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(path)), RADIOLOGICAL_ORIENTATION))
 
 
 def overlay_case(image: Path, label: Path, predictions: Dict[str, Path], out: Path, names: Dict[int, str]) -> Path:

@@ -9,15 +9,17 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from ..common.figures import plt, save_figure
+from ..common.figures import plt, radiological, save_figure
+from ..data.preprocess import STORE_ORIENTATION
 from ..mim.losses import denormalise_tokens
 from ..mim.tokens import patchify, unpatchify
 
 
 def reconstruction_panels(inputs: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, grid: Sequence[int],
                           norm_pix: bool = True) -> Dict[str, np.ndarray]:
-    """One volume's pictures as ``(C, X, Y, Z)`` arrays: ``input``, ``masked`` (masked tokens at the
-    volume's minimum) and ``reconstruction`` (visible tokens from the input, masked tokens predicted).
+    """One volume's pictures as ``(C, *S)`` arrays in the store's axis order (z, y, x): ``input``, ``masked``
+    (masked tokens at the volume's minimum) and ``reconstruction`` (visible tokens from the input, masked
+    tokens predicted).
 
     inputs ``(C, *S)``; mask ``(T,)`` bool; pred ``(T, 16^3 C)`` in the loss's target space: with norm-pix
     each predicted token is mapped back with its target token's mean and standard deviation.
@@ -39,10 +41,12 @@ def most_structured(volumes: torch.Tensor) -> int:
     return int(volumes.flatten(1).float().std(dim=1).argmax())
 
 
-def save_reconstructions(levels: List[Dict], grid: Sequence[int], path: os.PathLike, norm_pix: bool = True) -> Path:
+def save_reconstructions(levels: List[Dict], grid: Sequence[int], path: os.PathLike, norm_pix: bool = True,
+                         orientation: str = STORE_ORIENTATION) -> Path:
     """One row per level (columns: input, masked, reconstruction): of each level's volumes the one with the
-    most structure, and its slice along the first axis with the most structure; ``levels`` as returned by
-    the MiM model's forward."""
+    most structure, and its axial slice (first axis of the store's (z, y, x) arrays, oriented
+    ``orientation``) with the most structure, in the radiological view; ``levels`` as returned by the MiM
+    model's forward."""
     rows = len(levels)
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
     for r, level in enumerate(levels):
@@ -52,7 +56,7 @@ def save_reconstructions(levels: List[Dict], grid: Sequence[int], path: os.PathL
         z = int(panels["input"][0].reshape(panels["input"].shape[1], -1).std(axis=1).argmax())
         for col, name in enumerate(("input", "masked", "reconstruction")):
             volume = panels[name][0]
-            axes[r][col].imshow(volume[z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower")
+            axes[r][col].imshow(radiological(volume[z], orientation), cmap="gray", vmin=lo, vmax=hi)
             axes[r][col].set_title(f"L{r + 1} {name}")
             axes[r][col].axis("off")
     fig.tight_layout()

@@ -8,7 +8,7 @@ import torch
 
 from helpers.masking import masked_change
 from mim_nnunet.backbones import build_encoder
-from mim_nnunet.backbones.hybrid import HYBRID_SIZES, HybridFinetuneEncoder
+from mim_nnunet.backbones.hybrid import HYBRID_SIZES, HybridFinetuneEncoder, MaskedConvBlock
 from mim_nnunet.mim import MiMConfig, build_mim
 
 KEYS = json.loads((Path(__file__).parents[1] / "fixtures" / "official_mim_keys.json").read_text(encoding="utf-8"))
@@ -74,3 +74,35 @@ def test_bad_arguments_are_clear_errors():
     uneven = torch.tensor([[True] * 4 + [False] * 4, [True] * 3 + [False] * 5])
     with pytest.raises(ValueError, match="same number of tokens"):
         encoder(torch.randn(2, 1, 32, 32, 32), uneven)
+
+
+def _block_by_formula(block, x, visible):
+    """MaskedConvBlock written out with torch.nn.functional on contiguous tensors (drop-path 0)."""
+    import torch.nn.functional as F
+
+    def ln(t, norm):
+        return F.layer_norm(t.permute(0, 2, 3, 4, 1), norm.normalized_shape, norm.weight, norm.bias,
+                            norm.eps).permute(0, 4, 1, 2, 3)
+
+    y = F.conv3d(ln(x, block.norm1), block.conv1.weight, block.conv1.bias) * visible
+    y = F.conv3d(y, block.attn.weight, block.attn.bias, padding=block.attn.padding, groups=block.attn.groups)
+    x = x + F.conv3d(y, block.conv2.weight, block.conv2.bias)
+    h = F.gelu(F.conv3d(ln(x, block.norm2), block.mlp.fc1.weight, block.mlp.fc1.bias))
+    return x + F.conv3d(h, block.mlp.fc2.weight, block.mlp.fc2.bias)
+
+
+def test_masked_conv_block_on_the_cpu_computes_the_plain_formula():
+    # the block runs its depthwise conv channels-last on the CPU (faster backward): same values and gradients
+    torch.manual_seed(0)
+    block = MaskedConvBlock(12, 4.0, 5)
+    x = torch.randn(2, 12, 8, 6, 4, requires_grad=True)
+    visible = (torch.rand(2, 1, 8, 6, 4) > 0.5).float()
+    out = block(x, visible)
+    reference = _block_by_formula(block, x, visible)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), [x, block.attn.weight, block.conv1.weight])
+    expected = torch.autograd.grad((reference * weights).sum(), [x, block.attn.weight, block.conv1.weight])
+    for mine, theirs in zip(grads, expected):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)

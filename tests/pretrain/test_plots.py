@@ -1,4 +1,5 @@
 import matplotlib.image as mpimg
+import numpy as np
 import torch
 
 from mim_nnunet.mim import MiMConfig, build_mim
@@ -37,3 +38,20 @@ def test_pictures_are_written(tmp_path):
                 "subvolumes_per_s": 5.0} for i in range(5)]
     assert mpimg.imread(save_progress(records, tmp_path / "progress.png")).ndim == 3
     assert not list(tmp_path.rglob(".tmp_*"))
+
+
+def test_reconstruction_pictures_show_the_store_in_the_radiological_view(tmp_path):
+    # store arrays are (z, y, x) oriented RAS: a bright block at large y (anterior) and large x (the patient's
+    # right) must appear at the top left of the input panel
+    volume = torch.zeros(1, 1, 32, 32, 32)
+    volume[..., 20:32, 24:32, 24:32] = 1.0
+    level = {"inputs": volume, "mask": torch.zeros(1, 8, dtype=torch.bool), "pred": torch.zeros(1, 8, 16 ** 3)}
+    picture = mpimg.imread(save_reconstructions([level], (2, 2, 2), tmp_path / "r.png", orientation="RAS"))
+    grey = picture[..., :3].mean(-1)
+    first_panel = grey[:, : grey.shape[1] // 3]
+    dark = first_panel < 0.05                                    # the panel's black (volume) pixels; the title's
+    rows, cols = np.nonzero(dark.sum(1) > 20)[0], np.nonzero(dark.sum(0) > 20)[0]      # letters are too few
+    top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
+    bright_rows, bright_cols = np.nonzero(first_panel[top:bottom + 1, left:right + 1] > 0.95)
+    assert bright_rows.max() < (bottom - top) / 2 and bright_cols.max() < (right - left) / 2
+    assert bright_rows.min() <= 1 and bright_cols.min() <= 1     # a quarter of the slice, in its corner
