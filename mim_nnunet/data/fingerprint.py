@@ -26,7 +26,9 @@ PERCENTILES = (0.5, 50.0, 99.5)
 INTENSITY_SAMPLES = 10_000
 
 
-def orientation_code(image: sitk.Image) -> str:
+def orientation_code(image) -> str:
+    """DICOM orientation letters (where each index of x, y, z runs to, e.g. "RAS") of a ``sitk.Image`` or of a
+    ``sitk.ImageFileReader`` that has read the header (``ReadImageInformation``)."""
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
 
 

@@ -23,20 +23,28 @@ size at that spacing, patch size, network topology, batch size. A given patch si
 one; the U-Net topology for it comes from nnU-Net's ``get_pool_and_conv_props`` (which enlarges an axis that
 its poolings cannot divide) and the batch size from the planner's memory estimate, as nnU-Net's planner
 computes them. Our SwinUNETR/MiMUNETR trainers round the patch to multiples of 32 when they start.
+
+**Orientation.** nnU-Net trains on the arrays as they are stored; MiM's pre-training store orients every case
+RAS. The variant records the orientation codes of the training images (headers in ``nnUNet_raw``) and warns
+when some are not RAS.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 
 from ..common.atomic import write_json_atomic
 from ..common.errors import PlansError
+from ..data.fingerprint import orientation_code
+from ..data.preprocess import STORE_ORIENTATION
 from ..networks.swinunetr import SWINUNETR_PATCH_MULTIPLE
 
 VARIANT_KEY = "mim_nnunet_variant"       # top-level record in the variant's plans (nnU-Net ignores it)
@@ -183,6 +191,42 @@ def ct_channels(plans: Dict, configuration: str) -> List[int]:
     return [c for c, scheme in enumerate(normalization_schemes(plans, configuration)) if scheme == CT_SCHEME]
 
 
+def training_orientations(dataset_json_file: Path) -> Dict[str, int]:
+    """How many of the dataset's training images (first channel, ``$nnUNet_raw/<dataset>/imagesTr``) have
+    each orientation code, from the headers only; ``{}`` when the raw images are not there (a variant needs
+    only the preprocessed folder) or not readable (nnU-Net's own planning names those)."""
+    raw = os.environ.get("nnUNet_raw")
+    if not raw:
+        return {}
+    ending = json.loads(dataset_json_file.read_text(encoding="utf-8")).get("file_ending", ".nii.gz")
+    counts: Dict[str, int] = {}
+    for path in sorted((Path(raw) / dataset_json_file.parent.name / "imagesTr").glob(f"*_0000{ending}")):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        code = orientation_code(reader)
+        counts[code] = counts.get(code, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def orientation_warning(counts: Mapping[str, int]) -> Optional[str]:
+    """One line when training images are not oriented as MiM's pre-training store (else ``None``): nnU-Net
+    trains on the arrays as stored, so the pre-trained encoder would see those cases flipped or transposed
+    (nnU-Net's mirror augmentation hides flips, at the cost of left/right cues; the demo's budget has none)."""
+    other = {code: n for code, n in counts.items() if code != STORE_ORIENTATION}
+    if not other:
+        return None
+    listed = ", ".join(f"{code}: {n}" for code, n in other.items())
+    return (f"WARNING: {sum(other.values())} of {sum(counts.values())} training images are not {STORE_ORIENTATION} "
+            f"({listed}); MiM pre-trains on {STORE_ORIENTATION} arrays and nnU-Net trains on the arrays as stored, "
+            f"so the pre-trained encoder sees these cases flipped or transposed. Reorient them in nnUNet_raw "
+            f"(SimpleITK: DICOMOrient(image, '{STORE_ORIENTATION}'), labels alike) before planning, or keep nnU-Net's "
+            f"mirror augmentation")
+
+
 def write_plans_variant(dataset: str, new_plans_name: str, *, source_plans: str = "nnUNetPlans",
                         spacing: Optional[Sequence[float]] = None, patch_size: Optional[Sequence[int]] = None,
                         ct_window: Optional[Sequence[float]] = None, configurations: Sequence[str] = ("3d_fullres",),
@@ -202,7 +246,7 @@ def write_plans_variant(dataset: str, new_plans_name: str, *, source_plans: str 
         raise PlansError(f"plans name '{new_plans_name}': use letters, digits, '_', '-' and '.'")
     if new_plans_name == source_plans:
         raise PlansError(f"plans name '{new_plans_name}' is the source plans' name; a variant never overwrites its source")
-    plans_file, _ = preprocessed_files(dataset, source_plans)
+    plans_file, dataset_json_file = preprocessed_files(dataset, source_plans)
     source = json.loads(plans_file.read_text(encoding="utf-8"))
     plans = copy.deepcopy(source)
     missing = [c for c in configurations if c not in plans["configurations"]]
@@ -235,8 +279,10 @@ def write_plans_variant(dataset: str, new_plans_name: str, *, source_plans: str 
             original_properties[str(c)] = copy.deepcopy(properties.get(str(c), {}))
             properties[str(c)] = {**properties.get(str(c), {}), **window}
 
+    orientations = training_orientations(dataset_json_file)
     plans[VARIANT_KEY] = {
         "source_plans": source_plans,
+        "training_orientations": orientations,
         "spacing_xyz": None if spacing is None else [float(s) for s in spacing],
         "patch_size_xyz": None if patch_size is None else [int(p) for p in patch_size],
         "ct_window": None if ct_window is None else [float(v) for v in ct_window],
@@ -253,6 +299,9 @@ def write_plans_variant(dataset: str, new_plans_name: str, *, source_plans: str 
     if channels:
         lo, hi = ct_window
         log(f"CT channel(s) {channels}: (clip(x, lo, hi) - lo) / (hi - lo) with lo = {lo:g}, hi = {hi:g} HU")
+    warning = orientation_warning(orientations)
+    if warning:
+        log(warning)
     return out
 
 

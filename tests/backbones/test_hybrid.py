@@ -1,4 +1,5 @@
-"""The hybrid backbone: the release's names load, masked voxels never reach visible tokens."""
+"""The hybrid backbone: the release's names load, masked voxels never reach visible tokens, the CPU's
+channels-last depthwise conv computes the plain formula."""
 
 import json
 from pathlib import Path
@@ -8,7 +9,11 @@ import torch
 
 from helpers.masking import masked_change
 from mim_nnunet.backbones import build_encoder
-from mim_nnunet.backbones.hybrid import HYBRID_SIZES, HybridFinetuneEncoder, MaskedConvBlock
+from mim_nnunet.backbones.hybrid import (
+    HYBRID_SIZES,
+    HybridFinetuneEncoder,
+    MaskedConvBlock,
+)
 from mim_nnunet.mim import MiMConfig, build_mim
 
 KEYS = json.loads((Path(__file__).parents[1] / "fixtures" / "official_mim_keys.json").read_text(encoding="utf-8"))

@@ -211,3 +211,31 @@ def test_recipe_variant_preprocesses_real_ct_to_the_recipe_spacing_and_window(de
         expected = resize(window(raw, -175, 250), shape, order=3, mode="edge", anti_aliasing=False)
         np.testing.assert_allclose(data, expected, rtol=0, atol=1e-5)
         assert data.shape != raw.shape                                   # the case really was resampled
+
+
+def _write_raw_image(path: Path, orientation: str) -> None:
+    image = sitk.DICOMOrient(sitk.Image(4, 3, 2, sitk.sitkInt16), orientation)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def test_variant_records_training_orientations_and_warns_unless_all_ras(planned, nnunet_dirs):
+    images = nnunet_dirs["nnUNet_raw"] / NAME / "imagesTr"
+    for case, orientation in (("c1", "RAS"), ("c2", "LPS"), ("c3", "LPS")):
+        _write_raw_image(images / f"{case}_0000.nii.gz", orientation)
+    _write_raw_image(images / "c1_0001.nii.gz", "LAS")          # other channels are not counted
+    (images / "c4_0000.nii.gz").write_bytes(b"not an image")    # unreadable: left to nnU-Net's planning
+    lines = []
+    out = write_plans_variant(NAME, "v1", ct_window=(-175, 250), log=lines.append)
+    record = json.loads(out.read_text(encoding="utf-8"))[VARIANT_KEY]
+    assert record["training_orientations"] == {"LPS": 2, "RAS": 1}
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "2 of 3 training images are not RAS (LPS: 2)" in warnings[0]
+    assert "\n" not in warnings[0]
+
+    for case in ("c2", "c3"):
+        _write_raw_image(images / f"{case}_0000.nii.gz", "RAS")
+    lines = []
+    out = write_plans_variant(NAME, "v2", ct_window=(-175, 250), log=lines.append)
+    assert json.loads(out.read_text(encoding="utf-8"))[VARIANT_KEY]["training_orientations"] == {"RAS": 3}
+    assert not [line for line in lines if line.startswith("WARNING")]
