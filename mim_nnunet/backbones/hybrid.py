@@ -95,7 +95,8 @@ class MaskedConvBlock(nn.Module):
         y = self.conv1(self.norm1(x)) * visible
         if y.device.type == "cpu":
             # the same convolution, channels-last in memory: PyTorch's CPU backward of a depthwise 5^3 conv is
-            # 2-4x faster so (a step of the demo's tiny pre-training and fine-tuning: about 20 % less time)
+            # 2-4x faster so (a MiMUNETR tiny training iteration at one thread, 64^3, batch 2: 1.70 -> 1.47 s;
+            # the demo's pre-training step on two threads: unchanged)
             y = y.contiguous(memory_format=torch.channels_last_3d)
         x = x + self.drop_path(self.conv2(self.attn(y)))
         return x + self.drop_path(self.mlp(self.norm2(x)))

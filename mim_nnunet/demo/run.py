@@ -57,7 +57,8 @@ def _run_step(title: str, cmd: List[str], env: Dict[str, str]) -> float:
 def trainings_at_once(device: str) -> int:
     """Fine-tunings run together: two on a CPU with at least two cores (the demo's tiny network scales poorly
     from one thread to two: 1.3 vs 0.8 s per iteration on 2 cores, so two runs of one thread each do 23 % more
-    iterations per second than one of two), one on a GPU."""
+    iterations per second than one of two; measured before the depthwise conv ran channels-last on the CPU),
+    one on a GPU."""
     return 2 if device == "cpu" and cpu_count() >= 2 else 1
 
 
