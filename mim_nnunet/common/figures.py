@@ -1,4 +1,5 @@
-"""Matplotlib for files only (no window ever opens) and one atomic PNG writer for every picture."""
+"""Matplotlib for files only (no window ever opens), one atomic PNG writer for every picture, and the
+radiological view of an axial slice."""
 
 from __future__ import annotations
 
