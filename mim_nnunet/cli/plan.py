@@ -12,6 +12,7 @@ from ..data.modality import AUTO
 from ..data.planner import DEFAULT_GPU_MEMORY_TARGET_GB
 from ..data.sources import DATA_ROOT_ENV
 from . import run_guarded
+from .flags import add_flag
 
 SIZES = tuple(sorted({size for backbone in BACKBONES for size in size_table(backbone)}))
 
@@ -21,7 +22,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", nargs="+", required=True, metavar="DATA",
                         help=f"collections (1k, 10k: sources under ${DATA_ROOT_ENV}), nnU-Net dataset ids or names, "
                              "folders of images or DICOM series, MONAI datalist .json files; several may be combined")
-    parser.add_argument("-o", "--name", default=None, help="name of the result folder MiM_<name> (default: from -d)")
+    add_flag(parser, "-data_name", "-o", "--name", default=None, metavar="NAME",
+             help="name of the pre-training data: its folder is MiM_<name> (default: from -d)")
     parser.add_argument("-backbone", choices=BACKBONES, default="hybrid")
     parser.add_argument("-size", choices=SIZES, default=None,
                         help="hybrid, swin: base (default), tiny; resenc: M, L (default; nnU-Net's ResEnc-M/-L "
@@ -35,7 +37,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "detects it per case from the header or the intensities (CT holds HU of fat and air); "
                              "a datalist may say its own ('modality' at its top or per item); collections and nnU-Net "
                              "datasets say their own. A case that looks unlike its declaration is warned about")
-    parser.add_argument("--allow-partial", action="store_true",
+    add_flag(parser, "--allow_partial", "--allow-partial", action="store_true",
                         help="proceed when a collection source is missing or short, with what exists")
     parser.add_argument("--check_leakage", metavar="DATASET",
                         help="warn when images of this nnU-Net dataset are in the pre-training data")
@@ -43,8 +45,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="target spacing in mm (image axes x y z) instead of the planned one")
     parser.add_argument("-ct_window", type=float, nargs=2, metavar=("LO", "HI"), default=None,
-                        help=f"CT window in HU, clipped and scaled to [0, 1] (default: the spec's {list(CT_WINDOW)}); "
-                             "fine-tuning should see the same: `mim_nnunet plans-variant --window LO HI`")
+                        help=f"CT window in HU, clipped and scaled to [0, 1] (default: {list(CT_WINDOW)}, the paper's "
+                             "Table 1 preprocessing); fine-tuning should see the same: "
+                             "`mim_nnunet plans-variant -ct_window LO HI`")
     parser.add_argument("--replan", action="store_true",
                         help="plan again even if a plan for the same data and settings exists (edits are lost)")
 
@@ -65,7 +68,7 @@ def prepare_from(args: argparse.Namespace, device: str = "cuda", processes: int 
     ``processes`` local ``device`` processes (the memory target: :func:`mim_nnunet.data.planner.memory_target_for`)."""
     from ..data.pipeline import prepare
     from ..data.planner import memory_target_for
-    return prepare(args.d, name=args.name, backbone=args.backbone, size=args.size,
+    return prepare(args.d, name=args.data_name, backbone=args.backbone, size=args.size,
                    gpu_memory_target_gb=memory_target_for(device, processes, args.gpu_memory_target),
                    num_processes=args.np,
                    allow_partial=args.allow_partial, modality=args.modality, leakage_dataset=args.check_leakage,

@@ -2,7 +2,7 @@
 
 Results go to $nnUNet_results/MiM_<name>/<backbone>_<size>[_<run>]/: checkpoint_latest.pt, settings.json,
 log.txt, log.jsonl, progress.png, reconstructions/, export/mim_<backbone>_<size>.safetensors (+ .json).
-Launched under torchrun, each process joins the group torchrun gives instead of spawning -gpus.
+Launched under torchrun, each process joins the group torchrun gives instead of spawning -num_gpus.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from ..pretrain.settings import (
     VALIDATION_CROPS,
 )
 from . import run_guarded
+from .flags import add_flag
 from .plan import add_data_arguments, check_size, prepare_from
 
-# Help for every MiM switch (MIM_SPEC.md); the flag is the switch's name with one dash.
+# Help for every MiM switch (docs/method.md); the flag is the switch's name with one dash.
 SWITCH_HELP = {
     "levels": "1 = plain MAE3D, 2 = stop after L2, 3 = full MiM",
     "r1": "fraction of the 8 L1 units masked",
@@ -37,7 +38,7 @@ SWITCH_HELP = {
     "align_pairs": "L1-L2 and L2-L3 alignment terms on/off (Table 10)",
     "detach_parent": "stop-gradient on parent features",
     "tau": "InfoNCE temperature",
-    "align_dim": "output size of the alignment projections; the plan's is the spec's except per size "
+    "align_dim": "output size of the alignment projections; the plan's is the paper's 2048 except per size "
                  + ", ".join(f"{size} {dim}" for size, dim in ALIGN_DIM_BY_SIZE.items()),
     "loss_weights": "b1..b5 of Eq. 10: L1, L2, L3 reconstruction, L1-L2, L2-L3 alignment",
     "level_weight_schedule": "reconstruction weights over training (Table 14)",
@@ -55,7 +56,7 @@ def _bool(text: str) -> bool:
 
 
 def add_switch_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("MiM switches (ablations; default: the spec's value)")
+    group = parser.add_argument_group("MiM switches (ablations; default: the paper's value)")
     for name, default in MIM_SWITCHES.items():
         kwargs = {"default": None, "help": f"{SWITCH_HELP[name]} (default: {default})"}
         if isinstance(default, tuple):
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     run = parser.add_argument_group("training")
-    run.add_argument("-gpus", type=int, default=1, help="local processes, one per GPU (with -device cpu: CPU "
+    add_flag(run, "-num_gpus", aliases=("-gpus",), type=int, default=1, help="local processes, one per GPU (with -device cpu: CPU "
                                                         "processes talking through gloo) (default: 1)")
     run.add_argument("-device", choices=("cuda", "cpu"), default=None,
                      help="default: cuda when a GPU is visible, else cpu (said on start)")
@@ -136,7 +137,7 @@ def request_from(args: argparse.Namespace):
     """The run the flags ask for (:class:`mim_nnunet.pretrain.run.RunRequest`)."""
     from ..pretrain.run import RunRequest
     return RunRequest(prepare=functools.partial(prepare_from, args), backbone=args.backbone, size=args.size,
-                      gpus=args.gpus, device=args.device, resume=args.c, run=args.run,
+                      gpus=args.num_gpus, device=args.device, resume=args.c, run=args.run,
                       switches=switches_from(args), input_size=args.input_size, per_device_batch=args.batch,
                       accumulation=args.accum, steps=args.steps, lr=args.lr, precision=args.precision,
                       seed=args.seed, clip_grad=args.clip_grad, operational=operational_from(args))

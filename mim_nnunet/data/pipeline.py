@@ -90,7 +90,7 @@ def check_sources(folder: Path, specs: Sequence[str], name: Optional[str], log=p
     if before is not None and before != sources:
         what = f"{folder} holds data prepared from {' '.join(before)}, not {' '.join(sources)}"
         if name is None:
-            raise MimError(f"{what}: name this data with -o NAME (or delete {folder})")
+            raise MimError(f"{what}: name this data with -data_name NAME (or delete {folder})")
         log(f"WARNING: {what}: -o {name} was asked for, so its fingerprint and plan are replaced")
     return sources
 

@@ -66,9 +66,9 @@ def collection_cases(name: str, allow_partial: bool, log=print) -> List[Case]:
                   for f in files]
     if problems and not allow_partial:
         raise SourceError(f"collection '{name}' is incomplete: " + " | ".join(problems)
-                          + " (use --allow-partial to proceed with what exists)")
+                          + " (use --allow_partial to proceed with what exists)")
     for p in problems:
-        log(f"WARNING: --allow-partial: proceeding without part of {p}")
+        log(f"WARNING: --allow_partial: proceeding without part of {p}")
     return cases
 
 
@@ -134,7 +134,7 @@ def datalist_cases(path: Path, modality: str, allow_partial: bool = False, log=p
     if missing:
         listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         if not allow_partial:
-            raise SourceError(f"{path}: names {len(missing)} missing file(s): {listed} (--allow-partial skips them)")
+            raise SourceError(f"{path}: names {len(missing)} missing file(s): {listed} (--allow_partial skips them)")
         log(f"{path}: skipping {len(missing)} missing file(s): {listed}")
         cases = [c for c in cases if all(Path(f).exists() for f in c.files)]
     return cases

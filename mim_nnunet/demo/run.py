@@ -173,8 +173,8 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
             ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION, "--no_pp", "-np", "2"], env)
         timings["planning"] += _run_step(
             "the recipe's plans variant: spacing, the pre-training HU window, patch",
-            ["mim_nnunet", "plans-variant", "-d", dataset_id, "-o", PLANS, "--spacing", *spacing,
-             "--window", *window, "--patch", *[str(p) for p in recipe["patch_xyz"]]], env)
+            ["mim_nnunet", "plans-variant", "-d", dataset_id, "-plans_name", PLANS, "-spacing", *spacing,
+             "-ct_window", *window, "-patch", *[str(p) for p in recipe["patch_xyz"]]], env)
     if not (preprocessed / f"{PLANS}_{CONFIGURATION}").is_dir():
         timings["preprocessing"] = _run_step(
             "preprocess with the variant (stock nnUNetv2_preprocess)",

@@ -256,10 +256,10 @@ def check_count(spec: DownstreamDataset, train: Sequence[Case], src: Path, allow
         if missing and not allow_partial:
             raise ConversionError(f"{src}: {len(ids)} of the {spec.expected_count} {spec.key} training cases; missing "
                                   f"case(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
-                                  f"(--allow-partial converts what is there)")
+                                  f"(--allow_partial converts what is there)")
     elif len(ids) != spec.expected_count and not allow_partial:
         raise ConversionError(f"{src}: {len(ids)} {spec.key} training cases, the published set has "
-                              f"{spec.expected_count} (--allow-partial converts what is there)")
+                              f"{spec.expected_count} (--allow_partial converts what is there)")
 
 
 def _read(path: Path) -> sitk.Image:

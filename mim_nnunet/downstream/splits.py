@@ -65,7 +65,7 @@ def literature_splits(dataset_key: str, cases: Sequence[str]) -> List[Dict[str, 
         folds = [[c for c in cases if (_number(c) - MMWHS_FIRST) // MMWHS_FOLD_SIZE == k] for k in range(MMWHS_FOLDS)]
     else:
         raise SplitError(f"{dataset_key}: no split of the literature is known (known: {', '.join(LITERATURE)}); "
-                         f"use nnU-Net's 5 folds (--scheme nnunet)")
+                         f"use nnU-Net's 5 folds (-split nnunet)")
     splits = []
     for k, val in enumerate(folds):
         train = [c for c in cases if c not in val]
@@ -173,7 +173,7 @@ def write_splits(dataset: str, scheme: str, fractions: Sequence[float] = (), see
     key = (meta.get("mim_nnunet") or {}).get("converter")
     if scheme == "literature" and key is None:
         raise SplitError(f"{raw / 'dataset.json'}: not written by 'mim_nnunet convert', so no split of the literature "
-                         f"is known for {name}; use --scheme nnunet")
+                         f"is known for {name}; use -split nnunet")
     splits, record = build_splits(cases, scheme, key, fractions, seed)
     base = splits[:record["base_folds"]]
     write_json_atomic(raw / SPLITS_FILE, base)

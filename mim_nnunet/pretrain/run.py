@@ -50,7 +50,7 @@ def pick_device(requested: Optional[str], gpus: int, log=print) -> str:
         if not found:
             raise MimError("-device cuda: no GPU is visible to PyTorch; use -device cpu")
         if gpus > found:
-            raise MimError(f"-gpus {gpus}: only {found} GPU(s) are visible")
+            raise MimError(f"-num_gpus {gpus}: only {found} GPU(s) are visible")
         return "cuda"
     log(f"no GPU found: running on the CPU ({gpus} process(es), fp32)")
     return "cpu"
@@ -86,11 +86,11 @@ def settings_for(request: RunRequest, world_size: int, device: str, log=print) -
 
 
 def run_pretraining(request: RunRequest) -> None:
-    """Prepare, resolve and train (``-gpus`` local processes, or this rank of a torchrun job)."""
+    """Prepare, resolve and train (``-num_gpus`` local processes, or this rank of a torchrun job)."""
     from .engine import launch
 
     if request.gpus < 1:
-        raise MimError(f"-gpus must be at least 1, got {request.gpus}")
+        raise MimError(f"-num_gpus must be at least 1, got {request.gpus}")
     if D.under_torchrun():
         _run_under_torchrun(request)
         return

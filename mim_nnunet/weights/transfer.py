@@ -257,6 +257,6 @@ def record_warnings(record: Mapping, spacing: Optional[Sequence[float]],
                             f"std {props.get('std', float('nan')):.0f} HU)")
                     warnings.append(
                         f"pre-trained on CT clipped to {window} HU and scaled to [0, 1]; channel {channel} is fine-"
-                        f"tuned on {seen}: `mim_nnunet plans-variant -d DATASET -o NAME --window {window[0]:g} "
+                        f"tuned on {seen}: `mim_nnunet plans-variant -d DATASET -plans_name NAME -ct_window {window[0]:g} "
                         f"{window[1]:g}` writes plans with the pre-training scale")
     return warnings

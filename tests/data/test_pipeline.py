@@ -104,7 +104,7 @@ def test_two_folders_with_the_same_basename_do_not_share_a_result_folder(tmp_pat
         prepare([str(second)], size="tiny", num_processes=1, log=lambda m: None)
     folder = nnunet_dirs["nnUNet_preprocessed"] / "MiM_scans"
     assert str(info.value) == (f"{folder} holds data prepared from {first.resolve()}, not {second.resolve()}: "
-                               f"name this data with -o NAME (or delete {folder})")
+                               f"name this data with -data_name NAME (or delete {folder})")
     # the first folder's preparation is intact and still reused
     logs = []
     prepare([str(first)], size="tiny", num_processes=1, log=logs.append)

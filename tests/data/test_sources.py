@@ -38,10 +38,10 @@ def test_short_or_missing_sources_are_listed_and_allow_partial_proceeds(tmp_path
         resolve_sources(["1k"])
     message = str(info.value)
     assert "BTCV" in message and "20 of 24 files" in message and "Synapse" in message
-    assert "TCIA_Covid19" in message and "missing" in message and "--allow-partial" in message
+    assert "TCIA_Covid19" in message and "missing" in message and "--allow_partial" in message
     logged = []
     cases = resolve_sources(["1k"], allow_partial=True, log=logged.append)
-    assert len(cases) == 20 and len(logged) == 2 and all("--allow-partial" in m for m in logged)
+    assert len(cases) == 20 and len(logged) == 2 and all("--allow_partial" in m for m in logged)
 
 
 def test_collection_root_unset_is_a_one_line_cli_error(tmp_path, clean_env):
@@ -83,7 +83,7 @@ def test_a_datalist_naming_missing_files_is_one_line_or_skipped(tmp_path):
     gone = [str((tmp_path / "imgs" / n).resolve()) for n in ("gone.nii.gz", "gone2.nii.gz")]
     with pytest.raises(SourceError) as info:
         resolve_sources([str(datalist)])
-    assert str(info.value) == f"{datalist}: names 2 missing file(s): {gone[0]}, {gone[1]} (--allow-partial skips them)"
+    assert str(info.value) == f"{datalist}: names 2 missing file(s): {gone[0]}, {gone[1]} (--allow_partial skips them)"
     said = []
     cases = resolve_sources([str(datalist)], allow_partial=True, log=said.append)
     assert [c.files for c in cases] == [(str((tmp_path / "imgs" / "a.nii.gz").resolve()),)]

@@ -60,8 +60,8 @@ def test_demo_data_labels_sit_on_their_organs(demo_data):
 @pytest.mark.slow
 def test_quick_demo_writes_the_report(tmp_path, clean_env):
     env = {**clean_env, "nnUNet_n_proc_DA": "2"}
-    result = subprocess.run([command("mim_nnunet"), "demo", "--workspace", str(tmp_path / "ws"), "--device", "cpu",
-                             "--setting", "quick"], env=env, capture_output=True, encoding="utf-8", errors="replace",
+    result = subprocess.run([command("mim_nnunet"), "demo", "-workspace", str(tmp_path / "ws"), "-device", "cpu",
+                             "-setting", "quick"], env=env, capture_output=True, encoding="utf-8", errors="replace",
                             timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = tmp_path / "ws" / "report"

@@ -92,7 +92,7 @@ def test_count_and_layout_errors_name_the_place(nnunet_dirs, tmp_path):
     with pytest.raises(ConversionError) as exc:
         convert("btcv", src, **QUIET)
     assert one_line(exc) == (f"{src}: 4 of the 30 btcv training cases; missing case(s) BTCV_0003, BTCV_0004, "
-                             f"BTCV_0005, BTCV_0006, BTCV_0007 ... (--allow-partial converts what is there)")
+                             f"BTCV_0005, BTCV_0006, BTCV_0007 ... (--allow_partial converts what is there)")
     with pytest.raises(ConversionError) as exc:
         convert("btcv", tmp_path / "nowhere", **QUIET)
     assert one_line(exc).startswith(f"{tmp_path / 'nowhere'}: no such folder; expected the Synapse RawData layout")
@@ -164,7 +164,7 @@ def test_convert_command_prints_one_line_errors(nnunet_dirs, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"mim_nnunet: error: {src}: 4 of the 30 btcv training cases; missing case(s) BTCV_0003, BTCV_0004, BTCV_0005, "
-        f"BTCV_0006, BTCV_0007 ... (--allow-partial converts what is there)"]
+        f"BTCV_0006, BTCV_0007 ... (--allow_partial converts what is there)"]
 
 
 @pytest.mark.slow
@@ -177,7 +177,7 @@ def test_converted_dataset_passes_nnunets_integrity_check(key, tmp_path, clean_e
     spec = DATASETS[key]
     run = lambda cmd: subprocess.run([str(c) for c in cmd], env=env, cwd=tmp_path, capture_output=True,  # noqa: E731
                                      encoding="utf-8", errors="replace", timeout=900)
-    converted = run([command("mim_nnunet"), "convert", key, src, "--allow-partial"])
+    converted = run([command("mim_nnunet"), "convert", key, src, "--allow_partial"])
     assert converted.returncode == 0, converted.stderr[-3000:]
     checked = run([command("nnUNetv2_plan_and_preprocess"), "-d", spec.dataset_id, "-c", "3d_fullres", "-np", "1",
                    "-npfp", "1", "--verify_dataset_integrity"])

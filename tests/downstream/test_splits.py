@@ -117,7 +117,7 @@ def test_write_splits_keeps_raw_and_preprocessed_consistent(nnunet_dirs):
 
 def test_splits_command_reports_one_line_errors(nnunet_dirs, tmp_path):
     _raw_dataset(nnunet_dirs["nnUNet_raw"], "Dataset600_Other", [f"c{i}" for i in range(3)], None)
-    result = subprocess.run([command("mim_nnunet"), "splits", "-d", "Dataset600_Other", "--scheme", "nnunet"],
+    result = subprocess.run([command("mim_nnunet"), "splits", "-d", "Dataset600_Other", "-split", "nnunet"],
                             capture_output=True, encoding="utf-8", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "mim_nnunet: error: 3 cases are fewer than nnU-Net's 5 folds"

@@ -171,8 +171,8 @@ def test_window_variant_preprocesses_real_ct_to_exactly_the_window_formula(demo_
     """At the CT's own spacing (3 mm: no resampling) nnU-Net's preprocessed voxels are the formula, voxel by voxel."""
     env, work, pre = demo_ct["env"], demo_ct["work"], demo_ct["pre"]
     before = (pre / "nnUNetPlans.json").read_bytes()
-    run([command("mim_nnunet"), "plans-variant", "-d", demo_ct["id"], "-o", "pretrain_window", "--window", "-1000", "1000",
-         "--spacing", "3", "3", "3"], env, work)
+    run([command("mim_nnunet"), "plans-variant", "-d", demo_ct["id"], "-plans_name", "pretrain_window", "-ct_window", "-1000", "1000",
+         "-spacing", "3", "3", "3"], env, work)
     run([command("nnUNetv2_preprocess"), "-d", demo_ct["id"], "-plans_name", "pretrain_window", "-c", "3d_fullres",
          "-np", "1"], env, work)
     assert (pre / "nnUNetPlans.json").read_bytes() == before

@@ -234,7 +234,7 @@ def test_continuing_with_other_steps_is_refused_with_the_reason(collection):
 def test_cli_two_gloo_processes_finish_and_export(collection):
     env = collection["env"]
     result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
-                             "-np", "1", "-gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
+                             "-np", "1", "-num_gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
                              "-accum", "1", "-workers", "1", "-steps", "3", "-run", "gloo", "-r2", "0.5",
                              "-align_loss", "byol", "-align_pairs", "true", "false"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
@@ -257,7 +257,7 @@ def test_a_crashing_rank_ends_the_job_quickly(collection):
     env = {**collection["env"], "MIM_PRETRAIN_FAIL_AT": "1:1"}
     started = time.time()
     result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
-                             "-np", "1", "-gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
+                             "-np", "1", "-num_gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
                              "-workers", "0", "-steps", "50", "-run", "crash"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 2
@@ -348,11 +348,13 @@ def test_settings_follow_the_plan_and_reject_what_cannot_work(collection, tmp_pa
 def test_help_documents_every_flag():
     result = subprocess.run([command("mim_pretrain"), "--help"], capture_output=True, encoding="utf-8",
                             errors="replace", timeout=120)
-    for flag in ("-gpus", "-backbone", "-size", "-steps", "-device", "--c", "-gpu_memory_target", "-np", "-stop_at",
+    for flag in ("-num_gpus", "-gpus", "-backbone", "-size", "-steps", "-device", "--c", "-gpu_memory_target", "-np", "-stop_at",
                  "-precision", "-clip_grad", "--compile", "--checkpointing", "-chunk", "-levels", "-next_level_from",
                  "-align_loss",
-                 "-level_weight_schedule", "-loss_weights", "-o NAME"):
+                 "-level_weight_schedule", "-loss_weights", "-data_name NAME", "--allow_partial"):
         assert flag in result.stdout, flag
+    for old in ("--allow-partial", "--name", "-o NAME"):    # deprecated spellings parse but are not advertised
+        assert old not in result.stdout, old
 
 
 def test_validation_loss_is_logged_plotted_and_exported(collection, tmp_path):

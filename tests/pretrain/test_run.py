@@ -85,7 +85,7 @@ def test_a_cpu_run_plans_its_batch_for_the_cpus_memory(tmp_path, nnunet_dirs, mo
     for i in range(2):
         write(ct_array((16, 24, 20), seed=i), folder / f"s{i}.nii.gz")
     monkeypatch.setattr(planner, "available_memory_gb", lambda: 12.0, raising=False)
-    args = build_parser().parse_args(["-d", str(folder), "-o", "cpu", "-size", "tiny", "-np", "1", "-device", "cpu"])
+    args = build_parser().parse_args(["-d", str(folder), "-data_name", "cpu", "-size", "tiny", "-np", "1", "-device", "cpu"])
     settings = settings_for(request_from(args), 1, "cpu", log=lambda *_: None)
     plan = json.loads(plan_file(nnunet_dirs["nnUNet_preprocessed"] / "MiM_cpu", "hybrid", "tiny")
                       .read_text(encoding="utf-8"))

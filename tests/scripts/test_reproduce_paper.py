@@ -89,8 +89,8 @@ def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, clean_env):
     recipe_file = tmp_path / "btcv_tiny.json"
     recipe_file.write_text(json.dumps(recipe), encoding="utf-8")
     out = tmp_path / "report"
-    cmd = [sys.executable, SCRIPT, "-d", "501", "--recipe", recipe_file, "--size", "tiny", "--device", "cpu",
-           "--fractions", "0.5", "--weights", export, "-np", "1", "-o", out]
+    cmd = [sys.executable, SCRIPT, "-d", "501", "-recipe", recipe_file, "-size", "tiny", "-device", "cpu",
+           "-fractions", "0.5", "-weights", export, "-np", "1", "-o", out]
     first = run(cmd, env, tmp_path)
     assert first.stdout.count("$ nnUNetv2_train") == 2          # MiM and scratch on the 50 % fold
 

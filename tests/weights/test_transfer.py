@@ -99,7 +99,7 @@ def test_intensities_unlike_the_exports_are_warned_about(tmp_path):
         found[name] = [w for w in report.warnings if "scaled to [0, 1]" in w]
     assert found["window"] == []
     assert len(found["zscore"]) == 1 and "z-score of the dataset's foreground (mean 62, std 140 HU)" in found["zscore"][0]
-    assert "--window -1000 1000" in found["zscore"][0]
+    assert "-ct_window -1000 1000" in found["zscore"][0]
     assert len(found["narrow"]) == 1 and "window [-175.0, 250.0] HU" in found["narrow"][0]
 
 
