@@ -12,7 +12,7 @@ from . import run_guarded
 from .flags import add_flag
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim_evaluate", description=__doc__ + (
         " A class absent from both label and prediction scores 1, absent from one of them 0."))
     parser.add_argument("-pred", required=True, help="folder of predicted label maps (same file names as -ref)")
@@ -25,7 +25,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("-dataset_json", default=None,
                         help="dataset.json: the classes and their names (default: dataset.json next to -ref)")
     add_flag(parser, "-o", "--output", default=None, help="JSON file to write (default: <pred>/summary_mim.json)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
 
     def _run() -> int:
         from ..common.atomic import write_json_atomic

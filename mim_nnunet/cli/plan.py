@@ -39,9 +39,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "datasets say their own. A case that looks unlike its declaration is warned about")
     add_flag(parser, "--allow_partial", "--allow-partial", action="store_true",
                         help="proceed when a collection source is missing or short, with what exists")
-    parser.add_argument("--check_leakage", metavar="DATASET",
+    add_flag(parser, "-check_leakage", "--check_leakage", metavar="DATASET",
                         help="warn when images of this nnU-Net dataset are in the pre-training data")
-    parser.add_argument("--fail_on_leakage", action="store_true", help="with --check_leakage: stop instead of warn")
+    parser.add_argument("--fail_on_leakage", action="store_true", help="with -check_leakage: stop instead of warn")
     parser.add_argument("-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="target spacing in mm (image axes x y z) instead of the planned one")
     parser.add_argument("-ct_window", type=float, nargs=2, metavar=("LO", "HI"), default=None,
@@ -76,9 +76,14 @@ def prepare_from(args: argparse.Namespace, device: str = "cuda", processes: int 
                    ct_window=args.ct_window)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim_plan_and_preprocess", description=__doc__)
     add_data_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
     args = check_size(parser, parser.parse_args(argv))
 
     def _run() -> int:
