@@ -4,4 +4,4 @@ The library part of the project. nnU-Net trainer classes live in the top-level `
 folder (found by nnU-Net through ``nnUNet_extTrainer``) and import what they need from here.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

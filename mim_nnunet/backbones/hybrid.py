@@ -1,8 +1,8 @@
-"""The hybrid backbone: the authors' 3D ConvMAE-style encoder (MIM_SPEC.md 3.1), as pre-trained and as
+"""The hybrid backbone: the authors' 3D ConvMAE-style encoder (docs/method.md), as pre-trained and as
 fine-tuned.
 
 Masked conv stages (stride 2, 4, 8), then a ViT on the stride-16 tokens, with stage skips added after
-the ViT. Parameter names and shapes equal the release (``official_mim_keys.json``): the conv stages are
+the ViT. Parameter names and shapes equal the release (``tests/fixtures/official_mim_keys.json``): the conv stages are
 built once (:class:`HybridConvStages`) and shared by
 
 - :class:`HybridEncoder` (pre-training): ViT on the visible tokens only, fixed sin-cos position
@@ -33,7 +33,7 @@ from .layers import (
 )
 
 # Sizes: 'base' is the release; 'tiny' (channels / 4, 3 heads, a small decoder) is for tests and CPUs.
-# decoder_* size the MAE decoder of pre-training (MIM_SPEC.md 3.1). use_checkpoint: activation
+# decoder_* size the MAE decoder of pre-training (docs/method.md). use_checkpoint: activation
 # checkpointing of every conv block and ViT block of pre-training (less memory, one more forward of each).
 HYBRID_SIZES = {
     "base": {"channels": (48, 96, 192, 384), "depths": (2, 2, 2, 11), "heads": 12, "mlp_ratio": 4.0,

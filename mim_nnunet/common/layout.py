@@ -1,4 +1,4 @@
-"""Where pre-training puts its files (DESIGN.md, "Environment"): one home for every path name.
+"""Where pre-training puts its files (docs/pretraining.md): one home for every path name.
 
     $nnUNet_preprocessed/MiM_<name>/                 manifest.json, fingerprint.json, plan_<backbone>_<size>.json,
                                                      store_<manifest hash>_<spacing>/ (one .npy + .json per case)

@@ -1,4 +1,4 @@
-"""Intensities of pre-training data (MIM_SPEC.md section 6): CT clipped to a HU window and scaled to
+"""Intensities of pre-training data (the paper's Table 1 preprocessing): CT clipped to a HU window and scaled to
 [0, 1], MRI z-scored per case and channel; and the foreground (body) mask that crop sampling draws
 centres from. The plan records both rules; preprocessing applies them."""
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from ..common.errors import MimError
 
-# HU clip before scaling CT to [0, 1]; air (and padding) = 0. The spec's window; a plan may record another
+# HU clip before scaling CT to [0, 1]; air (and padding) = 0. The paper's window; a plan may record another
 # (mim_pretrain -ct_window), whose low end then plays air's part.
 CT_WINDOW = (-1000.0, 1000.0)
 # Foreground (body) of a case: CT above -500 HU (between air at -1000 and fat at about -100: lungs
@@ -62,14 +62,14 @@ def check_ct_window(window: Sequence[float]) -> List[float]:
 
 def intensity_scheme(modalities: Sequence[str], ct_window: Optional[Sequence[float]] = None) -> Tuple[Dict, str]:
     """The plan's ``intensity`` record for the modalities of a collection, and its explanation;
-    ``ct_window`` (HU) replaces the spec's :data:`CT_WINDOW`."""
+    ``ct_window`` (HU) replaces the paper's :data:`CT_WINDOW`."""
     window = check_ct_window(CT_WINDOW if ct_window is None else ct_window)
     scheme = {}
     if "CT" in modalities:
         scheme["CT"] = {"scheme": "ct_window", "window": window, "background": 0.0}
     if "MRI" in modalities:
         scheme["MRI"] = {"scheme": "zscore", "background": "the normalised value of 0 per case"}
-    given = "" if ct_window is None else f" (given with -ct_window; the spec's is {list(CT_WINDOW)})"
+    given = "" if ct_window is None else f" (given with -ct_window; the default is {list(CT_WINDOW)})"
     why = (f"CT: clip to {window} HU{given} and scale to [0, 1] (0, air and all below the window, is the padding "
            f"value); MRI: z-score per case and channel")
     return scheme, why

@@ -145,7 +145,7 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
             spacing_xyz: Optional[Sequence[float]] = None, ct_window: Optional[Sequence[float]] = None,
             log=print) -> Prepared:
     """Prepare the data ``specs`` name (see the module's docstring); ``spacing_xyz`` (mm, x y z) replaces the
-    planned target spacing, ``ct_window`` (HU) the spec's CT window."""
+    planned target spacing, ``ct_window`` (HU) the default CT window."""
     folder = preprocessed_folder(name or collection_name(specs))
     sources = check_sources(folder, specs, name, log=log)
     name = name or collection_name(specs)

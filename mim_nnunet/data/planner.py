@@ -34,10 +34,10 @@ EFFECTIVE_BATCH_SUBVOLUMES = 256        # the paper's batch, counted in sub-volu
 DEVICE_COUNTS = (1, 2, 4, 8)            # device counts the plan splits the batch for
 DEVICE_COUNT_MULTIPLE = 4               # effective batch in crops is a multiple of this, so 1, 2 and 4
                                         # devices reach exactly the same effective batch
-# The learning-rate rule: the paper's lr at the paper's batch (spec section 5: 1e-4 at 256 sub-volumes),
+# The learning-rate rule: the paper's lr at the paper's batch (1e-4 at 256 sub-volumes, the paper's Table 3 and the authors' release),
 # scaled by the square root of the batch ratio, the scaling rule for Adam-type optimisers (Malladi et al.,
-# "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms", NeurIPS 2022). The linear rule of
-# the spec is SGD's: it starves small batches (8e-6 for one 21-sub-volume crop) and overshoots large ones.
+# "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms", NeurIPS 2022). The linear rule
+# (lr proportional to the batch) is SGD's: it starves small batches (8e-6 for one 21-sub-volume crop) and overshoots large ones.
 REFERENCE_LR = 1e-4
 REFERENCE_BATCH_SUBVOLUMES = 256
 DEFAULT_GPU_MEMORY_TARGET_GB = 24.0
@@ -98,8 +98,8 @@ STEP_MEMORY_FP32_AT_96[("resenc", "L")] = {**STEP_MEMORY_FP32_AT_96[("resenc", "
 # A step keeps, per crop, its 2S crop (8 S-volumes) and the inputs and predictions of its 21 sub-volumes.
 KEPT_VOLUMES_PER_CROP = 8 + 2 * 21
 FP32_BYTES = 4
-# GPU steps run under bf16 autocast: activations about half their fp32 size (estimate, not yet measured
-# on a GPU: no GPU has been lent to this project).
+# GPU steps run under bf16 autocast: activations about half their fp32 size (an estimate: not yet
+# measured on a GPU; docs/benchmarks.md).
 BF16_FRACTION_OF_FP32 = 0.5
 # What a plan holds; each is read back by preprocessing or the engine (``explain`` documents them).
 PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb", "in_channels", "target_spacing",
@@ -244,7 +244,7 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
                      spacing_zyx: Optional[Sequence[float]] = None,
                      ct_window: Optional[Sequence[float]] = None) -> Dict:
     """The plan for a collection's fingerprint; ``spacing_zyx`` (mm, the store's z, y, x axes) replaces the
-    planned target spacing (``-spacing``), ``ct_window`` (HU) the spec's CT window (``-ct_window``)."""
+    planned target spacing (``-spacing``), ``ct_window`` (HU) the default CT window (``-ct_window``)."""
     overall = fingerprint.get("overall")
     if not overall:
         raise MimError(f"{name}: no usable case in the fingerprint; nothing to plan")
@@ -295,13 +295,13 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     if step_memory_gb(backbone, size, s, 1, 1) > available:
         explain["batch_by_device_count"] += (" - WARNING: not even a chunk of one sub-volume fits the target: expect "
                                              "out-of-memory errors; raise -gpu_memory_target, or add mim_pretrain "
-                                             "--checkpointing (activations recomputed, not kept: about 40 % less "
-                                             "per sub-volume, README 'Benchmark')")
+                                             "--checkpointing (activations recomputed, not kept: 28 % less peak "
+                                             "memory for hybrid base at -chunk 4 on a CPU, docs/benchmarks.md)")
 
     lr = lr_for(effective)
     explain["lr"] = (f"{REFERENCE_LR:g} x sqrt(effective batch {effective} / {REFERENCE_BATCH_SUBVOLUMES} sub-volumes): the "
                      f"paper's lr at the paper's batch, scaled by the square root of the batch ratio, the scaling "
-                     f"rule of Adam-type optimisers (Malladi et al., NeurIPS 2022); the spec's linear rule is SGD's "
+                     f"rule of Adam-type optimisers (Malladi et al., NeurIPS 2022); the linear rule is SGD's "
                      f"and gives 8e-6 to a run of one crop per step. A run whose batch differs (-batch, -accum, "
                      f"another device count, other switches) rescales this lr by the same rule. Short runs (a few "
                      f"hundred steps, e.g. the demo) learn faster at a higher lr: set it here or with -lr")
@@ -319,7 +319,7 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
     explain["backbone_sizes"] = (f"the '{size}' entry of the {backbone} backbone's size table (mim_nnunet/backbones/"
                                  f"{backbone}.py); the run builds exactly these sizes")
     mim = {**MIM_SWITCHES, "align_dim": align_dim_for(size)}
-    explain["mim"] = "MiM switches at their spec defaults (MIM_SPEC.md); mim_pretrain flags override them per run"
+    explain["mim"] = "MiM switches at the paper's defaults (docs/method.md); mim_pretrain flags override them per run"
     if size in ALIGN_DIM_BY_SIZE:
         explain["mim"] += (f"; align_dim {mim['align_dim']} instead of the paper's {MIM_SWITCHES['align_dim']} at the "
                            f"'{size}' size (a lean checkpoint; mim_nnunet/mim/config.py ALIGN_DIM_BY_SIZE says why)")

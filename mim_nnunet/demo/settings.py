@@ -8,7 +8,7 @@ DEMO_SETTINGS = {
     # tests and smoke runs: every step once, numbers meaningless
     "quick": {"pretrain": {"steps": 4, "input_size": 32, "batch": 1, "lr": None, "val_every": 2, "val_crops": 2},
               "finetune": {"budget": "1epoch", "seeds": [0], "labels": ["all"]}},
-    # 13 minutes on 2 CPU cores (792 s, measured 2026-11-29; about 17 on the slower machine of earlier sessions):
+    # 13 minutes on 2 CPU cores (792 s on a 2-core CPU, 2026-11-29; docs/benchmarks.md):
     # 1000 pre-training steps, 8 fine-tunings (2 labels x 2 seeds x MiM/scratch) of 120 iterations, MiM and
     # scratch at the same time on one core each
     "default": {"pretrain": {"steps": 1000, "input_size": 32, "batch": 1, "lr": 1e-3, "val_every": 100, "val_crops": 4},

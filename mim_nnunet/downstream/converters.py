@@ -9,7 +9,7 @@ unchanged. ``dataset.json`` records where each class came from (``mim_nnunet.lab
 predictions can be mapped back to the dataset's own values. Writes are atomic per file and
 ``dataset.json`` comes last, so an interrupted conversion is never mistaken for a finished one.
 
-MSD tasks, AMOS 2022 and BraTS 2021 have stock nnU-Net converters; the README gives their commands.
+MSD tasks, AMOS 2022 and BraTS 2021 have stock nnU-Net converters; docs/downstream.md gives their commands.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class DownstreamDataset:
     classes: Dict[str, int]                    # class name -> value in the distributed label files, in order
     expected_cases: Tuple[str, ...]            # case ids of the published training set ...
     expected_count: int                        # ... or just their number when ids are not enumerable
-    layout: str                                # the distributed layout, for error messages and the README
+    layout: str                                # the distributed layout, for error messages and docs/downstream.md
     obtain: str
     reference: str
     licence: str
@@ -238,7 +238,7 @@ DATASETS: Dict[str, DownstreamDataset] = {d.key: d for d in (
 def get_dataset(key: str) -> DownstreamDataset:
     if key not in DATASETS:
         raise ConversionError(f"unknown dataset '{key}': ours are {', '.join(DATASETS)} (MSD tasks, AMOS 2022 and "
-                              f"BraTS 2021 have stock nnU-Net converters, see the README)")
+                              f"BraTS 2021 have stock nnU-Net converters, see docs/downstream.md)")
     return DATASETS[key]
 
 

@@ -6,7 +6,7 @@ and ``roi_x/roi_y/roi_z`` order), ``intensity`` (``{"scheme": "ct_window", "wind
 ``{"scheme": "zscore"}``), the ``augmentation`` probabilities Table 2 lists (or ``null``), how the dataset
 reaches nnU-Net (``nnunet``), its ``source``, ``notes``, what is ``unknown``, and ``published`` result rows
 of the paper (empty where we could not read them). The augmentation probabilities are recorded in the plans
-variant; training keeps nnU-Net's own augmentation pipeline (../shared/DESIGN.md).
+variant; training keeps nnU-Net's own augmentation pipeline.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MiMConfig: every switch of MIM_SPEC.md in one validated record, with the spec's defaults."""
+"""MiMConfig: every switch of the method (docs/method.md) in one validated record, with the paper's defaults."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Tuple
 from .losses import LEVEL_WEIGHT_SCHEDULES
 from .tokens import INPUT_MULTIPLE, TOKEN_SIZE
 
-# Every "(switch)" of the spec, at its default: the fields of MiMConfig (besides the input's shape),
+# Every switch of the method (docs/method.md), at its default: the fields of MiMConfig (besides the input's shape),
 # the pre-training plan's "mim" record and the flags of mim_pretrain.
 MIM_SWITCHES = {
     "levels": 3,                      # 1 = plain MAE3D, 2 = stop after L2, 3 = full MiM
@@ -27,7 +27,7 @@ MIM_SWITCHES = {
     "loss_weights": (1.0, 1.0, 1.0, 0.1, 0.1),   # b1..b5 of Eq. 10 (Table 3)
     "level_weight_schedule": "concurrent",       # or coarse_to_fine / fine_to_coarse (Table 14)
 }
-# The alignment projections' output D per model size, where it is not the spec's 2048. D = 2048 is the
+# The alignment projections' output D per model size, where it is not the paper's 2048. D = 2048 is the
 # paper's value for its model (base, decoder width 576) and is kept for every full size. The tiny size
 # (tests, CPU demos; decoder width 144) uses 256: at 2048 its four Linear-GELU-Linear projections held 18 M
 # of its 21 M parameters (a 255 MB checkpoint with Adam's two moments) to rank at most 216 candidates (the
@@ -37,7 +37,7 @@ ALIGN_DIM_BY_SIZE = {"tiny": 256}
 
 
 def align_dim_for(size: str) -> int:
-    """The alignment projections' D for a model size: ``ALIGN_DIM_BY_SIZE``, else the spec's 2048."""
+    """The alignment projections' D for a model size: ``ALIGN_DIM_BY_SIZE``, else the paper's 2048."""
     return ALIGN_DIM_BY_SIZE.get(size, MIM_SWITCHES["align_dim"])
 
 

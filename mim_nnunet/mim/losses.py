@@ -1,4 +1,4 @@
-"""MiM's losses (MIM_SPEC.md section 2): per-level reconstruction, cross-level alignment, the total."""
+"""MiM's losses (the paper's Eqs. 1-10; docs/method.md): per-level reconstruction, cross-level alignment, the total."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Tokens and units: cutting volumes into them and back. Token order is raster order over the token
 grid (first axis outermost); unit order is the same over the 2x2x2 octants.
 
-A token is ``TOKEN_SIZE``^3 voxels of the network input (MIM_SPEC.md section 1); an L1 unit is one
+A token is ``TOKEN_SIZE``^3 voxels of the network input (docs/method.md); an L1 unit is one
 octant of the token grid, so every axis of the input size S holds an even number of tokens:
 ``INPUT_MULTIPLE`` = 2 x ``TOKEN_SIZE``.
 """

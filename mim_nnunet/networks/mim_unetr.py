@@ -1,5 +1,5 @@
 """MiMUNETR: the hybrid encoder as the MiM release fine-tunes it (:class:`HybridFinetuneEncoder`), under
-``backbone.``, with MONAI SwinUNETR's decoder unchanged (MIM_SPEC.md section 4), as the release's
+``backbone.``, with MONAI SwinUNETR's decoder unchanged (docs/method.md), as the release's
 ``ConvViT3dUNETR`` builds it:
 
 - the five feature maps (strides 2, 4, 8: the conv stages; 16: the ViT tokens on their grid; 32: ``fpn``)
@@ -11,7 +11,7 @@
 - drop-path rises linearly from 0 over all conv and ViT blocks; linears are truncated-normal (std 0.02)
   with the ViT blocks' depth rescale, convs keep PyTorch's default initialisation.
 
-Parameter names of the backbone equal the release's (``spec/official_mim_keys.json``, ``finetune_encoder``).
+Parameter names of the backbone equal the release's (``tests/fixtures/official_mim_keys.json``, ``finetune_encoder``).
 ``layout="mim-nnunet-0.1"`` rebuilds the network of mim-nnunet 0.1.0 (its own decoder on raw features), so
 model folders trained with it still predict; plans written since record ``layout="swinunetr"``.
 """

@@ -84,7 +84,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> Dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
-    known = checksums(path)          # checkpoints written before 0.2 have no record: not checked
+    known = checksums(path)          # checkpoints written before 0.2.0 have no record: not checked
     if checksum_path(path).is_file() and file_sha256(str(path)) not in known:
         raise CheckpointError(f"{path}: content checksum differs from {checksum_path(path).name} (the file changed "
                               f"after it was written: corrupt copy or bit flip)")

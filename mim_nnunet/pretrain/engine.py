@@ -96,7 +96,7 @@ def build(settings: RunSettings, device: torch.device) -> Trainee:
     if settings.compile:
         compile_parts(model)
     # fused AdamW: one kernel over all parameters (on the CPU too: 0.041 s instead of 0.110 s per step for
-    # hybrid base's 90 M parameters, scripts/benchmark_pretrain_step.py --optimizer; README 'Benchmark')
+    # hybrid base's 90 M parameters, scripts/benchmark_pretrain_step.py --optimizer; docs/benchmarks.md)
     optimizer = build_adamw(model, settings.lr, settings.weight_decay, settings.betas, fused=True)
     return Trainee(model=model, optimizer=optimizer,
                    scheduler=WarmupCosineLR(optimizer, settings.steps, settings.warmup_steps),

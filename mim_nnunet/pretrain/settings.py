@@ -18,7 +18,7 @@ from ..common.errors import MimError
 from ..mim.config import MiMConfig
 from ..optim import warmup_steps_for
 
-# Spec section 5 gives the optimiser; the run length and warm-up are ours (the paper gives neither in
+# The paper's Table 3 gives the optimiser; the run length and warm-up are ours (the paper gives neither in
 # steps): 100k optimiser steps, 5 % of them warm-up.
 PRETRAIN_RECIPE = {
     "betas": (0.9, 0.95),

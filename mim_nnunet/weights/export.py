@@ -1,4 +1,4 @@
-"""Exported encoders: safetensors weights plus the JSON adaptation record of DESIGN.md. This module is
+"""Exported encoders: safetensors weights plus the JSON adaptation record (docs/using-weights-elsewhere.md). This module is
 the one home of the key-name contract:
 
 - hybrid: the encoder's own keys, which are the MiM release's names (``patch_embed1.proj.weight``, ...);
@@ -66,7 +66,7 @@ def encoder_state(encoder: torch.nn.Module, backbone: str) -> Dict[str, torch.Te
 def export_record(backbone: str, size: str, in_channels: int, input_size: Sequence[int], *,
                   spacing: Optional[Sequence[float]] = None, normalisation: Optional[Mapping] = None,
                   manifest_hash: Optional[str] = None, steps: Optional[int] = None, **extra) -> Dict:
-    """The adaptation record's content (DESIGN.md): what fine-tuning needs to know about the weights."""
+    """The adaptation record's content: what fine-tuning needs to know about the weights."""
     return {"backbone": backbone, "size": size, "key_map": KEY_MAPS[backbone], "in_channels": int(in_channels),
             "input_size": [int(s) for s in input_size], "token_size": TOKEN_SIZE, "spacing": spacing,
             "normalisation": normalisation, "manifest_hash": manifest_hash, "steps": steps, **extra}
@@ -114,7 +114,7 @@ def load_export(path: os.PathLike) -> Tuple[Dict[str, torch.Tensor], Dict]:
         raise ExportError(f"{weights}: corrupt or not a safetensors file ({first_line(exc)})") from None
     if len(state) != record.get("num_tensors", len(state)):
         raise ExportError(f"{weights}: holds {len(state)} tensors, its record says {record['num_tensors']}")
-    if record.get("sha256") and file_sha256(str(weights)) != record["sha256"]:    # exports before 0.2 have none
+    if record.get("sha256") and file_sha256(str(weights)) != record["sha256"]:    # exports before 0.2.0 have none
         raise ExportError(f"{weights}: content checksum differs from its record {meta.name} (the file changed "
                           f"after export: corrupt copy or bit flip)")
     for key, tensor in state.items():

@@ -45,7 +45,7 @@ def test_a_given_ct_window_is_planned_stored_apart_and_applied(tmp_path, nnunet_
     assert soft.store != spec.store            # the default window's arrays are never reused
     case = spec.report["ok"][0]
     wide, narrow = (np.load(p.store / f"{case}.npy").astype(np.float64) for p in (spec, soft))
-    hu = wide * 2000 - 1000                    # the spec window maps [-1000, 1000] HU to [0, 1]
+    hu = wide * 2000 - 1000                    # the default window maps [-1000, 1000] HU to [0, 1]
     assert np.allclose(narrow, (np.clip(hu, -175, 250) + 175) / 425, atol=2e-3)
     assert prepare([str(folder)], name="win", size="tiny", num_processes=1, ct_window=(-175, 250),
                    log=lambda m: None).store == soft.store

@@ -1,4 +1,5 @@
-"""The geometry invariant of MIM_SPEC.md section 1, on many random draws."""
+"""The geometry invariant (docs/method.md): every L2 volume covers one masked L1 unit and every L3 volume one
+masked L2 token, on many random draws."""
 
 import pytest
 import torch

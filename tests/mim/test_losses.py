@@ -1,4 +1,4 @@
-"""Equations 1-7 and 10 of MIM_SPEC.md against hand computations."""
+"""The paper's Eqs. 1-7 and 10 against hand computations."""
 
 import math
 

@@ -59,7 +59,7 @@ def _fingerprint():
 
 def test_a_tiny_checkpoint_is_lean_and_base_keeps_the_papers_projection_width(tmp_path):
     base = plan_pretraining(_fingerprint(), "hybrid", "base")
-    assert base["mim"]["align_dim"] == 2048                              # MIM_SPEC.md section 2: D = 2048
+    assert base["mim"]["align_dim"] == 2048                              # the paper's D = 2048
     plan = plan_pretraining(_fingerprint(), "hybrid", "tiny")
     d, width = plan["mim"]["align_dim"], backbone_sizes("hybrid", "tiny")["decoder_dim"]
     assert d == 256 and "align_dim 256" in plan["explain"]["mim"]

@@ -14,7 +14,7 @@ def summary(out):
     return json.loads((out / "gpu_check_summary.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the check would run")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the check would run")
 def test_without_a_gpu_every_check_is_reported_skipped(tmp_path):
     result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--out", str(tmp_path)],
                             capture_output=True, encoding="utf-8", errors="replace", timeout=300)
