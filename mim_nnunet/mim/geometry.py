@@ -1,4 +1,4 @@
-"""Multi-level masked volumes (docs/method.md; the paper's Fig. 2). Knows nothing of backbones or losses.
+"""Multi-level masked volumes (docs/method.md). Knows nothing of backbones or losses.
 
 From a batch of L1 crops (native size 2S):
 - L1: the crop resized to S; 8 units (octants of the token grid) of which ``r1`` are masked.
