@@ -4,14 +4,14 @@ MiMUNETR (what nnUNetTrainerMiM trains) and of nnU-Net's default 3d_fullres U-Ne
 
 Training iteration: batch 2, patch P^3 (default 96), forward + nnU-Net's Dice + CE loss (with deep
 supervision for the U-Net, as nnU-Net trains it) + backward + optimiser step (AdamW for MiMUNETR, nnU-Net's
-SGD for the U-Net); median of --repeats after --warmup. Prediction: a CT of --predict_shape (default 512 x 512
+SGD for the U-Net); median of -repeats after -warmup. Prediction: a CT of -predict_shape (default 512 x 512
 x 100, x y z) in P^3 windows at nnU-Net's tile step 0.5 with its Gaussian weighting (nnU-Net's own window
 placement and Gaussian), no test-time mirroring. The U-Net's topology comes from nnU-Net's planner
 (get_pool_and_conv_props at 1 mm for the patch; 32 ... 320 features, 2 convs per stage). One JSON line per
 network, then a markdown table.
 
-    python scripts/benchmark_finetune.py                                  # the issue's sizes (slow on a CPU)
-    python scripts/benchmark_finetune.py --size tiny --patch 64 --predict_shape 128 128 64 --repeats 1
+    python scripts/benchmark_finetune.py                                  # the default sizes (slow on a CPU)
+    python scripts/benchmark_finetune.py -size tiny -patch 64 -predict_shape 128 128 64 -repeats 1
 """
 
 from __future__ import annotations
@@ -118,15 +118,23 @@ def time_prediction(network, patch: int, shape_xyz, device: str) -> dict:
     return {"predict_seconds": round(time.perf_counter() - start, 2), "windows": windows}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("base", "tiny"), default="base", help="MiMUNETR size (default: base)")
-    parser.add_argument("--patch", type=int, default=96, help="patch edge, a multiple of 32 (default: 96)")
-    parser.add_argument("--predict_shape", type=int, nargs=3, default=(512, 512, 100), metavar=("X", "Y", "Z"))
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
+def build_parser() -> argparse.ArgumentParser:
+    from mim_nnunet.cli.flags import add_flag
+    parser = argparse.ArgumentParser(prog="benchmark_finetune.py", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flag(parser, "-size", "--size", choices=("base", "tiny"), default="base", help="MiMUNETR size (default: base)")
+    add_flag(parser, "-patch", "--patch", type=int, default=96, help="patch edge, a multiple of 32 (default: 96)")
+    add_flag(parser, "-predict_shape", "--predict_shape", type=int, nargs=3, default=(512, 512, 100),
+             metavar=("X", "Y", "Z"))
+    add_flag(parser, "-warmup", "--warmup", type=int, default=1)
+    add_flag(parser, "-repeats", "--repeats", type=int, default=3)
+    add_flag(parser, "-device", "--device", choices=("cuda", "cpu"), default=None, help="default: cuda when available")
     parser.add_argument("--no_predict", action="store_true", help="training iterations only")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     import torch

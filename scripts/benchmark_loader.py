@@ -6,7 +6,7 @@ preprocess into the store), then reads the same number of random 2S crops (a) fr
 memory maps and (b) by decoding the NIfTI with SimpleITK and cropping. Prints one JSON line.
 
     python scripts/benchmark_loader.py                  # 2 volumes of 300x512x512, 2S = 192^3
-    python scripts/benchmark_loader.py --shape 64 96 96 --crops 5
+    python scripts/benchmark_loader.py -shape 64 96 96 -crops 5
 """
 
 from __future__ import annotations
@@ -23,12 +23,19 @@ import numpy as np
 import SimpleITK as sitk
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from mim_nnunet.cli.flags import add_flag
+    parser = argparse.ArgumentParser(prog="benchmark_loader.py", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flag(parser, "-volumes", "--volumes", type=int, default=2)
+    add_flag(parser, "-shape", "--shape", type=int, nargs=3, default=(300, 512, 512),
+             help="z y x voxels at 1 mm (default: a typical abdominal CT, %(default)s)")
+    add_flag(parser, "-crops", "--crops", type=int, default=10)
+    return parser
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--volumes", type=int, default=2)
-    parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512),
-                        help="z y x voxels at 1 mm (default: a typical abdominal CT, %(default)s)")
-    parser.add_argument("--crops", type=int, default=10)
+    parser = build_parser()
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,9 +20,9 @@ limit and a configuration that does not fit reports where it failed instead of t
 Prints a markdown table; ``--json`` writes the rows.
 
     python scripts/benchmark_pretrain_step.py                       # the full table (slow on CPU)
-    python scripts/benchmark_pretrain_step.py --configs hybrid:tiny --input-size 64 --chunks 0,1,4
-    python scripts/benchmark_pretrain_step.py --configs resenc:L --memory-limit-gb 18 --levels 1
-    python scripts/benchmark_pretrain_step.py --configs hybrid:base --chunks 4 --checkpointing
+    python scripts/benchmark_pretrain_step.py -configs hybrid:tiny -input_size 64 -chunks 0,1,4
+    python scripts/benchmark_pretrain_step.py -configs resenc:L -memory_limit_gb 18 -levels 1
+    python scripts/benchmark_pretrain_step.py -configs hybrid:base -chunks 4 --checkpointing
 """
 
 from __future__ import annotations
@@ -147,31 +147,40 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="backbone:size list (default: %(default)s)")
-    parser.add_argument("--input-size", type=int, default=96, help="S per axis, a multiple of 32 (default: 96)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+def build_parser() -> argparse.ArgumentParser:
+    from mim_nnunet.cli.flags import add_flag
+    parser = argparse.ArgumentParser(prog="benchmark_pretrain_step.py", description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flag(parser, "-configs", "--configs", default=DEFAULT_CONFIGS, help="backbone:size list (default: %(default)s)")
+    add_flag(parser, "-input_size", "--input-size", type=int, default=96,
+             help="S per axis, a multiple of 32 (default: 96)")
+    add_flag(parser, "-warmup", "--warmup", type=int, default=1)
+    add_flag(parser, "-repeats", "--repeats", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true",
                         help="activation checkpointing (use_checkpoint; hybrid: per conv and ViT block, swin: per "
                              "block, resenc: per stage)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last_3d weights and crops")
-    parser.add_argument("--optimizer", choices=("none", "adamw", "fused"), default="none",
-                        help="also time an AdamW step after each backward (fused: PyTorch's fused kernel)")
-    parser.add_argument("--dtypes", default=None,
-                        help="fp32 and/or bf16 (autocast), comma-separated (default: fp32 on CPU, fp32,bf16 on GPU)")
-    parser.add_argument("--levels", type=int, default=3, choices=(1, 2, 3),
-                        help="MiM levels per step (1: one sub-volume per crop, to measure what does not fit whole)")
-    parser.add_argument("--memory-limit-gb", type=float, default=None,
-                        help="address-space limit of each configuration's process (virtual memory, above the RSS)")
-    parser.add_argument("--chunks", default="0",
-                        help="sub-volume chunks to run each configuration at, 0 = one shot (default: %(default)s)")
-    parser.add_argument("--peak-tflops", type=float, default=0.0,
-                        help="the GPU's peak TFLOP/s at the benchmark's dtype, for the MFU column (default: none)")
-    parser.add_argument("--json", type=Path, default=None, help="write the rows to this JSON file")
-    parser.add_argument("--one", help=argparse.SUPPRESS)       # internal: backbone:size:device:dtype:chunk
+    add_flag(parser, "--channels_last", "--channels-last", action="store_true",
+             help="channels_last_3d weights and crops")
+    add_flag(parser, "-optimizer", "--optimizer", choices=("none", "adamw", "fused"), default="none",
+             help="also time an AdamW step after each backward (fused: PyTorch's fused kernel)")
+    add_flag(parser, "-dtypes", "--dtypes", default=None,
+             help="fp32 and/or bf16 (autocast), comma-separated (default: fp32 on CPU, fp32,bf16 on GPU)")
+    add_flag(parser, "-levels", "--levels", type=int, default=3, choices=(1, 2, 3),
+             help="MiM levels per step (1: one sub-volume per crop, to measure what does not fit whole)")
+    add_flag(parser, "-memory_limit_gb", "--memory-limit-gb", type=float, default=None,
+             help="address-space limit of each configuration's process (virtual memory, above the RSS)")
+    add_flag(parser, "-chunks", "--chunks", default="0",
+             help="sub-volume chunks to run each configuration at, 0 = one shot (default: %(default)s)")
+    add_flag(parser, "-peak_tflops", "--peak-tflops", type=float, default=0.0,
+             help="the GPU's peak TFLOP/s at the benchmark's dtype, for the MFU column (default: none)")
+    add_flag(parser, "-json", "--json", type=Path, default=None, help="write the rows to this JSON file")
+    parser.add_argument("-one", help=argparse.SUPPRESS)       # internal: backbone:size:device:dtype:chunk
+    return parser
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
 
     if args.one:
@@ -185,7 +194,7 @@ def main() -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = (args.dtypes or ("fp32,bf16" if device == "cuda" else "fp32")).split(",")
     if set(dtypes) - {"fp32", "bf16"}:
-        parser.error(f"--dtypes: fp32 and/or bf16, got {args.dtypes}")
+        parser.error(f"-dtypes: fp32 and/or bf16, got {args.dtypes}")
     plans = [(device, dtype) for dtype in dtypes]
     status, rows = 0, []
     for config in args.configs.split(","):
@@ -203,11 +212,11 @@ def main() -> int:
 
 def run_in_process(args, config: str, device: str, dtype: str, chunk: int) -> dict:
     """One configuration in a fresh process (its own peak RSS); its row, or its failure as a row."""
-    cmd = [sys.executable, __file__, "--one", f"{config}:{device}:{dtype}:{chunk}", "--input-size",
-           str(args.input_size), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-           "--levels", str(args.levels), "--peak-tflops", str(args.peak_tflops), "--optimizer", args.optimizer]
+    cmd = [sys.executable, __file__, "-one", f"{config}:{device}:{dtype}:{chunk}", "-input_size",
+           str(args.input_size), "-warmup", str(args.warmup), "-repeats", str(args.repeats),
+           "-levels", str(args.levels), "-peak_tflops", str(args.peak_tflops), "-optimizer", args.optimizer]
     cmd += [flag for flag, on in (("--checkpointing", args.checkpointing), ("--compile", args.compile),
-                                  ("--channels-last", args.channels_last)) if on]
+                                  ("--channels_last", args.channels_last)) if on]
     limit = None
     if args.memory_limit_gb:
         limit = functools.partial(resource.setrlimit, resource.RLIMIT_AS, (int(args.memory_limit_gb * 2 ** 30),) * 2)

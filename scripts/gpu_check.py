@@ -47,8 +47,8 @@ BENCHMARK_CONFIGS = "hybrid:base,hybrid:tiny,swin:base,resenc:M,resenc:L"
 FINETUNE_TRAINER = "nnUNetTrainerMiM_1epoch"
 # The step's levers, each benchmarked alone (scripts/benchmark_pretrain_step.py flags); the one-shot row of
 # the benchmark check, with fused AdamW, is what they are compared with.
-LEVERS = {"chunk4": ["--chunks", "4"], "checkpointing": ["--checkpointing"], "channels_last": ["--channels-last"],
-          "unfused_adamw": ["--optimizer", "adamw"], "compile": ["--compile"]}
+LEVERS = {"chunk4": ["-chunks", "4"], "checkpointing": ["--checkpointing"], "channels_last": ["--channels_last"],
+          "unfused_adamw": ["-optimizer", "adamw"], "compile": ["--compile"]}
 DATASET_ID = 990
 
 
@@ -202,8 +202,8 @@ def _benchmark(ctx: Context, name: str, extra: List[str]) -> List[Dict]:
     """Rows of one scripts/benchmark_pretrain_step.py invocation (its ``--json`` file)."""
     rows_file = Path(ctx.args.out) / f"benchmark_{name}.json"
     rows_file.unlink(missing_ok=True)
-    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_pretrain_step.py"), "--input-size",
-           str(ctx.args.benchmark_input_size), "--repeats", "2", "--json", str(rows_file)] + extra
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_pretrain_step.py"), "-input_size",
+           str(ctx.args.benchmark_input_size), "-repeats", "2", "-json", str(rows_file)] + extra
     result = subprocess.run(cmd, env=ctx.env, capture_output=True, encoding="utf-8", errors="replace", timeout=1200)
     if not rows_file.is_file():
         raise RuntimeError(f"benchmark {name} wrote no rows (exit {result.returncode}): {result.stderr[-500:]}")
@@ -213,11 +213,11 @@ def _benchmark(ctx: Context, name: str, extra: List[str]) -> List[Dict]:
 def check_benchmark(ctx: Context) -> Dict:
     """Every configuration in one shot (fp32 and bf16, fused AdamW timed), then each lever of the step
     alone on ``--lever_config`` in bf16 (the engine's GPU precision), to compare with its one-shot row."""
-    ctx.benchmark_rows = _benchmark(ctx, "configs", ["--configs", ctx.args.benchmark_configs, "--chunks", "0",
-                                                     "--optimizer", "fused"])
+    ctx.benchmark_rows = _benchmark(ctx, "configs", ["-configs", ctx.args.benchmark_configs, "-chunks", "0",
+                                                     "-optimizer", "fused"])
     levers = {}
     for lever in (v for v in ctx.args.levers.split(",") if v):
-        levers[lever] = _benchmark(ctx, lever, ["--configs", ctx.args.lever_config, "--dtypes", ctx.args.lever_dtype]
+        levers[lever] = _benchmark(ctx, lever, ["-configs", ctx.args.lever_config, "-dtypes", ctx.args.lever_dtype]
                                    + LEVERS[lever])
     failed = [r for r in ctx.benchmark_rows + [r for rows in levers.values() for r in rows] if "error" in r]
     if failed:

@@ -127,26 +127,29 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", required=True, help="nnU-Net dataset id or name (converted; planning is done if missing)")
     add_flag(parser, "-recipe", "--recipe", default=None,
-                        help="recipe (plans/downstream/*.json name or file); default: the one of the converter that "
-                             "wrote the dataset (btcv, mmwhs_ct, flare22, covid19_20)")
+             help="recipe (plans/downstream/*.json name or file); default: the one of the converter that "
+                  "wrote the dataset (btcv, mmwhs_ct, flare22, covid19_20)")
     add_flag(parser, "-plans", "--plans", choices=("recipe", "nnunet"), default=None,
-                        help="the recipe's plans variant, or nnU-Net's own plans (default: recipe when "
-                             "there is one)")
+             help="the recipe's plans variant, or nnU-Net's own plans (default: recipe when "
+                  "there is one)")
     add_flag(parser, "-backbone", "--backbone", choices=("hybrid", "swin"), default="hybrid")
     add_flag(parser, "-size", "--size", choices=("base", "tiny"), default="base",
-                        help="base: the paper's networks, 1000 epochs; tiny: 1-epoch CPU smoke variants")
+             help="base: the paper's networks, 1000 epochs; tiny: 1-epoch CPU smoke variants")
     add_flag(parser, "-mim_trainer", "--mim-trainer", default=None, help="override the MiM-initialised trainer")
     add_flag(parser, "-scratch_trainer", "--scratch-trainer", default=None, help="override the from-scratch trainer")
-    add_flag(parser, "-weights", "--weights", default=None, help="MiM export for the MiM trainer ($MIM_PRETRAINED_WEIGHTS)")
+    add_flag(parser, "-weights", "--weights", default=None,
+             help="MiM export for the MiM trainer ($MIM_PRETRAINED_WEIGHTS)")
     add_flag(parser, "-fractions", "--fractions", type=float, nargs="+", default=list(FRACTIONS),
-                        help="label fractions of fold 0's training cases (Table 5: 0.25 0.5 1.0)")
-    add_flag(parser, "-seed", "--seed", default="0", help="seed of the label subsets ('none': the first cases in order)")
+             help="label fractions of fold 0's training cases (Table 5: 0.25 0.5 1.0)")
+    add_flag(parser, "-seed", "--seed", default="0",
+             help="seed of the label subsets ('none': the first cases in order)")
     add_flag(parser, "-split", "--split", choices=("literature", "nnunet"), default=None,
-                        help="base split (default: the literature's when the dataset has one)")
+             help="base split (default: the literature's when the dataset has one)")
     parser.add_argument("-c", default="3d_fullres", help="nnU-Net configuration (default: %(default)s)")
     add_flag(parser, "-device", "--device", default="cuda", help="cuda, cpu or mps")
     parser.add_argument("-np", type=int, default=4, help="processes for fingerprint and preprocessing")
-    add_flag(parser, "-tolerance", "--tolerance", type=float, default=None, help="NSD tolerance in mm (default: mim_evaluate's)")
+    add_flag(parser, "-tolerance", "--tolerance", type=float, default=None,
+             help="NSD tolerance in mm (default: mim_evaluate's)")
     add_flag(parser, "-o", "--output", default="reproduce_paper", help="output folder")
     return parser
 

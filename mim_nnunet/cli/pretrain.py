@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     run = parser.add_argument_group("training")
-    add_flag(run, "-num_gpus", aliases=("-gpus",), type=int, default=1, help="local processes, one per GPU (with -device cpu: CPU "
-                                                        "processes talking through gloo) (default: 1)")
+    add_flag(run, "-num_gpus", aliases=("-gpus",), type=int, default=1,
+             help="local processes, one per GPU (with -device cpu: CPU processes talking through gloo) "
+                  "(default: 1)")
     run.add_argument("-device", choices=("cuda", "cpu"), default=None,
                      help="default: cuda when a GPU is visible, else cpu (said on start)")
     run.add_argument("-steps", type=int, default=None,

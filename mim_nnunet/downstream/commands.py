@@ -52,8 +52,8 @@ def add_commands(sub) -> None:
     add_flag(p, "--allow_partial", "--allow-partial", action="store_true",
              help="convert fewer cases than the published set")
     add_flag(p, "-split", "--split", choices=SCHEMES, default="literature",
-                   help="literature: write the published split (BTCV 24/6, MM-WHS folds) as splits_final.json; "
-                        "nnunet: none, nnU-Net makes its 5 folds (default: %(default)s)")
+             help="literature: write the published split (BTCV 24/6, MM-WHS folds) as splits_final.json; "
+                  "nnunet: none, nnU-Net makes its 5 folds (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")
     p.set_defaults(func=_cmd_convert)
 
@@ -63,11 +63,11 @@ def add_commands(sub) -> None:
     add_flag(p, "-split", "--scheme", choices=SCHEMES, default="literature",
              help="base folds: literature (the published split) or nnunet (nnU-Net's 5 folds) (default: %(default)s)")
     add_flag(p, "-fractions", "--fractions", type=float, nargs="*", default=[],
-                   help="label fractions, e.g. 0.25 0.5: extra folds training on that share of fold 0's training "
-                        "cases, validating on fold 0's validation cases")
+             help="label fractions, e.g. 0.25 0.5: extra folds training on that share of fold 0's training "
+                  "cases, validating on fold 0's validation cases")
     add_flag(p, "-seed", "--seed", type=_seed, default=0,
-                   help="seed of the nested subsets; 'none' takes the first cases in order, as the MiM release's "
-                        "subset files do (default: %(default)s)")
+             help="seed of the nested subsets; 'none' takes the first cases in order, as the MiM release's "
+                  "subset files do (default: %(default)s)")
     p.set_defaults(func=_cmd_splits)
 
     p = sub.add_parser("recipe-plans", help="write the plans variant of one of the paper's fine-tuning recipes "

@@ -13,7 +13,8 @@ def _cmd_plans_variant(args: argparse.Namespace) -> int:
     if args.ct_window is None and args.spacing is None and args.patch is None:
         raise PlansError("nothing to change: give -ct_window, -spacing and/or -patch")
     out = write_plans_variant(args.d, args.plans_name, source_plans=args.p, spacing=args.spacing, patch_size=args.patch,
-                              ct_window=args.ct_window, configurations=args.c, gpu_memory_target_gb=args.gpu_memory_target)
+                              ct_window=args.ct_window, configurations=args.c,
+                              gpu_memory_target_gb=args.gpu_memory_target)
     print(f"wrote {out}\nnext:\n{next_commands(args.d, args.plans_name, args.c)}")
     return 0
 
@@ -35,8 +36,8 @@ def add_commands(sub) -> None:
     add_flag(p, "-plans_name", "-o", required=True,
              help="name of the plans variant (for nnUNetv2_preprocess -plans_name, nnUNetv2_train -p)")
     add_flag(p, "-ct_window", "--window", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="HU window: CT channels become (clip(x, LO, HI) - LO) / (HI - LO)")
+             help="HU window: CT channels become (clip(x, LO, HI) - LO) / (HI - LO)")
     add_flag(p, "-spacing", "--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="target spacing in mm along the image's x, y, z axes")
+             help="target spacing in mm along the image's x, y, z axes")
     add_flag(p, "-patch", "--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="patch size in voxels (x, y, z)")
     p.set_defaults(func=_cmd_plans_variant)

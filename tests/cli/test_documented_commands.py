@@ -30,13 +30,15 @@ def command_lines(line: str):
     line = re.sub(r"\"?\$\([^()]*\)\"?", "SUBSTITUTED", line)
     tokens = shlex.split(line, comments=True)
     for i, token in enumerate(tokens):
-        name = None
+        name, prefix = None, []
         if token in OURS:
             name = token
+        elif token == "scripts/demo.sh" and i and tokens[i - 1] == "bash":    # passes its arguments to the demo
+            name, prefix = "mim_nnunet", ["demo"]
         elif token.startswith("scripts/") and Path(token).stem in SCRIPTS and i and tokens[i - 1].startswith("python"):
             name = Path(token).stem
         if name:
-            argv = []
+            argv = list(prefix)
             for t in tokens[i + 1:]:
                 if t in SHELL_OPERATORS:
                     break
@@ -73,13 +75,16 @@ def test_line_parsing_finds_commands_where_users_write_them():
         [("mim_pretrain", ["-d", "10k"])]
     assert list(command_lines("python scripts/reproduce_paper.py -d 501 -size tiny")) == \
         [("reproduce_paper", ["-d", "501", "-size", "tiny"])]
+    assert list(command_lines("bash scripts/demo.sh -setting quick")) == [("mim_nnunet", ["demo", "-setting", "quick"])]
 
 
 @pytest.mark.parametrize("page,name,argv", DOCUMENTED, ids=[f"{p}: {n} {' '.join(a)}" for p, n, a in DOCUMENTED])
 def test_documented_command_parses_without_deprecated_spellings(page, name, argv, capsys):
     parser = parser_for(name)
     try:
-        parser.parse_args(argv)
+        args = parser.parse_args(argv)
+        if name in ("mim_pretrain", "mim_plan_and_preprocess"):
+            plan.check_size(parser, args)                      # -size is checked against the backbone's sizes
     except SystemExit as exc:
         pytest.fail(f"{page}: `{name} {' '.join(argv)}` does not parse ({exc.code}): {capsys.readouterr().err}")
     assert "deprecated" not in capsys.readouterr().err, f"{page}: `{name} {' '.join(argv)}` uses an old spelling"

@@ -105,7 +105,8 @@ def test_the_table_covers_every_deprecated_spelling():
     assert registered == listed
 
 
-@pytest.mark.parametrize("command,argv,key,dest,value", OLD_SPELLINGS, ids=[f"{c} {k}" for c, _, k, _, _ in OLD_SPELLINGS])
+@pytest.mark.parametrize("command,argv,key,dest,value", OLD_SPELLINGS,
+                         ids=[f"{c} {k}" for c, _, k, _, _ in OLD_SPELLINGS])
 def test_each_old_spelling_still_parses_with_its_note(command, argv, key, dest, value, capsys):
     parser = parsers()[command]
     new = deprecated_spellings(parser)[key]

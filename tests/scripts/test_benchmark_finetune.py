@@ -11,9 +11,9 @@ from helpers.commands import SCRIPTS
 
 def test_both_networks_train_and_predict_with_nnunets_window_count():
     shape_xyz, patch = (96, 80, 64), 64           # MiMUNETR needs 64: at 32 its bottleneck is one voxel
-    result = subprocess.run([sys.executable, str(SCRIPTS / "benchmark_finetune.py"), "--size", "tiny", "--patch",
-                             str(patch), "--predict_shape", *map(str, shape_xyz), "--repeats", "1", "--warmup", "0",
-                             "--device", "cpu"], capture_output=True, encoding="utf-8", errors="replace", timeout=900)
+    result = subprocess.run([sys.executable, str(SCRIPTS / "benchmark_finetune.py"), "-size", "tiny", "-patch",
+                             str(patch), "-predict_shape", *map(str, shape_xyz), "-repeats", "1", "-warmup", "0",
+                             "-device", "cpu"], capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["network"].split()[0] for r in rows] == ["nnUNetTrainerMiM", "nnUNetTrainer"]

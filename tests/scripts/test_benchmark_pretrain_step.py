@@ -11,9 +11,9 @@ from helpers.commands import SCRIPTS
 
 def test_benchmark_script_writes_a_table_and_a_json_row_per_configuration(tmp_path):
     script, out = SCRIPTS / "benchmark_pretrain_step.py", tmp_path / "rows.json"
-    result = subprocess.run([sys.executable, str(script), "--configs", "hybrid:tiny", "--input-size", "32",
-                             "--warmup", "0", "--repeats", "1", "--chunks", "4", "--checkpointing", "--channels-last",
-                             "--dtypes", "fp32,bf16", "--optimizer", "fused", "--json", str(out)],
+    result = subprocess.run([sys.executable, str(script), "-configs", "hybrid:tiny", "-input_size", "32",
+                             "-warmup", "0", "-repeats", "1", "-chunks", "4", "--checkpointing", "--channels_last",
+                             "-dtypes", "fp32,bf16", "-optimizer", "fused", "-json", str(out)],
                             capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text(encoding="utf-8"))
