@@ -1,6 +1,8 @@
 """One flag convention: every deprecated spelling still parses to the new flag's value, with a one-line note."""
 
 import argparse
+import functools
+from pathlib import Path
 
 import pytest
 from helpers.commands import load_script
@@ -88,15 +90,39 @@ OLD_SPELLINGS = [
     ("label_efficiency", ["-d", "3", "--seed", "2"], "--seed", "seed", 2),
     ("label_efficiency", ["-d", "3", "--output", "out"], "--output", "o", "out"),
     ("label_efficiency", ["-d", "3", "--splits-only"], "--splits-only", "splits_only", True),
+    ("benchmark_pretrain_step", ["--configs", "hybrid:tiny"], "--configs", "configs", "hybrid:tiny"),
+    ("benchmark_pretrain_step", ["--input-size", "64"], "--input-size", "input_size", 64),
+    ("benchmark_pretrain_step", ["--warmup", "0"], "--warmup", "warmup", 0),
+    ("benchmark_pretrain_step", ["--repeats", "2"], "--repeats", "repeats", 2),
+    ("benchmark_pretrain_step", ["--channels-last"], "--channels-last", "channels_last", True),
+    ("benchmark_pretrain_step", ["--optimizer", "fused"], "--optimizer", "optimizer", "fused"),
+    ("benchmark_pretrain_step", ["--dtypes", "bf16"], "--dtypes", "dtypes", "bf16"),
+    ("benchmark_pretrain_step", ["--levels", "1"], "--levels", "levels", 1),
+    ("benchmark_pretrain_step", ["--memory-limit-gb", "18"], "--memory-limit-gb", "memory_limit_gb", 18.0),
+    ("benchmark_pretrain_step", ["--chunks", "0,4"], "--chunks", "chunks", "0,4"),
+    ("benchmark_pretrain_step", ["--peak-tflops", "989"], "--peak-tflops", "peak_tflops", 989.0),
+    ("benchmark_pretrain_step", ["--json", "rows.json"], "--json", "json", Path("rows.json")),
+    ("benchmark_finetune", ["--size", "tiny"], "--size", "size", "tiny"),
+    ("benchmark_finetune", ["--patch", "64"], "--patch", "patch", 64),
+    ("benchmark_finetune", ["--predict_shape", "1", "2", "3"], "--predict_shape", "predict_shape", [1, 2, 3]),
+    ("benchmark_finetune", ["--warmup", "0"], "--warmup", "warmup", 0),
+    ("benchmark_finetune", ["--repeats", "2"], "--repeats", "repeats", 2),
+    ("benchmark_finetune", ["--device", "cpu"], "--device", "device", "cpu"),
+    ("benchmark_loader", ["--volumes", "3"], "--volumes", "volumes", 3),
+    ("benchmark_loader", ["--shape", "64", "96", "96"], "--shape", "shape", [64, 96, 96]),
+    ("benchmark_loader", ["--crops", "5"], "--crops", "crops", 5),
 ]
 
 
+SCRIPTS = ("reproduce_paper", "label_efficiency", "benchmark_pretrain_step", "benchmark_finetune", "benchmark_loader")
+
+
+@functools.lru_cache(maxsize=1)
 def parsers():
     """Every command's parser, by the name users call it."""
     return {"mim_pretrain": pretrain.build_parser(), "mim_plan_and_preprocess": plan.build_parser(),
             "mim_evaluate": evaluate.build_parser(), "mim_nnunet": main.build_parser(),
-            "reproduce_paper": load_script("reproduce_paper").build_parser(),
-            "label_efficiency": load_script("label_efficiency").build_parser()}
+            **{name: load_script(name).build_parser() for name in SCRIPTS}}
 
 
 def test_the_table_covers_every_deprecated_spelling():
