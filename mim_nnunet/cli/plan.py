@@ -1,4 +1,5 @@
-"""``mim_plan_and_preprocess``: fingerprint, plan and preprocess pre-training data (no training)."""
+"""``mim_plan_and_preprocess``: fingerprint pre-training data, write its pre-training plan and preprocess it (no
+training)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "encoders), tiny")
     parser.add_argument("-gpu_memory_target", type=float, default=None,
                         help=f"memory per device to plan the batch for, in GB (default: {DEFAULT_GPU_MEMORY_TARGET_GB:g} "
-                             f"for GPUs; mim_pretrain on the CPU: from the RAM available, said in the plan)")
+                             f"for GPUs; mim_pretrain on the CPU: from the RAM available, said in the pre-training plan)")
     parser.add_argument("-np", type=int, default=2, help="processes for fingerprint and preprocessing")
     parser.add_argument("-modality", nargs="+", default=[AUTO], metavar="{CT,MRI,auto}",
                         help="modality of folders and datalists, one for all or one per -d entry; 'auto' (default) "
@@ -49,7 +50,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "Table 1 preprocessing); fine-tuning should see the same: "
                              "`mim_nnunet plans-variant -ct_window LO HI`")
     parser.add_argument("--replan", action="store_true",
-                        help="plan again even if a plan for the same data and settings exists (edits are lost)")
+                        help="write the pre-training plan again even if one for the same data and settings exists "
+                             "(edits are lost)")
 
 
 DEFAULT_SIZE = {"hybrid": "base", "swin": "base", "resenc": "L"}
@@ -89,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     def _run() -> int:
         from ..common.layout import plan_file
         prepared = prepare_from(args)
-        print(f"plan: {plan_file(prepared.folder, args.backbone, args.size)}\nstore: {prepared.store}")
+        print(f"pre-training plan: {plan_file(prepared.folder, args.backbone, args.size)}\nstore: {prepared.store}")
         return 0
     return run_guarded(_run, "mim_plan_and_preprocess")
 

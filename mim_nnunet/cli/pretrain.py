@@ -1,4 +1,4 @@
-"""``mim_pretrain``: MiM pre-training end to end: fingerprint, plan, preprocess, pre-train, export.
+"""``mim_pretrain``: MiM pre-training end to end: fingerprint, pre-training plan, preprocess, pre-train, export.
 
 Results go to $nnUNet_results/MiM_<name>/<backbone>_<size>[_<run>]/: checkpoint_latest.pt, settings.json,
 log.txt, log.jsonl, progress.png, reconstructions/, export/mim_<backbone>_<size>.safetensors (+ .json).
@@ -38,7 +38,7 @@ SWITCH_HELP = {
     "align_pairs": "L1-L2 and L2-L3 alignment terms on/off (Table 10)",
     "detach_parent": "stop-gradient on parent features",
     "tau": "InfoNCE temperature",
-    "align_dim": "output size of the alignment projections; the plan's is the paper's 2048 except per size "
+    "align_dim": "output size of the alignment projections; the pre-training plan's is the paper's 2048 except per size "
                  + ", ".join(f"{size} {dim}" for size, dim in ALIGN_DIM_BY_SIZE.items()),
     "loss_weights": "b1..b5 of Eq. 10: L1, L2, L3 reconstruction, L1-L2, L2-L3 alignment",
     "level_weight_schedule": "reconstruction weights over training (Table 14)",
@@ -91,13 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop (with a checkpoint) after this many steps of the run; continue later with --c")
     run.add_argument("-run", default=None, help="suffix of the results folder, to keep ablations apart")
     run.add_argument("-input_size", type=int, nargs="+", default=None,
-                     help="S (1 or 3 values, multiples of 32) instead of the plan's")
-    run.add_argument("-batch", type=int, default=None, help="L1 crops per device and micro-batch (default: plan)")
-    run.add_argument("-accum", type=int, default=None, help="micro-batches accumulated per step (default: plan)")
+                     help="S (1 or 3 values, multiples of 32) instead of the pre-training plan's")
+    run.add_argument("-batch", type=int, default=None, help="L1 crops per device and micro-batch (default: the pre-training plan's)")
+    run.add_argument("-accum", type=int, default=None, help="micro-batches accumulated per step (default: the pre-training plan's)")
     run.add_argument("-chunk", type=int, default=None,
                      help="sub-volumes per forward/backward pass: each level runs in chunks of at most this many, "
                           "each back-propagated before the next; same gradients up to float rounding, peak "
-                          "memory set by the chunk; 0 = all at once; may change on --c (default: plan)")
+                          "memory set by the chunk; 0 = all at once; may change on --c (default: the pre-training plan's)")
     run.add_argument("-lr", type=float, default=None, help="peak learning rate (default: 1e-4 x effective "
                                                            "sub-volumes / 256)")
     run.add_argument("-precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     run.add_argument("--checkpointing", action="store_true", default=None,
                      help="activation checkpointing of the backbone's blocks: the same gradients, less memory, "
-                          "one more forward pass of each block; may change on --c (default: off, or the plan's "
+                          "one more forward pass of each block; may change on --c (default: off, or the pre-training plan's "
                           "backbone_sizes.use_checkpoint)")
     run.add_argument("-seed", type=int, default=None, help=f"default: {PRETRAIN_RECIPE['seed']}")
     run.add_argument("-workers", type=int, default=None,

@@ -91,7 +91,7 @@ def check_sources(folder: Path, specs: Sequence[str], name: Optional[str], log=p
         what = f"{folder} holds data prepared from {' '.join(before)}, not {' '.join(sources)}"
         if name is None:
             raise MimError(f"{what}: name this data with -data_name NAME (or delete {folder})")
-        log(f"WARNING: {what}: -o {name} was asked for, so its fingerprint and plan are replaced")
+        log(f"WARNING: {what}: -data_name {name} was asked for, so its fingerprint and pre-training plan are replaced")
     return sources
 
 
@@ -127,13 +127,13 @@ def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_me
             raise MimError(f"{path}: not valid JSON ({exc}); fix it or plan again with --replan") from None
         missing = [k for k in PLAN_KEYS if k not in plan]
         if missing:
-            log(f"plan {path}: written by an older mim-nnunet (no {', '.join(missing)}); planning again")
+            log(f"pre-training plan {path}: written by an older mim-nnunet (no {', '.join(missing)}); planning again")
         elif all(plan[k] == planned[k] for k in inputs):
             edits = plan_edits(plan, planned)
-            log(f"plan {path}: kept" + (f" (edited: {', '.join(edits)})" if edits else ""))
+            log(f"pre-training plan {path}: kept" + (f" (edited: {', '.join(edits)})" if edits else ""))
             return plan, edits
         else:
-            log(f"plan {path}: planned for other data or settings; planning again")
+            log(f"pre-training plan {path}: planned for other data or settings; planning again")
     write_json_atomic(path, planned)
     return planned, []
 

@@ -84,7 +84,7 @@ def extract_reference_files(spec: Dict, archive: Path, cache: Path) -> Path:
 
 
 def read_volume(reference: Path, item: Dict) -> sitk.Image:
-    """A recipe item's image: a file or a DICOM series folder."""
+    """A demo item's image: a file or a DICOM series folder."""
     return read_image(str(reference / item["image"]))
 
 

@@ -165,7 +165,7 @@ def write_report(folder: Path, dataset: Path, results: Dict[str, Dict], pretrain
   They include the CTs the held-out halves are cut from (unlabelled; no label is used in pre-training):
   with three real volumes there is nothing else to pre-train on, so the setting is transductive.
 - Fine-tuning: {spec['split']}. Classes: {', '.join(names[c] for c in sorted(names))} ({spec['class_source']}).
-- Recipe (both networks): spacing {recipe['spacing_xyz']} mm, CT window {recipe['window']} HU scaled to [0, 1] (the
+- Data settings (both networks): spacing {recipe['spacing_xyz']} mm, CT window {recipe['window']} HU scaled to [0, 1] (the
   pre-training scale), patch {recipe['patch_xyz']} (x, y, z).
 
 ## Pre-training

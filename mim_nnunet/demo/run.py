@@ -4,7 +4,7 @@ halves, evaluate, and write a report folder.
 
 Every step is the command a user would type, run in a subprocess; steps whose output exists are
 skipped, so an interrupted demo resumes where it stopped. Data: :mod:`mim_nnunet.demo.data`; the
-dataset's recipe (spacing, HU window, patch): ``plans/demo/demo_ct.json``; the budgets: :mod:`.settings`.
+dataset's data settings (spacing, HU window, patch): ``plans/demo/demo_ct.json``; the budgets: :mod:`.settings`.
 
 Fine-tuning is reproducible: each run is seeded (``MIM_SEED``) and nnU-Net's augmentation runs in the
 trainer's process (``nnUNet_n_proc_DA=0``), so a rerun gives the same weights and scores.
@@ -30,7 +30,7 @@ from ..weights.finding import WEIGHTS_ENV
 from .settings import DEMO_SETTINGS
 
 CONFIGURATION = "3d_fullres"
-PLANS = "nnUNetPlansMiMDemo"       # the demo recipe's plans variant (spacing, HU window, patch)
+PLANS = "nnUNetPlansMiMDemo"       # the demo's plans variant (spacing, HU window, patch)
 REPORT = "report"
 COLLECTION = "demo"
 BACKBONE, SIZE = "hybrid", "tiny"
@@ -118,11 +118,11 @@ def demo_environment(workspace: Path) -> Dict[str, str]:
 
 
 def write_one_case_split(preprocessed: Path, cases: List[str], spec: Dict) -> Path:
-    """``splits_final.json`` whose fold 0 trains on the recipe's one labelled case and validates on the
+    """``splits_final.json`` whose fold 0 trains on the demo's one labelled case and validates on the
     other (nnU-Net needs a validation case; the held-out halves are never in it)."""
     one = spec["one_labelled_case"]
     if one not in cases:
-        raise DemoError(f"the recipe's one_labelled_case {one!r} is not among the training cases {cases}")
+        raise DemoError(f"the demo's one_labelled_case {one!r} is not among the training cases {cases}")
     path = preprocessed / "splits_final.json"
     write_json_atomic(path, [{"train": [one], "val": sorted(c for c in cases if c != one)}])
     return path
@@ -172,7 +172,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
             "nnU-Net's fingerprint and plans (stock; no preprocessing with its default plans)",
             ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION, "--no_pp", "-np", "2"], env)
         timings["planning"] += _run_step(
-            "the recipe's plans variant: spacing, the pre-training HU window, patch",
+            "the demo's plans variant: spacing, the pre-training HU window, patch",
             ["mim_nnunet", "plans-variant", "-d", dataset_id, "-plans_name", PLANS, "-spacing", *spacing,
              "-ct_window", *window, "-patch", *[str(p) for p in recipe["patch_xyz"]]], env)
     if not (preprocessed / f"{PLANS}_{CONFIGURATION}").is_dir():

@@ -13,7 +13,7 @@ the folders of the source plans.
 ``foreground_intensity_properties_per_channel``. Setting ``percentile_00_5 = mean = lo``,
 ``percentile_99_5 = hi`` and ``std = hi - lo`` gives ``(clip(x, lo, hi) - lo) / (hi - lo)``: the window
 ``[lo, hi]`` HU scaled to ``[0, 1]``, as MONAI's ``ScaleIntensityRanged(a_min=lo, a_max=hi, b_min=0, b_max=1,
-clip=True)`` does in the MiM and SwinUNETR recipes (and ``[-1000, 1000]`` is the pre-training scale). It is
+clip=True)`` does in the MiM and SwinUNETR fine-tuning scripts (and ``[-1000, 1000]`` is the pre-training scale). It is
 applied to the channels whose normalisation scheme is ``CTNormalization`` and to no other.
 
 **Spacing and patch size** (``(x, y, z)``: the image's voxel axes in SimpleITK/MONAI order, as the paper's

@@ -2,13 +2,13 @@
 
 :class:`RunGuards` (every trainer of ours): ``$MIM_SEED``, short budgets, one-line stops, no checkpoint from a
 diverged run. :class:`PretrainedEncoder` (every MiM trainer): find, check and load the export at the start
-of a fresh run. The ResEnc trainer, which keeps nnU-Net's own network and recipe, is in
+of a fresh run. The ResEnc trainer, which keeps nnU-Net's own network and optimiser, is in
 :mod:`mim_nnunet.finetune.resenc_trainer`.
 
 :class:`FineTuneTrainerBase`: a subclass names the network (``network_class_name`` + ``arch_kwargs``,
 recorded into the plans) and the patch-size multiple it needs; the base class adapts the plans, builds
 the network for training and for ``nnUNetv2_predict``, turns deep supervision off and applies the
-fine-tuning recipe (AdamW, linear warm-up, cosine decay). A short variant sets ``budget``
+fine-tuning optimiser (AdamW, linear warm-up, cosine decay). A short variant sets ``budget``
 (:mod:`mim_nnunet.finetune.variants`).
 
 :class:`MiMFineTuneTrainerBase`: the encoder starts from a MiM export. At the start of a fresh run (not
@@ -47,7 +47,7 @@ from ..weights.transfer import transfer
 from .plans import adapt_configuration, require_3d
 from .variants import BUDGETS
 
-# Fine-tuning recipe of the MiM release (inherited from the SwinUNETR BTCV scripts): AdamW,
+# Fine-tuning optimiser of the MiM release (inherited from the SwinUNETR BTCV scripts): AdamW,
 # lr 1e-4, weight decay 1e-5, linear warm-up for 50 of 1000 epochs, then cosine decay.
 FINETUNE_RECIPE = {
     "lr": 1e-4,

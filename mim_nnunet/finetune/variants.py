@@ -11,7 +11,7 @@ class Budget(NamedTuple):
     epochs: int
     iterations: int          # training iterations per epoch
     val_iterations: int      # validation iterations per epoch
-    # peak lr; None keeps the trainer's recipe (1e-4 for MiM, tuned for 1000s of epochs: a budget of a
+    # peak lr; None keeps the trainer's optimiser default (1e-4 for MiM, tuned for 1000s of epochs: a budget of a
     # few hundred iterations needs a larger one to move the weights at all)
     lr: Optional[float] = None
     # nnU-Net's sliding-window prediction of the validation cases after training (validation/ and its

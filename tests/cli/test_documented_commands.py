@@ -11,7 +11,7 @@ from mim_nnunet.cli import evaluate, main, plan, pretrain
 
 OURS = {"mim_pretrain": pretrain.build_parser, "mim_plan_and_preprocess": plan.build_parser,
         "mim_evaluate": evaluate.build_parser, "mim_nnunet": main.build_parser}
-SCRIPTS = ("reproduce_paper", "label_efficiency")
+SCRIPTS = ("reproduce_paper", "label_efficiency", "benchmark_pretrain_step", "benchmark_finetune", "benchmark_loader")
 SHELL_OPERATORS = {"&&", "||", "|", ";", ">", ">>", "2>&1", "&"}
 
 

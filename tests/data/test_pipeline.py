@@ -112,5 +112,5 @@ def test_two_folders_with_the_same_basename_do_not_share_a_result_folder(tmp_pat
     # asked for by name: replaced, with a warning
     logs.clear()
     prepare([str(second)], name="scans", size="tiny", num_processes=1, log=logs.append)
-    assert f"WARNING: {folder} holds data prepared from {first.resolve()}, not {second.resolve()}: -o scans was " \
-           f"asked for, so its fingerprint and plan are replaced" in logs
+    assert f"WARNING: {folder} holds data prepared from {first.resolve()}, not {second.resolve()}: -data_name scans " \
+           f"was asked for, so its fingerprint and pre-training plan are replaced" in logs
