@@ -27,10 +27,3 @@ class nnUNetTrainerSwinUNETR_fs12_1epoch(nnUNetTrainerSwinUNETR):
 
     arch_kwargs = FS12
     budget = "1epoch"
-
-
-class nnUNetTrainerSwinUNETR_fs12_10epochs(nnUNetTrainerSwinUNETR):
-    """Demo size: feature_size 12, 10 epochs of 10 training and 2 validation iterations."""
-
-    arch_kwargs = FS12
-    budget = "10epochs"
