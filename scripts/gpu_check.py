@@ -171,7 +171,8 @@ def check_precision_steps(ctx: Context) -> Dict:
 
 def _pretrain(ctx: Context, run_name: str, prefix: List[str], extra: List[str]) -> Dict:
     from mim_nnunet.pretrain.logbook import read_records
-    cmd = prefix + [command("mim_pretrain"), "-d", str(ctx.scans()), "-o", "gpucheck", "-size", "tiny", "-np", "2",
+    cmd = prefix + [command("mim_pretrain"), "-d", str(ctx.scans()), "-data_name", "gpucheck",
+                    "-size", "tiny", "-np", "2",
                     "-device", ctx.device, "-input_size", "64", "-batch", "1", "-accum", "1", "-steps", "4",
                     "-workers", "1", "-run", run_name, "-val_crops", "2"] + extra
     started = time.perf_counter()
@@ -256,7 +257,8 @@ def check_nnunet_finetune(ctx: Context) -> Dict:
         write_volumes(raw, 5, (96, 96, 96), labels=True)
     env = dict(ctx.env)
     run([command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "4"], env, 900)
-    run([command("mim_pretrain"), "-d", str(ctx.scans()), "-o", "gpucheck", "-size", "base", "-np", "2", "-device",
+    run([command("mim_pretrain"), "-d", str(ctx.scans()), "-data_name", "gpucheck",
+         "-size", "base", "-np", "2", "-device",
          ctx.device, "-input_size", "64", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "1",
          "-val_crops", "1"], env, 900)
     env["MIM_PRETRAINED_WEIGHTS"] = str(Path(env["nnUNet_results"]) / "MiM_gpucheck" / "hybrid_base" / "export"

@@ -48,7 +48,8 @@ def setup(module_tmp):
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "2"], env, work)
     exports = {}
     for backbone in ("hybrid", "swin"):
-        run([command("mim_pretrain"), "-d", DATASET, "-o", "pre", "-backbone", backbone, "-size", "tiny", "-np", "1",
+        run([command("mim_pretrain"), "-d", DATASET, "-data_name", "pre",
+             "-backbone", backbone, "-size", "tiny", "-np", "1",
              "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0"], env, work)
         exports[backbone] = Path(env["nnUNet_results"]) / "MiM_pre" / f"{backbone}_tiny" / "export" / \
             f"mim_{backbone}_tiny.safetensors"

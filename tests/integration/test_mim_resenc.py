@@ -26,7 +26,8 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
     env = nnunet_env(tmp_path)
     root = write_dataset(tmp_path / "nnUNet_raw", DATASET, num_train=5, num_test=1, shape=(64, 64, 64), seed=3)
     # resenc needs two voxels at its stride-32 stage: S = 64 x 32 x 32 is its smallest input
-    run([command("mim_pretrain"), "-d", DATASET, "-o", "pre", "-backbone", "resenc", "-size", "tiny", "-np", "1",
+    run([command("mim_pretrain"), "-d", DATASET, "-data_name", "pre",
+         "-backbone", "resenc", "-size", "tiny", "-np", "1",
          "-input_size", "64", "32", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0",
          "-val_crops", "1"], env, tmp_path)
     export = Path(env["nnUNet_results"]) / "MiM_pre" / "resenc_tiny" / "export" / "mim_resenc_tiny.safetensors"

@@ -348,7 +348,8 @@ def test_settings_follow_the_plan_and_reject_what_cannot_work(collection, tmp_pa
 def test_help_documents_every_flag():
     result = subprocess.run([command("mim_pretrain"), "--help"], capture_output=True, encoding="utf-8",
                             errors="replace", timeout=120)
-    for flag in ("-num_gpus", "-gpus", "-backbone", "-size", "-steps", "-device", "--c", "-gpu_memory_target", "-np", "-stop_at",
+    for flag in ("-num_gpus", "-gpus", "-backbone", "-size", "-steps", "-device", "--c",
+                 "-gpu_memory_target", "-np", "-stop_at",
                  "-precision", "-clip_grad", "--compile", "--checkpointing", "-chunk", "-levels", "-next_level_from",
                  "-align_loss",
                  "-level_weight_schedule", "-loss_weights", "-data_name NAME", "--allow_partial"):

@@ -77,8 +77,8 @@ def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, clean_env):
     env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, tmp_path).stdout.strip()
     env["nnUNet_n_proc_DA"] = "1"          # 0 breaks nnU-Net 2.8.1's planner (torch.set_num_threads(0))
     src = write_btcv(tmp_path / "src", numbers=(1, 2, 3, 4, 35, 36), test=())
-    run([command("mim_nnunet"), "convert", "btcv", src, "--allow-partial"], env, tmp_path)
-    run([command("mim_pretrain"), "-d", "501", "-o", "pre", "-backbone", "hybrid", "-size", "tiny", "-np", "1",
+    run([command("mim_nnunet"), "convert", "btcv", src, "--allow_partial"], env, tmp_path)
+    run([command("mim_pretrain"), "-d", "501", "-data_name", "pre", "-backbone", "hybrid", "-size", "tiny", "-np", "1",
          "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0"], env, tmp_path)
     export = tmp_path / "nnUNet_results" / "MiM_pre" / "hybrid_tiny" / "export" / "mim_hybrid_tiny.safetensors"
     # the BTCV recipe at a CPU size, with a published row made up for this test (not the paper's numbers)
