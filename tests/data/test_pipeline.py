@@ -68,7 +68,7 @@ def test_leakage_guard_warns_or_fails(tmp_path, nnunet_dirs):
 def test_commands_prepare_the_data(tmp_path, clean_env):
     folder = scans(tmp_path / "scans")
     env = {**clean_env, "nnUNet_preprocessed": str(tmp_path / "pre"), "nnUNet_results": str(tmp_path / "res")}
-    result = subprocess.run([command("mim_plan_and_preprocess"), "-d", str(folder), "-o", "cli", "-size", "tiny",
+    result = subprocess.run([command("mim_plan_and_preprocess"), "-d", str(folder), "-data_name", "cli", "-size", "tiny",
                              "-np", "1"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     plan = json.loads((tmp_path / "pre" / "MiM_cli" / "plan_hybrid_tiny.json").read_text(encoding="utf-8"))
@@ -76,7 +76,7 @@ def test_commands_prepare_the_data(tmp_path, clean_env):
     assert fingerprint["overall"]["num_cases"] == 3 and all(k in plan["explain"] for k in ("target_spacing", "lr"))
     assert "3 cases ready (0 from an earlier run)" in result.stdout
     # mim_pretrain runs the same preparation (resumed here) before its engine
-    result = subprocess.run([command("mim_pretrain"), "-d", str(folder), "-o", "cli", "-size", "tiny", "-np", "1",
+    result = subprocess.run([command("mim_pretrain"), "-d", str(folder), "-data_name", "cli", "-size", "tiny", "-np", "1",
                              "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert "3 cases ready (3 from an earlier run)" in result.stdout
@@ -87,8 +87,8 @@ def test_commands_prepare_the_data(tmp_path, clean_env):
 def test_loader_benchmark_script_runs():
     import sys
     script = SCRIPTS / "benchmark_loader.py"
-    result = subprocess.run([sys.executable, str(script), "--volumes", "2", "--shape", "40", "64", "64",
-                             "--crops", "3"], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    result = subprocess.run([sys.executable, str(script), "-volumes", "2", "-shape", "40", "64", "64",
+                             "-crops", "3"], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert row["store_crops_per_s"] > 0 and row["nifti_crops_per_s"] > 0 and row["crops"] == 3
