@@ -69,7 +69,8 @@ def test_commands_prepare_the_data(tmp_path, clean_env):
     folder = scans(tmp_path / "scans")
     env = {**clean_env, "nnUNet_preprocessed": str(tmp_path / "pre"), "nnUNet_results": str(tmp_path / "res")}
     result = subprocess.run([command("mim_plan_and_preprocess"), "-d", str(folder), "-data_name", "cli",
-                             "-size", "tiny", "-np", "1"], env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+                             "-size", "tiny", "-np", "1"], env=env, capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     plan = json.loads((tmp_path / "pre" / "MiM_cli" / "plan_hybrid_tiny.json").read_text(encoding="utf-8"))
     fingerprint = json.loads((tmp_path / "pre" / "MiM_cli" / "fingerprint.json").read_text(encoding="utf-8"))
@@ -77,7 +78,8 @@ def test_commands_prepare_the_data(tmp_path, clean_env):
     assert "3 cases ready (0 from an earlier run)" in result.stdout
     # mim_pretrain runs the same preparation (resumed here) before its engine
     result = subprocess.run([command("mim_pretrain"), "-d", str(folder), "-data_name", "cli", "-size", "tiny",
-                             "-np", "1", "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0"],
+                             "-np", "1", "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2",
+                             "-workers", "0"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert "3 cases ready (3 from an earlier run)" in result.stdout
     assert result.returncode == 0, result.stderr[-3000:]
