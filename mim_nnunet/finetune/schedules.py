@@ -174,7 +174,10 @@ class EncoderSchedule:
 
     def configure_optimizers(self):
         optimizer, scheduler = super().configure_optimizers()
-        phases = self.encoder_phases()
+        try:
+            phases = self.encoder_phases()
+        except PlansError as exc:
+            self.stop(str(exc))                 # RunGuards: one line, exit status 2
         if phases is None:
             return optimizer, scheduler
         network = getattr(self.network, "_orig_mod", self.network)       # torch.compile's wrapper

@@ -15,7 +15,12 @@ from helpers.plans_factory import DATASET_JSON, make_plans
 from mim_nnunet.backbones import build_encoder
 from mim_nnunet.common.environment import trainers_dir
 from mim_nnunet.common.errors import PlansError
-from mim_nnunet.finetune.schedules import ENCODER_LR_SCALE_ENV, SCHEDULES, phases_for
+from mim_nnunet.finetune.schedules import (
+    ENCODER_LR_SCALE_ENV,
+    SCHEDULES,
+    encoder_lr_scale_from_environment,
+    phases_for,
+)
 from mim_nnunet.weights.export import NETWORK_PREFIX, encoder_state, export_encoder
 from mim_nnunet.weights.finding import WEIGHTS_ENV
 
@@ -204,7 +209,8 @@ def test_continue_resumes_in_the_right_phase_with_the_same_weights(find_trainer,
         assert torch.equal(value, reference[key]), key
 
 
-def test_the_environment_scale_applies_to_every_mim_trainer_and_bad_values_are_one_line(find_trainer, monkeypatch):
+def test_the_environment_scale_applies_to_every_mim_trainer_and_bad_values_are_one_line(find_trainer, monkeypatch,
+                                                                                         capsys):
     monkeypatch.setenv(ENCODER_LR_SCALE_ENV, "0.25")
     for backbone, tiny in FAMILIES.values():
         trainer = make_trainer(find_trainer(tiny), num_epochs=10)
@@ -216,7 +222,14 @@ def test_the_environment_scale_applies_to_every_mim_trainer_and_bad_values_are_o
     for bad in ("0", "-1", "fast"):
         monkeypatch.setenv(ENCODER_LR_SCALE_ENV, bad)
         with pytest.raises(PlansError, match=f"MIM_ENCODER_LR_SCALE='{bad}': not a positive number"):
+            encoder_lr_scale_from_environment()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stopped:          # inside nnUNetv2_train: one line, exit status 2
             make_trainer(find_trainer("nnUNetTrainerMiM_tiny_1epoch"))
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"nnUNetTrainerMiM_tiny_1epoch: error: ${ENCODER_LR_SCALE_ENV}={bad!r}: not a positive number (a frozen "
+            f"encoder is the _frozen trainer variant)"]
 
 
 def test_without_a_schedule_the_trainers_keep_their_own_optimizer(find_trainer):
