@@ -34,22 +34,12 @@ def decay_param_groups(model: nn.Module, weight_decay: float,
 
 
 def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: Iterable[float],
-                scaled_prefix: Optional[str] = None, lr_scale: float = 1.0, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW over :func:`decay_param_groups`; with ``scaled_prefix``, parameters whose name (inside
-    DDP/compile wrappers) starts with it get ``lr_scale x lr`` (e.g. a pre-trained encoder). ``fused``:
-    PyTorch's fused kernel (one launch for all parameters; the same update up to float rounding)."""
+                fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over :func:`decay_param_groups`. ``fused``: PyTorch's fused kernel (one launch for all
+    parameters; the same update up to float rounding). A pre-trained encoder's own lr in fine-tuning:
+    :mod:`mim_nnunet.finetune.schedules`."""
     options = {"lr": lr, "betas": tuple(betas), **({"fused": True} if fused else {})}
-    if scaled_prefix is None or lr_scale == 1.0:
-        return torch.optim.AdamW(decay_param_groups(model, weight_decay), **options)
-    scaled = {id(p) for n, p in model.named_parameters()
-              if n.replace("module.", "", 1).replace("_orig_mod.", "", 1).startswith(scaled_prefix)}
-    groups = []
-    for group in decay_param_groups(model, weight_decay):
-        for inside, group_lr in ((True, lr * lr_scale), (False, lr)):
-            params = [p for p in group["params"] if (id(p) in scaled) == inside]
-            if params:
-                groups.append({"params": params, "weight_decay": group["weight_decay"], "lr": group_lr})
-    return torch.optim.AdamW(groups, **options)
+    return torch.optim.AdamW(decay_param_groups(model, weight_decay), **options)
 
 
 def warmup_cosine_factor(step: int, total_steps: int, warmup_steps: int) -> float:

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from mim_nnunet.networks import MiMUNETR
 from mim_nnunet.optim import (
     WarmupCosineLR,
     build_adamw,
@@ -92,12 +91,3 @@ def test_warmup_steps_for():
     assert warmup_steps_for(1000, 0.05) == 50
     assert warmup_steps_for(1, 0.05) == 0
     assert warmup_steps_for(2, 0.9) == 1          # always leaves at least one cosine step
-
-
-def test_encoder_learning_rate_scale_splits_the_groups():
-    net = MiMUNETR(1, 2, (32, 32, 32), size="tiny", feature_size=12)
-    opt = build_adamw(net, 1e-3, 0.01, (0.9, 0.999), scaled_prefix="backbone.", lr_scale=0.1)
-    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
-    for name, p in net.named_parameters():
-        assert lr_of[id(p)] == pytest.approx(1e-4 if name.startswith("backbone.") else 1e-3), name
-    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))

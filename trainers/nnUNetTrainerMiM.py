@@ -3,7 +3,8 @@
 ``nnUNetTrainerMiM`` starts from a hybrid MiM export (found as ``mim_nnunet.weights.finding``
 describes); ``nnUNetTrainerMiMScratch`` is the same network from random weights, the fair baseline.
 Short variants: ``_tiny_<budget>`` (hybrid 'tiny', decoder feature_size 12, CPU-sized; budgets in
-``mim_nnunet.finetune.variants``). Logic: ``mim_nnunet.finetune.trainer``.
+``mim_nnunet.finetune.variants``). Encoder schedules: ``_warmup``, ``_frozen``, ``_encoderlr1en1``
+(``mim_nnunet.finetune.schedules``). Logic: ``mim_nnunet.finetune.trainer``.
 """
 
 from mim_nnunet.finetune.trainer import MiMFineTuneTrainerBase
@@ -25,6 +26,24 @@ class nnUNetTrainerMiM(MiMFineTuneTrainerBase):
     patch_multiple = MIMUNETR_PATCH_MULTIPLE
     patch_size_kwarg = "img_size"
     backbone = "hybrid"
+
+
+class nnUNetTrainerMiM_warmup(nnUNetTrainerMiM):
+    """MiMUNETR base; encoder frozen for the first 5 % of the epochs, then its lr ramped up over 5 %."""
+
+    schedule = "warmup"
+
+
+class nnUNetTrainerMiM_frozen(nnUNetTrainerMiM):
+    """MiMUNETR base; encoder never trained, only the rest: a linear-probe-style check of the weights."""
+
+    schedule = "frozen"
+
+
+class nnUNetTrainerMiM_encoderlr1en1(nnUNetTrainerMiM):
+    """MiMUNETR base; encoder at 0.1 x the lr of the rest throughout."""
+
+    schedule = "encoderlr1en1"
 
 
 class nnUNetTrainerMiM_1epoch(nnUNetTrainerMiM):

@@ -1,5 +1,6 @@
 """MONAI SwinUNETR whose Swin-ViT starts from a swin MiM export (its scratch twin is
-``nnUNetTrainerSwinUNETR``, same network and recipe). Logic: ``mim_nnunet.finetune.trainer``."""
+``nnUNetTrainerSwinUNETR``, same network and recipe). Encoder schedules: ``_warmup``, ``_frozen``,
+``_encoderlr1en1`` (``mim_nnunet.finetune.schedules``). Logic: ``mim_nnunet.finetune.trainer``."""
 
 from mim_nnunet.finetune.trainer import MiMFineTuneTrainerBase
 from mim_nnunet.finetune.variants import CPUVariant
@@ -17,6 +18,24 @@ class nnUNetTrainerMiMSwinUNETR(MiMFineTuneTrainerBase):
     arch_kwargs = SWINUNETR_ARCH_KWARGS
     patch_multiple = SWINUNETR_PATCH_MULTIPLE
     backbone = "swin"
+
+
+class nnUNetTrainerMiMSwinUNETR_warmup(nnUNetTrainerMiMSwinUNETR):
+    """SwinUNETR; encoder frozen for the first 5 % of the epochs, then its lr ramped up over 5 %."""
+
+    schedule = "warmup"
+
+
+class nnUNetTrainerMiMSwinUNETR_frozen(nnUNetTrainerMiMSwinUNETR):
+    """SwinUNETR; encoder never trained, only the rest: a linear-probe-style check of the weights."""
+
+    schedule = "frozen"
+
+
+class nnUNetTrainerMiMSwinUNETR_encoderlr1en1(nnUNetTrainerMiMSwinUNETR):
+    """SwinUNETR; encoder at 0.1 x the lr of the rest throughout."""
+
+    schedule = "encoderlr1en1"
 
 
 class nnUNetTrainerMiMSwinUNETR_tiny_1epoch(CPUVariant, nnUNetTrainerMiMSwinUNETR):

@@ -27,6 +27,7 @@ from ..weights.export import load_export
 from ..weights.finding import dataset_modality, find_weights
 from .plans import RECORD_KEY, require_3d
 from .resenc_plans import adapt_resenc_plans
+from .schedules import EncoderSchedule
 from .trainer import PretrainedEncoder, RunGuards
 
 # the export size a plans identifier pairs with (nnUNetResEncUNetMPlans -> M, ...); others: this default
@@ -34,8 +35,10 @@ PLANS_SIZE = {f"nnUNetResEncUNet{size}Plans": size for size in RESENC_PLANNERS}
 DEFAULT_SIZE = "L"
 
 
-class MiMResEncTrainerBase(PretrainedEncoder, RunGuards, nnUNetTrainer):
-    """Stock nnU-Net training of ``ResidualEncoderUNet`` whose encoder starts from a resenc export."""
+class MiMResEncTrainerBase(EncoderSchedule, PretrainedEncoder, RunGuards, nnUNetTrainer):
+    """Stock nnU-Net training of ``ResidualEncoderUNet`` whose encoder starts from a resenc export; a variant's
+    ``schedule`` (:mod:`mim_nnunet.finetune.schedules`) splits nnU-Net's SGD into encoder and other groups and
+    scales the encoder's poly lr."""
 
     backbone = "resenc"
     size: Optional[str] = None                  # export size to look for; None: from the plans identifier

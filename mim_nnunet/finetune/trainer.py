@@ -45,6 +45,7 @@ from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
 from ..weights.finding import dataset_modality, find_weights
 from ..weights.transfer import transfer
 from .plans import adapt_configuration, require_3d
+from .schedules import EncoderSchedule
 from .variants import BUDGETS
 
 # Fine-tuning optimiser of the MiM release (inherited from the SwinUNETR BTCV scripts): AdamW,
@@ -54,11 +55,7 @@ FINETUNE_RECIPE = {
     "weight_decay": 1e-5,
     "betas": (0.9, 0.999),
     "warmup_fraction": 0.05,
-    # lr of the pre-trained encoder relative to the rest (1.0 = one lr for all, the release's choice);
-    # overridden per run by the environment variable below, since nnUNetv2_train has no flag for it.
-    "encoder_lr_scale": 1.0,
 }
-ENCODER_LR_SCALE_ENV = "MIM_ENCODER_LR_SCALE"
 # nnUNetv2_train has no seed flag: with this variable set, the trainer seeds Python, NumPy and torch before
 # it builds the network, so initialisation and (with nnUNet_n_proc_DA=0) the data stream are reproducible.
 SEED_ENV = "MIM_SEED"
@@ -147,7 +144,6 @@ class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
     patch_multiple: int = 1
     patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
     max_patch_size: Optional[tuple] = None      # per-axis cap (multiples of patch_multiple), for CPU variants
-    encoder_prefix: Optional[str] = None        # parameters under it get encoder_lr_scale x lr
     recipe: Mapping = FINETUNE_RECIPE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -182,16 +178,10 @@ class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
         # Our networks have a single output, there is nothing to switch.
         pass
 
-    def encoder_lr_scale(self) -> float:
-        """``recipe['encoder_lr_scale']``, or ``$MIM_ENCODER_LR_SCALE`` when set."""
-        return float(os.environ.get(ENCODER_LR_SCALE_ENV, self.recipe.get("encoder_lr_scale", 1.0)))
-
     def configure_optimizers(self):
-        scale = self.encoder_lr_scale() if self.encoder_prefix else 1.0
-        if scale != 1.0:
-            self.print_to_log_file(f"encoder ({self.encoder_prefix}*) lr = {scale:g} x {self.initial_lr:g}")
-        optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.recipe["betas"],
-                                scaled_prefix=self.encoder_prefix, lr_scale=scale)
+        # one lr for all parameters (the release's choice); the MiM trainers' schedules (mim_nnunet.finetune.
+        # schedules) split off the pre-trained encoder's groups
+        optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.recipe["betas"])
         warmup = warmup_steps_for(self.num_epochs, self.recipe["warmup_fraction"])
         return optimizer, WarmupCosineLR(optimizer, total_steps=self.num_epochs, warmup_steps=warmup)
 
@@ -299,5 +289,6 @@ class PretrainedEncoder:
         return report
 
 
-class MiMFineTuneTrainerBase(PretrainedEncoder, FineTuneTrainerBase):
-    """A :class:`FineTuneTrainerBase` whose encoder starts from a MiM export (:class:`PretrainedEncoder`)."""
+class MiMFineTuneTrainerBase(EncoderSchedule, PretrainedEncoder, FineTuneTrainerBase):
+    """A :class:`FineTuneTrainerBase` whose encoder starts from a MiM export (:class:`PretrainedEncoder`) and
+    follows the variant's ``schedule`` (:class:`mim_nnunet.finetune.schedules.EncoderSchedule`)."""
