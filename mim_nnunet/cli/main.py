@@ -67,7 +67,7 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..pretrain.checkpoint import export_checkpoint  # imports torch
-    weights, meta = export_checkpoint(args.checkpoint, args.output)
+    weights, meta = export_checkpoint(args.checkpoint, args.output, accept_unverified=args.accept_unverified)
     print(f"export: {weights}\nrecord: {meta}")
     return 0
 
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the encoder of a pre-training checkpoint (finished or not) as an export")
     p.add_argument("checkpoint", help="checkpoint_latest.pt of a mim_pretrain run")
     p.add_argument("-o", "--output", help="export path (.safetensors; default: <run>/export/..._step<k>.safetensors)")
+    p.add_argument("--accept_unverified", action="store_true",
+                   help="export a checkpoint that carries no integrity record and has no .sha256.json beside it "
+                        "(an older version's file copied alone), as it is")
     p.set_defaults(func=_cmd_export)
     for name, func, text in (
             ("check-transfer", _cmd_check_transfer, "load an export into a MiM trainer's network for a dataset and "
