@@ -101,6 +101,14 @@ def _cmd_expand_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_weights(args: argparse.Namespace) -> int:
+    from ..finetune.loading import check_weights  # imports torch
+    results = check_weights(args.path)
+    for path, verdict in results:
+        print(f"{path}: loads without running code" if verdict == "ok" else verdict)
+    return 0 if all(verdict == "ok" for _, verdict in results) else 2
+
+
 def _cmd_set_weights(args: argparse.Namespace) -> int:
     from ..finetune.dataset_network import preprocessed_files
     from ..weights.export import load_export
@@ -162,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "expand-weights":
             p.add_argument("-o", "--output", required=True, help="the .pth file to write")
         p.set_defaults(func=func)
+    p = sub.add_parser("check-weights", help="check that a .pth file (or every one in a model folder) holds only "
+                                             "tensors and plain values, as nnUNetv2_predict and -pretrained_weights "
+                                             "load them unsafely; exit status 2 if not")
+    p.add_argument("path", help="a .pth file or a model folder (nnUNet_results/DatasetX/TRAINER__PLANS__CONF)")
+    p.set_defaults(func=_cmd_check_weights)
     p = sub.add_parser("set-weights", help="record an export in the dataset's plans; MiM trainers then use it")
     _add_dataset_arguments(p)
     p.set_defaults(func=_cmd_set_weights)

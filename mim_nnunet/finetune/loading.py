@@ -6,13 +6,14 @@ pickled ``__reduce__`` in such a file would run. Every trainer of ours opens the
 :func:`mim_nnunet.common.safe_load.load_tensors_file`, allowing only the numpy scalar types nnU-Net's own
 checkpoints log, and stops in one line (exit status 2) when it needs more, before nnU-Net's loader sees it.
 (``nnUNetv2_predict`` unpickles ``checkpoint_final.pth`` before it looks up the trainer: no trainer can
-check it first, so check a model folder from elsewhere with :func:`load_nnunet_checkpoint`.)
+check it first, so ``mim_nnunet check-weights`` checks a model folder from elsewhere, :func:`check_weights`.)
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable
+from pathlib import Path
+from typing import Callable, List, Tuple
 
 import torch
 
@@ -42,6 +43,25 @@ def load_nnunet_checkpoint(path: os.PathLike, map_location="cpu", remedy: str = 
 def check_nnunet_file(path: os.PathLike, remedy: str = CHECKPOINT_REMEDY) -> None:
     """Raise a one-line :class:`MimError` unless ``path`` loads safely (tensors mapped, not read)."""
     load_nnunet_checkpoint(path, map_location="cpu", remedy=remedy, mmap=True)
+
+
+def check_weights(path: os.PathLike) -> List[Tuple[Path, str]]:
+    """``mim_nnunet check-weights``: (file, "ok" or the one-line reason) for a weights file, or for every
+    ``.pth`` under a model folder (``fold_*/checkpoint_*.pth``)."""
+    path = Path(path)
+    if not path.exists():
+        raise MimError(f"{path}: not found")
+    files = sorted(path.rglob("*.pth")) if path.is_dir() else [path]
+    if not files:
+        raise MimError(f"{path}: no .pth file in this folder")
+    results = []
+    for f in files:
+        try:
+            check_nnunet_file(f, remedy=PRETRAINED_REMEDY if path.is_file() else CHECKPOINT_REMEDY)
+            results.append((f, "ok"))
+        except MimError as exc:
+            results.append((f, str(exc)))
+    return results
 
 
 def guard_pretrained_weights(refuse: Callable[[str], None]) -> None:

@@ -133,3 +133,22 @@ def test_every_trainer_of_ours_guards_its_loading():
         assert cls.load_checkpoint is RunGuards.load_checkpoint, cls
         assert RunGuards.__init__ in [k.__dict__.get("__init__") for k in cls.__mro__], cls
     assert "guard_pretrained_weights(self.stop)" in inspect.getsource(RunGuards.__init__)
+
+
+def test_check_weights_command_reads_a_model_folder_and_never_runs_its_code(tmp_path, capsys):
+    from mim_nnunet.cli.main import main
+    folder = tmp_path / "nnUNetTrainerMiM__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "fold_1").mkdir()
+    torch.save({"network_weights": {"w": torch.ones(2)}, "logging": {"ema": [np.float64(0.5)]}},
+               folder / "fold_0" / "checkpoint_final.pth")
+    marker = tmp_path / "marker"
+    torch.save({"network_weights": WritesMarker(marker)}, folder / "fold_1" / "checkpoint_final.pth")
+    assert main(["check-weights", str(folder)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{folder / 'fold_0' / 'checkpoint_final.pth'}: loads without running code"
+    assert out[1].startswith(f"{folder / 'fold_1' / 'checkpoint_final.pth'}: refused: the file holds Python code")
+    assert len(out) == 2 and not marker.exists()
+    assert main(["check-weights", str(folder / "fold_0" / "checkpoint_final.pth")]) == 0
+    assert main(["check-weights", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.strip().endswith("nothing: not found")
