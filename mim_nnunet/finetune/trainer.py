@@ -1,9 +1,9 @@
 """The logic behind our nnU-Net trainers; the classes in ``trainers/`` only set class attributes.
 
 :class:`RunGuards` (every trainer of ours): ``$MIM_SEED``, short budgets, one-line stops, no checkpoint from a
-diverged run, no pickled code from a weights file (:mod:`mim_nnunet.finetune.loading`). :class:`PretrainedEncoder` (every MiM trainer): find, check and load the export at the start
-of a fresh run. The ResEnc trainer, which keeps nnU-Net's own network and recipe, is in
-:mod:`mim_nnunet.finetune.resenc_trainer`.
+diverged run, no pickled code run from a weights file (:mod:`mim_nnunet.finetune.loading`).
+:class:`PretrainedEncoder` (every MiM trainer): find, check and load the export at the start of a fresh run.
+The ResEnc trainer, which keeps nnU-Net's own network and recipe, is in :mod:`mim_nnunet.finetune.resenc_trainer`.
 
 :class:`FineTuneTrainerBase`: a subclass names the network (``network_class_name`` + ``arch_kwargs``,
 recorded into the plans) and the patch-size multiple it needs; the base class adapts the plans, builds

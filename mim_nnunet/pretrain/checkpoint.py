@@ -25,9 +25,9 @@ import torch
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError, first_line, last_line
 from ..common.hashing import file_sha256, state_sha256
+from ..common.layout import export_path
 from ..common.safe_load import UnsafeFileError, load_tensors_file
 from ..common.tensors import first_nonfinite, optimizer_tensors
-from ..common.layout import export_path
 from ..weights.export import export_encoder
 from .settings import RunSettings
 
@@ -82,10 +82,11 @@ def refuse_nonfinite(path: Path, model: torch.nn.Module, optimizer: torch.optim.
     """Stop the run, writing nothing, when a weight or an optimiser value is NaN or infinite."""
     bad = first_nonfinite([*model.state_dict().items(), *optimizer_tensors(optimizer, model)])
     if bad is not None:
-        kept = f"the last good checkpoint {path} is kept as it was" if Path(path).is_file() else "none written"
+        kept = (f"the last good checkpoint {path} is kept as it was; --c from it repeats the same steps"
+                if Path(path).is_file() else "there is no earlier checkpoint")
         raise CheckpointError(f"{bad[0]} holds {bad[1]} non-finite value(s) (NaN/inf) after step {step}; the run "
-                              f"stops without writing a checkpoint or export ({kept}). Continue from it with --c, "
-                              f"with a lower -lr or -clip_grad")
+                              f"stops without writing a checkpoint or export ({kept}). Start a new run (-run NAME) "
+                              f"with -clip_grad or a lower -lr")
 
 
 def checksum_path(path: Path) -> Path:

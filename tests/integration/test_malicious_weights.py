@@ -62,13 +62,14 @@ def test_pretrained_weights_carrying_code_are_refused_before_nnunet_loads_them(p
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("trainer, flag, name", [("nnUNetTrainerSwinUNETR_fs12_1epoch", "--c", "checkpoint_latest.pth"),
-                                                 ("nnUNetTrainerMiMScratch_tiny_1epoch", "--val", "checkpoint_final.pth")])
+@pytest.mark.parametrize("trainer, flag, name",
+                         [("nnUNetTrainerSwinUNETR_fs12_1epoch", "--c", "checkpoint_latest.pth"),
+                          ("nnUNetTrainerMiMScratch_tiny_1epoch", "--val", "checkpoint_final.pth")])
 def test_a_model_folder_checkpoint_carrying_code_is_refused_by_continue_and_val(planned, trainer, flag, name):
     work, env = planned["work"], planned["env"]
     marker = work / f"marker_{flag.strip('-')}"
-    fold = Path(env["nnUNet_results"]) / f"Dataset{DATASET:03d}_MiMSynthetic" / f"{trainer}__nnUNetPlans__3d_fullres" / \
-        "fold_0"
+    model = Path(env["nnUNet_results"]) / f"Dataset{DATASET:03d}_MiMSynthetic" / f"{trainer}__nnUNetPlans__3d_fullres"
+    fold = model / "fold_0"
     evil = evil_file(fold / name, marker)
     before = evil.read_bytes()
     result = run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", trainer, "-device", "cpu", flag],
