@@ -1,7 +1,7 @@
 """A weights file carrying code, through the real ``nnUNetv2_train``: with ``-pretrained_weights FILE`` and
 with ``--c`` / ``--val`` on a model folder holding such a checkpoint, our trainers refuse it in one line,
-exit status 2, and the code never runs (its marker file never appears). No training happens: the dataset
-is planned but not preprocessed."""
+exit status 2, and the code never runs (its marker file never appears). No training happens: two 32^3
+cases are planned and preprocessed (nnU-Net's initialize reads the preprocessed folder), nothing more."""
 
 from pathlib import Path
 
@@ -30,8 +30,7 @@ def planned(module_tmp):
     work = module_tmp("malicious")
     env = nnunet_env(work, processes=1)
     write_dataset(work / "nnUNet_raw", DATASET, num_train=2, num_test=0, shape=(32, 32, 32), seed=4)
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "1", "--no_pp"], env,
-        work)
+    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "1"], env, work)
     return {"work": work, "env": env}
 
 
