@@ -68,7 +68,7 @@ def _cmd_import_official(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..pretrain.checkpoint import export_checkpoint  # imports torch
-    weights, meta = export_checkpoint(args.checkpoint, args.o)
+    weights, meta = export_checkpoint(args.checkpoint, args.o, accept_unverified=args.accept_unverified)
     print(f"export: {weights}\nrecord: {meta}")
     return 0
 
@@ -100,6 +100,14 @@ def _cmd_expand_weights(args: argparse.Namespace) -> int:
           f"the rest at initialisation)\nuse: nnUNetv2_train {args.d} {args.c} FOLD -tr {args.tr} -p {args.p} "
           f"-pretrained_weights {out}")
     return 0
+
+
+def _cmd_check_weights(args: argparse.Namespace) -> int:
+    from ..finetune.loading import check_weights  # imports torch
+    results = check_weights(args.path)
+    for path, verdict in results:
+        print(f"{path}: loads without running code" if verdict == "ok" else verdict)
+    return 0 if all(verdict == "ok" for _, verdict in results) else 2
 
 
 def _cmd_set_weights(args: argparse.Namespace) -> int:
@@ -147,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the encoder of a pre-training checkpoint (finished or not) as an export")
     p.add_argument("checkpoint", help="checkpoint_latest.pt of a mim_pretrain run")
     add_flag(p, "-o", "--output", help="export path (.safetensors; default: <run>/export/..._step<k>.safetensors)")
+    p.add_argument("--accept_unverified", action="store_true",
+                   help="export a checkpoint that carries no integrity record and has no .sha256.json beside it "
+                        "(an older version's file copied alone), as it is")
     p.set_defaults(func=_cmd_export)
     for name, func, text in (
             ("check-transfer", _cmd_check_transfer, "load an export into a MiM trainer's network for a dataset and "
@@ -160,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "expand-weights":
             add_flag(p, "-o", "--output", required=True, help="the .pth file to write")
         p.set_defaults(func=func)
+    p = sub.add_parser("check-weights", help="check that a .pth file (or every one in a model folder) holds only "
+                                             "tensors and plain values, as nnUNetv2_predict and -pretrained_weights "
+                                             "load them unsafely; exit status 2 if not")
+    p.add_argument("path", help="a .pth file or a model folder (nnUNet_results/DatasetX/TRAINER__PLANS__CONF)")
+    p.set_defaults(func=_cmd_check_weights)
     p = sub.add_parser("set-weights", help="record an export in the dataset's plans; MiM trainers then use it")
     _add_dataset_arguments(p)
     p.set_defaults(func=_cmd_set_weights)

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"-steps N -run NAME)")
     run.add_argument("--c", action="store_true", help="continue the run in the results folder from its last "
                                                       "checkpoint, exactly as it would have gone on")
+    run.add_argument("--accept_unverified", action="store_true",
+                     help="with --c: continue from a checkpoint that carries no integrity record and has no "
+                          ".sha256.json beside it (an older version's file copied alone), as it is")
     run.add_argument("-stop_at", type=int, default=None,
                      help="stop (with a checkpoint) after this many steps of the run; continue later with --c")
     run.add_argument("-run", default=None, help="suffix of the results folder, to keep ablations apart")
@@ -139,6 +142,7 @@ def request_from(args: argparse.Namespace):
     from ..pretrain.run import RunRequest
     return RunRequest(prepare=functools.partial(prepare_from, args), backbone=args.backbone, size=args.size,
                       gpus=args.num_gpus, device=args.device, resume=args.c, run=args.run,
+                      accept_unverified=args.accept_unverified,
                       switches=switches_from(args), input_size=args.input_size, per_device_batch=args.batch,
                       accumulation=args.accum, steps=args.steps, lr=args.lr, precision=args.precision,
                       seed=args.seed, clip_grad=args.clip_grad, operational=operational_from(args))

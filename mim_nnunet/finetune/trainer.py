@@ -1,9 +1,9 @@
 """The logic behind our nnU-Net trainers; the classes in ``trainers/`` only set class attributes.
 
 :class:`RunGuards` (every trainer of ours): ``$MIM_SEED``, short budgets, one-line stops, no checkpoint from a
-diverged run. :class:`PretrainedEncoder` (every MiM trainer): find, check and load the export at the start
-of a fresh run. The ResEnc trainer, which keeps nnU-Net's own network and optimiser, is in
-:mod:`mim_nnunet.finetune.resenc_trainer`.
+diverged run, no pickled code run from a weights file (:mod:`mim_nnunet.finetune.loading`).
+:class:`PretrainedEncoder` (every MiM trainer): find, check and load the export at the start of a fresh run.
+The ResEnc trainer, which keeps nnU-Net's own network and optimiser, is in :mod:`mim_nnunet.finetune.resenc_trainer`.
 
 :class:`FineTuneTrainerBase`: a subclass names the network (``network_class_name`` + ``arch_kwargs``,
 recorded into the plans) and the patch-size multiple it needs; the base class adapts the plans, builds
@@ -39,11 +39,13 @@ from torch import nn
 from ..backbones.swin import SWIN_SIZES
 from ..common.atomic import write_json_atomic
 from ..common.errors import MimError, PlansError
+from ..common.tensors import first_nonfinite, optimizer_tensors
 from ..networks import build_network
 from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
 from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
 from ..weights.finding import dataset_modality, find_weights
 from ..weights.transfer import transfer
+from .loading import check_nnunet_file, guard_pretrained_weights
 from .plans import adapt_configuration, require_3d
 from .schedules import EncoderSchedule
 from .variants import BUDGETS
@@ -78,6 +80,31 @@ class RunGuards:
     inference_mirroring: bool = True
     # A short variant names its budget (epochs x iterations); None keeps nnU-Net's 1000 x (250 + 50).
     budget: Optional[str] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # before nnUNetv2_train calls nnU-Net's -pretrained_weights loader, which unpickles whatever it is given
+        guard_pretrained_weights(self.stop)
+
+    def load_checkpoint(self, filename_or_checkpoint):
+        # --c, --val, --val_best: nnU-Net unpickles the file with weights_only=False; it sees only a safe one
+        if isinstance(filename_or_checkpoint, (str, os.PathLike)):
+            try:
+                check_nnunet_file(filename_or_checkpoint)
+            except MimError as exc:
+                self.stop(str(exc))
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def save_checkpoint(self, filename: str) -> None:
+        # a NaN weight or optimiser moment would spoil every later epoch: the last good file stays
+        network = unwrap(self.network)
+        bad = first_nonfinite([*network.state_dict().items(), *optimizer_tensors(self.optimizer, network)])
+        if bad is not None:
+            self.stop(f"{bad[0]} holds {bad[1]} non-finite value(s) (NaN/inf) at epoch {self.current_epoch}; "
+                      f"{os.path.basename(filename)} not written (the checkpoints in {self.output_folder} are kept). "
+                      f"Check the weights and lower the lr.")
+        super().save_checkpoint(filename)
 
     def seed_run(self) -> None:
         """Seed from ``$MIM_SEED`` (before the network is built: its initialisation is then reproducible);

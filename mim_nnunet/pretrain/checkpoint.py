@@ -4,6 +4,12 @@ and the encoder of a run or of a checkpoint written as an export.
 A checkpoint holds the model, optimiser, loss scaler, the number of steps done, the settings and the
 RNG states of every rank. The learning rate is a function of the step and the data stream a function
 of (seed, batch index), so these are all a resumed run needs to continue exactly.
+
+Integrity travels inside the file: ``integrity`` holds the sha256 of everything else in it
+(:func:`mim_nnunet.common.hashing.state_sha256`), checked on every load, so a copy without its
+``.sha256.json`` is still verified. A file with neither record (an older version's file whose
+record was not copied) is refused unless the user accepts it knowingly (``--accept_unverified``). No
+checkpoint is written with a non-finite weight or optimiser value: the run stops and the last good file stays.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import torch
 
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError, first_line, last_line
-from ..common.hashing import file_sha256
+from ..common.hashing import file_sha256, state_sha256
 from ..common.layout import export_path
+from ..common.safe_load import UnsafeFileError, load_tensors_file
+from ..common.tensors import first_nonfinite, optimizer_tensors
 from ..weights.export import export_encoder
 from .settings import RunSettings
 
 CHECKPOINT_FORMAT = "mim-nnunet-pretrain-checkpoint/1"
 ENCODER_PREFIX = "encoder."      # the MiM model holds its encoder under this name
+INTEGRITY_KEY = "integrity"      # {"sha256": digest of every other entry}
+ACCEPT_UNVERIFIED = "--accept_unverified"
 
 
 class CheckpointError(MimError):
@@ -52,8 +62,10 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
                     settings: Dict, rng: List[Dict]) -> Path:
     """Write the run's state after ``step`` optimiser steps; the previous file stays until the new one is
     complete (write to a temporary name, then rename)."""
+    refuse_nonfinite(path, model, optimizer, step)
     state = {"format": CHECKPOINT_FORMAT, "step": step, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "settings": settings, "rng": rng}
+    state[INTEGRITY_KEY] = {"sha256": state_sha256(state)}
 
     def write(tmp: Path) -> None:
         torch.save(state, tmp)
@@ -64,6 +76,17 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     atomic_write(path, write)
     write_json_atomic(checksum_path(path), {"sha256": [file_sha256(str(path))]})
     return path
+
+
+def refuse_nonfinite(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Stop the run, writing nothing, when a weight or an optimiser value is NaN or infinite."""
+    bad = first_nonfinite([*model.state_dict().items(), *optimizer_tensors(optimizer, model)])
+    if bad is not None:
+        kept = (f"the last good checkpoint {path} is kept as it was; --c from it repeats the same steps"
+                if Path(path).is_file() else "there is no earlier checkpoint")
+        raise CheckpointError(f"{bad[0]} holds {bad[1]} non-finite value(s) (NaN/inf) after step {step}; the run "
+                              f"stops without writing a checkpoint or export ({kept}). Start a new run (-run NAME) "
+                              f"with -clip_grad or a lower -lr")
 
 
 def checksum_path(path: Path) -> Path:
@@ -79,22 +102,37 @@ def checksums(path: Path) -> List[str]:
         return []
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> Dict:
-    """A checkpoint written by :func:`save_checkpoint`; one-line errors for anything else."""
+def load_checkpoint(path: Path, map_location="cpu", accept_unverified: bool = False) -> Dict:
+    """A checkpoint written by :func:`save_checkpoint`, its content verified (its own integrity record, or for
+    older files the ``.sha256.json`` beside it); one-line errors for anything else. ``accept_unverified``
+    loads a file that has neither record (the user's ``--accept_unverified``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
-    known = checksums(path)          # checkpoints written before 0.2.0 have no record: not checked
+    known = checksums(path)
     if checksum_path(path).is_file() and file_sha256(str(path)) not in known:
         raise CheckpointError(f"{path}: content checksum differs from {checksum_path(path).name} (the file changed "
                               f"after it was written: corrupt copy or bit flip)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = load_tensors_file(path, map_location=map_location,
+                                  remedy="A mim_pretrain checkpoint holds only tensors and plain values: this file "
+                                         "was not written by mim_pretrain")
+    except UnsafeFileError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:
         raise CheckpointError(f"{path}: corrupt or not a mim-nnunet checkpoint ({first_line(exc, 200)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a mim-nnunet pre-training checkpoint "
                               f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    record = state.pop(INTEGRITY_KEY, None)
+    if record is not None:
+        if not isinstance(record, dict) or record.get("sha256") != state_sha256(state):
+            raise CheckpointError(f"{path}: content differs from the digest stored in it (the file changed after it "
+                                  f"was written: corrupt copy or bit flip); use an intact copy")
+    elif not known and not accept_unverified:
+        raise CheckpointError(f"{path}: cannot be verified: it carries no integrity record (an older version's "
+                              f"file) and {checksum_path(path).name} is not beside it; copy that file next to it, "
+                              f"or add {ACCEPT_UNVERIFIED} to use the checkpoint as it is")
     return state
 
 
@@ -117,12 +155,13 @@ def export_run(encoder: torch.nn.Module, settings: RunSettings, steps: int, path
                           manifest_hash=settings.manifest_hash, steps=steps, **extra)
 
 
-def export_checkpoint(checkpoint: Path, out: Optional[Path] = None) -> Tuple[Path, Path]:
+def export_checkpoint(checkpoint: Path, out: Optional[Path] = None,
+                      accept_unverified: bool = False) -> Tuple[Path, Path]:
     """``mim_nnunet export CHECKPOINT``: the encoder of a (possibly unfinished) run. Default output:
     ``<run>/export/mim_<backbone>_<size>_step<k>.safetensors`` next to the checkpoint."""
     from ..backbones import build_encoder
 
-    state = load_checkpoint(Path(checkpoint))
+    state = load_checkpoint(Path(checkpoint), accept_unverified=accept_unverified)
     settings = RunSettings.from_dict(state["settings"])
     config = settings.config
     try:

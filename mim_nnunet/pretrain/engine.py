@@ -120,7 +120,9 @@ def restore(trainee: Trainee, settings: RunSettings, resume: bool, rank: int, wo
         D.broadcast_module_(trainee.model)
         _seed_everything(settings.seed + 1 + rank)   # ranks' own streams (dropout etc.), saved in checkpoints
         return 0
-    state = load_checkpoint(Path(settings.out_dir) / CHECKPOINT)
+    # verified again here (its integrity record); whether a file without one may be used was decided before
+    # the launch (mim_nnunet.pretrain.run.settings_for, --accept_unverified)
+    state = load_checkpoint(Path(settings.out_dir) / CHECKPOINT, accept_unverified=True)
     trainee.model.load_state_dict(state["model"])
     trainee.optimizer.load_state_dict(state["optimizer"])
     trainee.scaler.load_state_dict(state["scaler"])

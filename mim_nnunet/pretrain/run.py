@@ -28,6 +28,7 @@ class RunRequest:
     gpus: int = 1
     device: Optional[str] = None
     resume: bool = False
+    accept_unverified: bool = False    # --c from a checkpoint without integrity record (the user's --accept_unverified)
     run: Optional[str] = None
     switches: Dict = field(default_factory=dict)
     input_size: Optional[Sequence[int]] = None
@@ -64,7 +65,7 @@ def settings_for(request: RunRequest, world_size: int, device: str, log=print) -
     for stale in remove_stale_temporaries(out):
         log(f"removed {stale} (half-written by a run that was killed)")
     if request.resume:
-        state = load_checkpoint(latest)
+        state = load_checkpoint(latest, accept_unverified=request.accept_unverified)
         if state["settings"].get("manifest_hash") != prepared.plan["manifest_hash"]:
             raise MimError(f"{latest}: the run started on other data (manifest "
                            f"{str(state['settings'].get('manifest_hash'))[:12]}, now "

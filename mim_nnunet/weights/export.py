@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError, first_line
 from ..common.hashing import file_sha256
+from ..common.tensors import first_nonfinite
 from ..mim.tokens import TOKEN_SIZE
 
 EXPORT_FORMAT = 1
@@ -73,8 +74,13 @@ def export_record(backbone: str, size: str, in_channels: int, input_size: Sequen
 
 
 def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathLike) -> Tuple[Path, Path]:
-    """``path`` (``.safetensors``) and its record ``path`` with ``.json``; returns both paths."""
+    """``path`` (``.safetensors``) and its record ``path`` with ``.json``; returns both paths. Refused, with
+    nothing written, when a tensor holds NaN or inf."""
     weights = Path(path)
+    bad = first_nonfinite(state.items())
+    if bad is not None:
+        raise ExportError(f"{weights}: not written: tensor {bad[0]!r} holds {bad[1]} non-finite value(s) (NaN/inf)"
+                          f"{'; the file there is kept as it was' if weights.is_file() else ''}")
     weights.parent.mkdir(parents=True, exist_ok=True)
     meta = weights.with_suffix(".json")
     record = {"format": EXPORT_FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -117,9 +123,8 @@ def load_export(path: os.PathLike) -> Tuple[Dict[str, torch.Tensor], Dict]:
     if record.get("sha256") and file_sha256(str(weights)) != record["sha256"]:    # exports before 0.2.0 have none
         raise ExportError(f"{weights}: content checksum differs from its record {meta.name} (the file changed "
                           f"after export: corrupt copy or bit flip)")
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise ExportError(f"{weights}: tensor {key!r} holds {bad} non-finite value(s) (NaN/inf); "
-                              f"refusing to fine-tune from it")
+    bad = first_nonfinite(state.items())
+    if bad is not None:
+        raise ExportError(f"{weights}: tensor {bad[0]!r} holds {bad[1]} non-finite value(s) (NaN/inf); "
+                          f"refusing to fine-tune from it")
     return state, record

@@ -1,7 +1,7 @@
 """``mim_nnunet import-official``: a checkpoint published by the MiM authors -> our export.
 
 The release pickles its argparse Namespace next to the weights: exactly that class is allowed when
-unpickling (``weights_only=True``), nothing else.
+unpickling (:func:`mim_nnunet.common.safe_load.load_tensors_file`), nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from ..common.atomic import write_json_atomic
 from ..common.errors import first_line
+from ..common.safe_load import UnsafeFileError, load_tensors_file
 from ..mim.tokens import TOKEN_SIZE
 from .export import STEM_KEY, ExportError, export_record, write_export
 
@@ -24,10 +25,13 @@ OFFICIAL_PREFIX = "module."      # the release saves its DDP-wrapped model
 def load_official_checkpoint(path: Path) -> Dict[str, torch.Tensor]:
     """``checkpoint['model']`` of a release checkpoint, without the DDP prefix; one-line errors otherwise."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_tensors_file(path, allow=[argparse.Namespace],
+                                       remedy="The MiM authors' release holds only tensors and its arguments: "
+                                              "download it again from their page")
     except FileNotFoundError:
         raise ExportError(f"{path}: not found") from None
+    except UnsafeFileError as exc:
+        raise ExportError(str(exc)) from None
     except Exception as exc:
         raise ExportError(f"{path}: refused or unreadable checkpoint ({first_line(exc)})") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from helpers.commands import command, nnunet_env, run
 from helpers.exports import raw_sha1
 from helpers.synthetic import LABELS, write_dataset
+from mim_nnunet.finetune.loading import load_nnunet_checkpoint
 from mim_nnunet.weights.export import load_export
 
 DATASET, DATASET4 = 902, 903
@@ -163,6 +164,7 @@ def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup)
     out = work / "expanded.pth"
     result = run([command("mim_nnunet"), "expand-weights", "-d", DATASET, "-tr", HYBRID, export, "-o", out], env, work)
     assert f"-pretrained_weights {out}" in result.stdout
+    assert set(load_nnunet_checkpoint(out)) == {"network_weights"}      # plain tensors: passes the trainers' check
     script = textwrap.dedent(f"""
         import torch
         from nnunetv2.run.load_pretrained_weights import load_pretrained_weights

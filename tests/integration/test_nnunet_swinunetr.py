@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from helpers.commands import command, run
-from helpers.nnunet_checkpoint import load_nnunet_checkpoint
 from helpers.synthetic import LABELS, write_dataset
+from mim_nnunet.finetune.loading import load_nnunet_checkpoint
 
 DATASET_ID = 901
 TRAINER = "nnUNetTrainerSwinUNETR_fs12_1epoch"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from helpers.commands import command
 from helpers.volumes import ct_array, write
@@ -303,8 +304,10 @@ def test_export_command_for_both_backbones(collection, tmp_path):
     ckpt = load_checkpoint(tmp_path / "hybrid" / CHECKPOINT)
     ckpt["settings"]["backbone"] = "swin"
     torch.save(ckpt, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match=r"wrong.pt: cannot be verified: .*add --accept_unverified"):
+        export_checkpoint(tmp_path / "wrong.pt")                        # rewritten by hand: no record inside
     with pytest.raises(CheckpointError, match="wrong.pt: encoder weights do not"):
-        export_checkpoint(tmp_path / "wrong.pt")
+        export_checkpoint(tmp_path / "wrong.pt", accept_unverified=True)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     result = subprocess.run([command("mim_nnunet"), "export", str(tmp_path / "bad.pt")], capture_output=True,
                             encoding="utf-8", errors="replace", timeout=300)
@@ -392,3 +395,60 @@ def test_size_is_checked_per_backbone_and_unfit_sizes_are_one_line(collection, t
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
         "mim_pretrain: error: resenc 'tiny': resenc: input_size [32, 32, 32] leaves the deepest stage one voxel, "
         "where instance norm cannot train; make one axis at least 64")
+
+
+def _files(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name.startswith(("checkpoint_latest", "mim_"))}
+
+
+def test_a_checkpoint_copied_without_its_checksum_and_spoilt_is_refused_by_continue(collection):
+    """Only checkpoint_latest.pt copied (no .sha256.json), bytes of an optimiser tensor overwritten:
+    ``mim_pretrain --c`` refuses it in one line and nothing is trained or overwritten."""
+    env = collection["env"]
+    out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_copied"
+    run(collection, out, stop_at=1, val_crops=0)
+    path = out / CHECKPOINT
+    (out / (CHECKPOINT + ".sha256.json")).unlink()
+    state = load_checkpoint(path)                                     # verified by the record inside it
+    moment = next(s["exp_avg_sq"] for s in state["optimizer"]["state"].values() if s["exp_avg_sq"].numel() > 64)
+    raw = path.read_bytes()
+    data = moment.contiguous().view(torch.uint8).numpy().tobytes()
+    at = raw.find(data)
+    assert at > 0
+    path.write_bytes(raw[:at] + b"\x7f" * 64 + raw[at + 64:])       # 16 moments overwritten with 3.4e38
+    before = _files(out)
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+                             "-np", "1", "-device", "cpu", "-workers", "0", "-run", "copied", "--c"],
+                            env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"mim_pretrain: error: {path}: content differs from the digest stored in it (the file changed "
+                    f"after it was written: corrupt copy or bit flip); use an intact copy")
+    assert _files(out) == before and [r["step"] for r in train_records(out / "log.jsonl")] == [1]
+
+
+def test_a_nan_in_the_optimizer_stops_the_run_and_keeps_the_last_checkpoint_and_export(collection, tmp_path,
+                                                                                       monkeypatch):
+    out = tmp_path / "nan"
+    run(collection, out, stop_at=1, val_crops=0)
+    export_checkpoint(out / CHECKPOINT)                                 # an export of step 1 beside it
+    before = _files(out)
+    assert sorted(before) == [CHECKPOINT, CHECKPOINT + ".sha256.json", "export/mim_hybrid_tiny_step1.json",
+                              "export/mim_hybrid_tiny_step1.safetensors"]
+    steps = []
+
+    def spoil(optimizer, args, kwargs):                                 # after the update of step 2
+        steps.append(len(steps) + 2)
+        param = optimizer.param_groups[0]["params"][0]
+        optimizer.state[param]["exp_avg_sq"].view(-1)[0] = float("nan")
+    handle = register_optimizer_step_post_hook(spoil)
+    try:
+        with pytest.raises(CheckpointError, match=r"optimizer exp_avg_sq of \S+ holds 1 non-finite value\(s\) "
+                                                  r"\(NaN/inf\) after step 2; the run stops without writing"):
+            resume(out, collection)
+    finally:
+        handle.remove()
+    assert steps == [2]
+    assert _files(out) == before
+    assert load_checkpoint(out / CHECKPOINT)["step"] == 1

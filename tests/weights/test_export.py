@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from monai.networks.nets import SwinUNETR
+from safetensors.torch import save_file
 
 from mim_nnunet.backbones import build_encoder
 from mim_nnunet.weights.export import ExportError, export_encoder, load_export
@@ -80,6 +81,14 @@ def test_non_finite_weights_are_refused_and_old_records_load(tmp_path):
     meta.write_text(json.dumps(record))
     state, _ = load_export(weights)
     assert torch.equal(state["b"], torch.arange(4))
-    weights, _ = _small_export(tmp_path, {"a": torch.tensor([0.0, float("nan"), float("-inf")])})
+    nan = {"a": torch.tensor([0.0, float("nan"), float("-inf")]), "b": torch.arange(4)}
+    # writing one is refused, and the export already there stays byte for byte
+    before = weights.read_bytes(), meta.read_bytes()
+    with pytest.raises(ExportError, match=r"s\.safetensors: not written: tensor 'a' holds 2 non-finite value\(s\) "
+                                          r"\(NaN/inf\); the file there is kept as it was"):
+        _small_export(tmp_path, nan)
+    assert (weights.read_bytes(), meta.read_bytes()) == before
+    # one written by other means (its record has no checksum, as before 0.2) is refused on load
+    save_file(nan, str(weights))
     with pytest.raises(ExportError, match=r"tensor 'a' holds 2 non-finite value\(s\) \(NaN/inf\)"):
         load_export(weights)
