@@ -1,7 +1,9 @@
 """DSC and NSD per class, as the MiM paper reports them, with MONAI's metrics.
 
-Conventions for empty masks (MONAI leaves them undefined): a class absent from both the label and the
-prediction scores 1 (nothing to find, nothing found); absent from one of them, it scores 0.
+Conventions for empty masks (MONAI leaves them undefined), as nnU-Net's own evaluation: a class absent from
+both the label and the prediction of a case has no score there (``None``: nothing to find, nothing found) and
+is left out of that class's mean; absent from one of them, it scores 0. A class absent from every case has no
+mean (``None``, printed "absent") and is left out of the mean over classes.
 NSD is MONAI's ``SurfaceDiceMetric`` with the tolerance in millimetres and the image spacing.
 """
 
@@ -27,14 +29,14 @@ class EvaluationError(MimError):
 
 
 def class_scores(pred: np.ndarray, label: np.ndarray, classes: Sequence[int], spacing: Sequence[float],
-                 tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[int, Dict[str, float]]:
+                 tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> Dict[int, Dict[str, Optional[float]]]:
     """``{class: {"dsc": .., "nsd": ..}}`` for integer label maps ``pred``, ``label`` ``(X, Y, Z)``;
-    ``spacing`` in mm along the same axes."""
+    ``spacing`` in mm along the same axes. ``None`` where the class is absent from both."""
     scores = {}
     for c in classes:
         p, g = pred == c, label == c
         if not p.any() and not g.any():
-            scores[int(c)] = {"dsc": 1.0, "nsd": 1.0}
+            scores[int(c)] = {"dsc": None, "nsd": None}
             continue
         if not p.any() or not g.any():
             scores[int(c)] = {"dsc": 0.0, "nsd": 0.0}
@@ -59,7 +61,8 @@ def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence
                      dataset_json: Optional[Path] = None) -> Dict:
     """Scores of every label in ``label_dir`` against the same-named file in ``pred_dir``:
     ``{"cases": {case: {class: {dsc, nsd}}}, "mean": {class: {dsc, nsd}}, "overall": {dsc, nsd},
-    "classes": [..], "classes_from": .., "warnings": [..]}``.
+    "counted": {class: number of cases in its mean}, "absent": {class: [cases absent from both]},
+    "classes": [..], "classes_from": .., "warnings": [..]}``; a score is ``None`` where nothing counts.
 
     Every case is scored on the same classes, so a false positive on a case whose reference lacks the class
     counts (0) instead of being skipped: ``classes`` if given, else those ``dataset_json`` lists (default:
@@ -103,21 +106,52 @@ def evaluate_folders(pred_dir: Path, label_dir: Path, classes: Optional[Sequence
                 warnings.append(f"{where} label value(s) {extra} are not listed in {dataset_json}")
     cases = {case: class_scores(pred, label, wanted, spacing, tolerance_mm)
              for case, (pred, label, spacing) in pairs.items()}
-    all_classes = sorted({c for s in cases.values() for c in s})
-    mean = {c: {m: float(np.mean([s[c][m] for s in cases.values() if c in s])) for m in ("dsc", "nsd")}
-            for c in all_classes}
-    overall = {m: float(np.mean([v[m] for v in mean.values()])) if mean else float("nan") for m in ("dsc", "nsd")}
-    return {"cases": cases, "mean": mean, "overall": overall, "nsd_tolerance_mm": tolerance_mm,
-            "classes": wanted, "classes_from": source, "warnings": warnings}
+    mean, counted, absent = {}, {}, {}
+    for c in wanted:
+        absent[c] = [case for case, s in cases.items() if s[c]["dsc"] is None]
+        counted[c] = len(cases) - len(absent[c])
+        mean[c] = {m: _mean([s[c][m] for s in cases.values()]) for m in ("dsc", "nsd")}
+    overall = {m: _mean([v[m] for v in mean.values()]) for m in ("dsc", "nsd")}
+    return {"cases": cases, "mean": mean, "overall": overall, "counted": counted, "absent": absent,
+            "nsd_tolerance_mm": tolerance_mm, "classes": wanted, "classes_from": source, "warnings": warnings}
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    """Mean of the values that are not ``None`` (nnU-Net's nanmean); ``None`` if there are none."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def percent(value: Optional[float], digits: int = 2) -> str:
+    """A score in percent, or "absent" where the class was absent from reference and prediction alike."""
+    return "absent" if value is None else f"{100 * value:.{digits}f}"
+
+
+def absent_notes(result: Dict, names: Optional[Dict[int, str]] = None) -> List[str]:
+    """One line per class left out of some cases' means, naming the cases (or one saying nothing was scored)."""
+    names, total, lines = names or {}, len(result["cases"]), []
+    if not result["classes"]:
+        lines.append("no class to score: every reference and prediction is background only (name the classes with "
+                     "-labels or a dataset.json)")
+    for c, where in result["absent"].items():
+        if where:
+            lines.append(f"{names.get(int(c), c)}: absent from reference and prediction in {len(where)} of {total} "
+                         f"case(s) ({', '.join(where[:5])}{' ...' if len(where) > 5 else ''}): left out of its mean")
+    return lines
 
 
 def markdown_table(result: Dict, names: Optional[Dict[int, str]] = None) -> str:
-    """Per-class DSC and NSD (in %) and their mean, like the paper's tables."""
-    names = names or {}
-    lines = ["| class | DSC (%) | NSD (%) |", "|---|---|---|"]
+    """Per-class DSC and NSD (in %) and their mean, like the paper's tables, with the number of cases each
+    class's mean covers (cases where the class is absent from reference and prediction are left out) and the
+    number of classes the mean over classes covers."""
+    names, total = names or {}, len(result["cases"])
+    lines = ["| class | DSC (%) | NSD (%) | mean of |", "|---|---|---|---|"]
     for c, v in result["mean"].items():
-        lines.append(f"| {names.get(int(c), c)} | {100 * v['dsc']:.2f} | {100 * v['nsd']:.2f} |")
-    lines.append(f"| **mean** | {100 * result['overall']['dsc']:.2f} | {100 * result['overall']['nsd']:.2f} |")
+        lines.append(f"| {names.get(int(c), c)} | {percent(v['dsc'])} | {percent(v['nsd'])} | "
+                     f"{result['counted'][c]} of {total} cases |")
+    scored = sum(v["dsc"] is not None for v in result["mean"].values())
+    lines.append(f"| **mean** | {percent(result['overall']['dsc'])} | {percent(result['overall']['nsd'])} | "
+                 f"{scored} of {len(result['mean'])} classes |")
     return "\n".join(lines)
 
 

@@ -89,7 +89,9 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 4))
     for trainer, scores in results.items():
-        ax.plot([100 * float(f) for f in scores], [100 * v for v in scores.values()], marker="o", label=trainer)
+        # None: the classes were absent from every reference and prediction (no score); a gap in the line
+        ax.plot([100 * float(f) for f in scores], [float("nan") if v is None else 100 * v for v in scores.values()],
+                marker="o", label=trainer)
     ax.set_xlabel("training cases (%)")
     ax.set_ylabel("mean DSC on the test cases (%)")
     ax.legend(fontsize=8)

@@ -55,7 +55,15 @@ def run(cmd: List[str], env: Optional[Dict[str, str]] = None) -> float:
 
 
 def _percent(value: Optional[float]) -> str:
+    """A published value (already in %), "–" where the paper gives none."""
     return "–" if value is None else f"{value:.2f}"
+
+
+def percent(value: Optional[float]) -> str:
+    """One of our scores (a fraction of 1) in %; "absent" where the class was absent from every reference and
+    prediction (see ``mim_nnunet.evaluation``)."""
+    from mim_nnunet.evaluation import percent as score_percent
+    return score_percent(value)
 
 
 def build_table(title: str, results: Dict[str, Dict], classes: Dict[int, str], published: Sequence[Dict],
@@ -67,9 +75,9 @@ def build_table(title: str, results: Dict[str, Dict], classes: Dict[int, str], p
     lines = [f"### {title}", "", "| Method | " + " | ".join(names) + " | Avg DSC (%) | Avg NSD (%) |",
              "|---" * (len(names) + 3) + "|"]
     for kind, result in results.items():
-        cells = [_percent(100 * result["dsc"][n]) if n in result["dsc"] else "–" for n in names]
+        cells = [percent(result["dsc"][n]) if n in result["dsc"] else "–" for n in names]
         lines.append(f"| {kind} ({result['trainer']}) | " + " | ".join(cells) +
-                     f" | {_percent(100 * result['mean_dsc'])} | {_percent(100 * result['mean_nsd'])} |")
+                     f" | {percent(result['mean_dsc'])} | {percent(result['mean_nsd'])} |")
     for row in published:
         if float(row.get("fraction", 1.0)) != float(fraction):
             continue
@@ -85,7 +93,7 @@ def efficiency_table(results: Dict[str, Dict[str, Dict]], fractions: Sequence[fl
     head = "| Method | " + " | ".join(f"{100 * f:g} % labels" for f in fractions) + " |"
     lines = [head, "|---" * (len(fractions) + 1) + "|"]
     for kind, per_fraction in results.items():
-        cells = [_percent(100 * per_fraction[str(float(f))]["mean_dsc"]) for f in fractions]
+        cells = [percent(per_fraction[str(float(f))]["mean_dsc"]) for f in fractions]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -14,7 +14,8 @@ from .flags import add_flag
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mim_evaluate", description=__doc__ + (
-        " A class absent from both label and prediction scores 1, absent from one of them 0."))
+        " A class absent from one of label and prediction scores 0; absent from both, the case is left out of "
+        "that class's mean (as in nnU-Net), and the table says how many cases each mean covers."))
     parser.add_argument("-pred", required=True, help="folder of predicted label maps (same file names as -ref)")
     parser.add_argument("-ref", required=True, help="folder of reference label maps")
     parser.add_argument("-labels", type=int, nargs="+", default=None,
@@ -33,14 +34,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def _run() -> int:
         from ..common.atomic import write_json_atomic
-        from ..evaluation import class_names, evaluate_folders, markdown_table
+        from ..evaluation import absent_notes, class_names, evaluate_folders, markdown_table
         dataset_json = Path(args.dataset_json) if args.dataset_json else Path(args.ref).parent / "dataset.json"
         result = evaluate_folders(Path(args.pred), Path(args.ref), args.labels, args.tolerance,
                                   dataset_json=dataset_json)
         for warning in result["warnings"]:
             print(f"mim_evaluate: warning: {warning}", file=sys.stderr)
         print(f"classes {result['classes']} (from {result['classes_from']})")
-        print(markdown_table(result, class_names(dataset_json)))
+        names = class_names(dataset_json)
+        print(markdown_table(result, names))
+        for note in absent_notes(result, names):
+            print(note)
         out = Path(args.o) if args.o else Path(args.pred) / "summary_mim.json"
         write_json_atomic(out, result)
         print(f"written: {out}")

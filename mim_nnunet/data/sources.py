@@ -20,6 +20,7 @@ from .modality import AUTO, MODALITIES, declared_modality
 
 COLLECTIONS_DIR = "plans/collections"
 DATA_ROOT_ENV = "MIM_DATA_ROOT"          # what collection files name as their root_env
+MODALITY_NAMES = f"{', '.join(MODALITIES)}, {AUTO} or an MRI channel name such as T1"
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,10 @@ def collection_cases(name: str, allow_partial: bool, log=print) -> List[Case]:
     root_env = spec["root_env"]
     root = os.environ.get(root_env)
     if not root:
+        listed = " | ".join(f"{s['name']}: ${root_env}/{s['folder']} ({s['expected']} x {s['glob']}; obtain from "
+                            f"{s['obtain']})" for s in spec["sources"])
         raise SourceError(f"{root_env} is not set: set it to the folder that holds the '{name}' collection's "
-                          f"sources ({', '.join(s['folder'] for s in spec['sources'])})")
+                          f"sources: {listed}")
     cases, problems = [], []
     for src in spec["sources"]:
         folder = Path(root) / src["folder"]
@@ -118,26 +121,68 @@ def datalist_cases(path: Path, modality: str, allow_partial: bool = False, log=p
     if not isinstance(data, dict):
         raise SourceError(f"{path}: not a datalist (expected an object of lists, e.g. {{\"training\": [...]}})")
     top = data.get("modality")
+    if top is not None and not _valid_modality(top):
+        raise SourceError(f"{path}: top-level \"modality\" is {_kind(top)}; expected a name ({MODALITY_NAMES})")
     default = top if isinstance(top, str) else modality
-    cases = []
+    cases, missing = [], []
     for split, items in data.items():
         if not isinstance(items, list):
             continue
         for i, item in enumerate(items):
-            image = item.get("image") if isinstance(item, dict) else item
-            if image is None:
-                continue
-            files = tuple(str((path.parent / f).resolve()) for f in ([image] if isinstance(image, str) else image))
-            own = item.get("modality", default) if isinstance(item, dict) else default
+            where = f"{split}[{i}]"
+            if isinstance(item, dict):
+                if "image" not in item:
+                    raise SourceError(f"{path}: {where} has no \"image\" field (each item: {{\"image\": "
+                                      f"\"path\" or [\"path\", ...]}})")
+                image, own = item["image"], item.get("modality", default)
+                if "modality" in item and not _valid_modality(item["modality"]):
+                    raise SourceError(f"{path}: {where}.modality is {_kind(item['modality'])}; expected a name "
+                                      f"({MODALITY_NAMES})")
+            elif isinstance(item, str):                     # MONAI's short form: the item is the image path
+                image, own = item, default
+            else:
+                raise SourceError(f"{path}: {where} is {_kind(item)}; expected an object with an \"image\" field "
+                                  f"or a path string")
+            names = _image_paths(path, where, image)
+            files = tuple(str((path.parent / f).resolve()) for f in names)
+            field = f"{where}.image" if isinstance(image, str) else None
+            missing += [(field or f"{where}.image[{k}]", f) for k, f in enumerate(files) if not Path(f).exists()]
             cases.append(Case(f"{path.stem}__{split}__{i:05d}", files, declared_modality(own), path.stem))
-    missing = [f for c in cases for f in c.files if not Path(f).exists()]
     if missing:
-        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        listed = ", ".join(f"{w} {f}" for w, f in missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         if not allow_partial:
             raise SourceError(f"{path}: names {len(missing)} missing file(s): {listed} (--allow_partial skips them)")
         log(f"{path}: skipping {len(missing)} missing file(s): {listed}")
         cases = [c for c in cases if all(Path(f).exists() for f in c.files)]
     return cases
+
+
+def _kind(value) -> str:
+    """How a JSON value reads in a message: its JSON type and the value itself."""
+    name = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    return f"{name} ({json.dumps(value)[:60]})"
+
+
+def _valid_modality(value) -> bool:
+    """Any non-empty name: CT, MRI, auto, or an nnU-Net channel name (T1, FLAIR, ...: MRI-like)."""
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _image_paths(path: Path, where: str, image) -> List[str]:
+    """An item's ``image`` field as a list of path strings, or a one-line error naming the item and field."""
+    if isinstance(image, str):
+        if not image.strip():
+            raise SourceError(f"{path}: {where}.image is an empty string; expected a file path")
+        return [image]
+    if isinstance(image, list) and image:
+        for k, f in enumerate(image):
+            if not isinstance(f, str) or not f.strip():
+                raise SourceError(f"{path}: {where}.image[{k}] is {_kind(f)}; expected a file path string")
+        return image
+    raise SourceError(f"{path}: {where}.image is {_kind(image)}; expected a file path string or a non-empty list "
+                      f"of them (one per channel)")
 
 
 def source_modalities(specs: Sequence[str], modality: Union[str, Sequence[str]]) -> List[str]:

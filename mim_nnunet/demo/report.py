@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.figures import RADIOLOGICAL_ORIENTATION, plt, save_figure
-from ..evaluation import class_names, evaluate_folders
+from ..evaluation import absent_notes, class_names, evaluate_folders, percent
 
 OVERLAY_WINDOW = (-200.0, 300.0)   # HU shown in overlay pictures (soft tissue)
 COLOURS = np.array([[0, 0, 0], [0.9, 0.2, 0.2], [0.2, 0.8, 0.2], [0.2, 0.4, 1.0], [1.0, 0.8, 0.1], [0.8, 0.3, 0.9]])
@@ -62,16 +62,23 @@ def pretraining_validation(pretrain_dir: Path) -> Dict:
     return validation_summary(read_records(pretrain_dir / "log.jsonl"))
 
 
-def spread(values: List[float]) -> str:
-    """``mean ± half range`` in percent over seeds (just the value for one seed)."""
+def spread(values: List[Optional[float]]) -> str:
+    """``mean ± half range`` in percent over seeds (just the value for one seed); seeds where the class was
+    absent from every reference and prediction (``None``) are left out, "absent" if all are."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "absent"
     mean = 100 * float(np.mean(values))
     if len(values) < 2:
         return f"{mean:.1f}"
     return f"{mean:.1f} ± {50 * (max(values) - min(values)):.1f}"
 
 
-def verdict(mim: List[float], scratch: List[float]) -> str:
+def verdict(mim: List[Optional[float]], scratch: List[Optional[float]]) -> str:
     """Whether the difference of the means exceeds the seed-to-seed spread (max - min) of either."""
+    mim, scratch = [v for v in mim if v is not None], [v for v in scratch if v is not None]
+    if not mim or not scratch:
+        return "no score (the class is absent from every reference and prediction)"
     diff = 100 * (np.mean(mim) - np.mean(scratch))
     widest = 100 * max(max(mim) - min(mim), max(scratch) - min(scratch))
     if len(mim) < 2:
@@ -123,8 +130,8 @@ def write_report(folder: Path, dataset: Path, results: Dict[str, Dict], pretrain
             for k in kinds:
                 s = scores[f"{label}/{seed}/{k}"]
                 liver = next((c for c in classes if names.get(int(c)) == "liver"), None)
-                cells.append(f"{100 * s['overall']['dsc']:.1f} / "
-                             + (f"{100 * s['mean'][liver]['dsc']:.1f}" if liver is not None else "-"))
+                cells.append(f"{percent(s['overall']['dsc'], 1)} / "
+                             + (percent(s['mean'][liver]['dsc'], 1) if liver is not None else "-"))
             lines.append(f"| {seed} | " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
 
@@ -156,6 +163,8 @@ def write_report(folder: Path, dataset: Path, results: Dict[str, Dict], pretrain
     else:
         pretraining = "No validation record in the pre-training log."
     tolerance = next(iter(scores.values()))["nsd_tolerance_mm"]
+    notes = sorted({f"{key}: {note}" for key, s in scores.items() for note in absent_notes(s, names)})
+    absent = ("\nLeft out of means:\n" + "\n".join(f"- {n}" for n in notes) + "\n") if notes else ""
     recipe = spec["recipe"]
     text = f"""# mim-nnunet demo report ({setting})
 
@@ -172,9 +181,11 @@ def write_report(folder: Path, dataset: Path, results: Dict[str, Dict], pretrain
 {pretraining}
 
 ## Scores
-Held-out halves, DSC and NSD (tolerance {tolerance:g} mm, MONAI metrics; a class absent from both label
-and prediction scores 1, from one of them 0). Same network (MiMUNETR tiny), same budget, same seeds:
+Held-out halves, DSC and NSD (tolerance {tolerance:g} mm, MONAI metrics; a class absent from one of label
+and prediction scores 0; a case where it is absent from both is left out of that class's mean, as in
+nnU-Net). Same network (MiMUNETR tiny), same budget, same seeds:
 {', '.join(f"{k}: `{r['trainer']}`" for k, r in first.items())}.
+{absent}
 
 {chr(10).join(s + chr(10) for s in sections)}
 ## Run time

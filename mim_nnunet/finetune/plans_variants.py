@@ -305,9 +305,38 @@ def write_plans_variant(dataset: str, new_plans_name: str, *, source_plans: str 
     return out
 
 
-def next_commands(dataset: str, plans_name: str, configurations: Sequence[str] = ("3d_fullres",),
-                  trainer: str = "nnUNetTrainerMiM") -> str:
-    """The stock commands that use a variant."""
-    configuration = configurations[0]
+# nnU-Net splits a dataset without splits_final.json into 5 folds (KFold), which needs 5 training cases
+NNUNET_FOLDS = 5
+
+
+def suggested_fold(preprocessed: Path, dataset_json: Mapping) -> Tuple[str, str]:
+    """(fold, why): fold ``0`` where the dataset has one (its ``splits_final.json``, else at least
+    :data:`NNUNET_FOLDS` training cases for nnU-Net's own split), else ``all`` (train on every case)."""
+    splits = Path(preprocessed) / "splits_final.json"
+    if splits.is_file():
+        try:
+            folds = len(json.loads(splits.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, TypeError):
+            folds = 0
+        if folds:
+            return "0", f"{splits.name} has {folds} fold(s)"
+    n = int(dataset_json.get("numTraining", 0))
+    if n >= NNUNET_FOLDS:
+        return "0", f"nnU-Net's {NNUNET_FOLDS}-fold split of {n} training cases"
+    return "all", (f"{n} training case(s): nnU-Net's {NNUNET_FOLDS}-fold split needs at least {NNUNET_FOLDS}; "
+                   f"fold 'all' trains on every case")
+
+
+def next_commands(dataset: str, plans_name: str, configurations: Sequence[str] = ("3d_fullres",)) -> str:
+    """The stock commands that use a variant, with a fold the dataset can have and a trainer that matches the
+    exports found (each explained on a comment line)."""
+    from ..weights.finding import suggested_trainer
+    from .dataset_network import preprocessed_files
+    plans_file, dataset_json_file = preprocessed_files(dataset, plans_name)
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    fold, fold_why = suggested_fold(plans_file.parent, json.loads(dataset_json_file.read_text(encoding="utf-8")))
+    results = os.environ.get("nnUNet_results")
+    trainer, trainer_why = suggested_trainer(plans, Path(results) if results else None)
     return (f"nnUNetv2_preprocess -d {dataset} -plans_name {plans_name} -c {' '.join(configurations)}\n"
-            f"nnUNetv2_train {dataset} {configuration} 0 -tr {trainer} -p {plans_name}")
+            f"nnUNetv2_train {dataset} {configurations[0]} {fold} -tr {trainer} -p {plans_name}\n"
+            f"# fold {fold}: {fold_why}; {trainer}: {trainer_why}")

@@ -147,10 +147,24 @@ class RunGuards:
         super().on_epoch_end()
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        if self.budget is not None and not BUDGETS[self.budget].final_validation:
+        budget = BUDGETS[self.budget] if self.budget is not None else None
+        if budget is not None and not budget.final_validation:
             self.print_to_log_file(f"final validation skipped: budget {self.budget!r} scores its own held-out cases")
             return
-        super().perform_actual_validation(save_probabilities)
+        if budget is None or budget.val_cases is None:
+            return super().perform_actual_validation(save_probabilities)
+        # nnU-Net's validation takes its cases from do_split(); a short budget hands it the first few only
+        train_keys, val_keys = self.do_split()
+        kept = list(val_keys)[:budget.val_cases]
+        self.print_to_log_file(
+            f"final validation on {len(kept)} of the fold's {len(val_keys)} validation case(s): budget "
+            f"{self.budget!r} bounds it ({budget.val_cases}); predict the others with nnUNetv2_predict, or train with "
+            f"a full-length trainer to validate them all")
+        self.do_split = lambda: (train_keys, kept)
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            del self.do_split
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \

@@ -17,6 +17,10 @@ class Budget(NamedTuple):
     # nnU-Net's sliding-window prediction of the validation cases after training (validation/ and its
     # summary.json); a demo that scores its own held-out cases skips it (40 s per run on 2 CPU cores)
     final_validation: bool = True
+    # at most this many validation cases in that final validation (None: all of the fold's). nnU-Net predicts
+    # each case with sliding windows at full resolution: about 5 minutes per 512 x 512 CT on 2 CPU cores, longer
+    # than a short budget's training; the first cases of the fold's validation list are kept
+    val_cases: Optional[int] = None
     # nnU-Net's mirror augmentation (and test-time mirroring); off as in its nnUNetTrainerNoMirroring. A
     # short budget on consistently oriented cases may do better without it: mirrored, the liver (right) and
     # the spleen (left) trade sides, and 120 iterations do not learn to tell them apart by shape alone
@@ -24,15 +28,15 @@ class Budget(NamedTuple):
 
 
 BUDGETS = {
-    "1epoch": Budget(1, 2, 1),          # smoke tests
+    "1epoch": Budget(1, 2, 1, val_cases=1),          # smoke tests
     # the demo's default setting: 120 iterations (8 runs, two at a time, fit the demo's 20 minutes). Peak lr
     # chosen without the held-out halves: cross-case liver DSC (train on one case's training half, score the
     # other's; seed 0; window -175..250 HU), MiM lr 1e-3 56/50 %, 3e-3 72/55, 1e-2 45/46; scratch 3e-3 59/49,
     # 1e-2 43/43. Mirroring off, checked the same way once the cases were oriented alike (RAS): scratch 62/52 ->
     # 67/65, MiM 74/52 -> 66/59 (mean of both networks 60 -> 64; one seed, so a lean, not a proof)
     "demo": Budget(12, 10, 1, lr=3e-3, final_validation=False, mirroring=False),
-    "10epochs": Budget(10, 10, 2),
-    "100epochs": Budget(100, 25, 5, lr=1e-3),  # the demo's long setting
+    "10epochs": Budget(10, 10, 2, val_cases=2),
+    "100epochs": Budget(100, 25, 5, lr=1e-3, val_cases=5),  # the demo's long setting
 }
 
 # Patch-size cap of the CPU variants: nnU-Net plans thin CTs with wide in-plane patches (e.g.

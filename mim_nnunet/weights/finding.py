@@ -37,6 +37,53 @@ def trainer_for(backbone: str, size: str) -> str:
     return family if size in FULL_SIZES else f"{family}_{size}_* (e.g. {family}_{size}_1epoch)"
 
 
+def short_variant(family: str, size: str) -> str:
+    """A concrete short trainer of ``family`` at ``size`` shipped in ``trainers/`` (``<family>_<size>_<budget>``):
+    the 10-epoch one where there is one, else the first; the family pattern when none is shipped."""
+    import re
+
+    from ..common.environment import trainers_dir
+    names = sorted({m.group(1) for f in trainers_dir().glob("*.py")
+                    for m in re.finditer(rf"^class ({re.escape(family)}_{re.escape(size)}_\w+)\(",
+                                         f.read_text(encoding="utf-8"), re.M)})
+    preferred = [n for n in names if n.endswith("_10epochs")]
+    return (preferred or names or [f"{family}_{size}_*"])[0]
+
+
+def exports_found(plans: Mapping, results: Optional[Path]) -> List[Tuple[str, str]]:
+    """(backbone, size) of every export a MiM trainer could load for these plans: the plans' own
+    ``mim_pretrained_weights``, ``$MIM_PRETRAINED_WEIGHTS``, every export of mim_pretrain under ``results``."""
+    paths = [Path(p) for p in (plans.get(PLANS_KEY) or {}).values()]
+    if os.environ.get(WEIGHTS_ENV):
+        paths.append(Path(os.environ[WEIGHTS_ENV]))
+    if results is not None:
+        paths += sorted(Path(results).glob(EXPORT_GLOB))
+    found = []
+    for path in paths:
+        record = _record(path) if path.is_file() else {}
+        if record.get("backbone") in PRETRAINED_TRAINER and record.get("size"):
+            found.append((record["backbone"], str(record["size"])))
+    return sorted(set(found))
+
+
+def suggested_trainer(plans: Mapping, results: Optional[Path]) -> Tuple[str, str]:
+    """(trainer, why) for advice after planning: the MiM trainer whose backbone and size match an export found
+    (:func:`exports_found`; the hybrid backbone first, a full size before a short one, whose variants are
+    CPU-sized, e.g. ``nnUNetTrainerMiM_tiny_10epochs`` for a 'tiny' export), else ``nnUNetTrainerMiM`` with
+    what to do first."""
+    found = exports_found(plans, results)
+    for backbone, family in PRETRAINED_TRAINER.items():
+        sizes = [size for b, size in found if b == backbone]
+        full = [size for size in sizes if size in FULL_SIZES]
+        if full:
+            return family, f"matches the {backbone} '{full[0]}' export found"
+        if sizes:
+            return (short_variant(family, sizes[0]),
+                    f"the only {backbone} export found is '{sizes[0]}'; {family} would need a full-size one")
+    return (PRETRAINED_TRAINER["hybrid"], f"no MiM export found yet: pre-train first (mim_pretrain), or train "
+                                          f"without with {SCRATCH_TRAINER['hybrid']}")
+
+
 class WeightsNotFound(MimError):
     pass
 

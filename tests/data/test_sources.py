@@ -9,7 +9,7 @@ import pytest
 from helpers.commands import command
 from helpers.synthetic import write_dataset
 from helpers.volumes import ct_array, write
-from mim_nnunet.data.sources import SourceError, resolve_sources
+from mim_nnunet.data.sources import SourceError, collections_dir, resolve_sources
 
 
 def fill_1k(root, btcv=24, covid=722, tiny=(4, 4, 4)):
@@ -52,6 +52,11 @@ def test_collection_root_unset_is_a_one_line_cli_error(tmp_path, clean_env):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1
     assert lines[0].startswith("mim_plan_and_preprocess: error: MIM_DATA_ROOT is not set")
+    # every source with its folder and where to obtain it, as the message for an empty root gives them
+    spec = json.loads((collections_dir() / "1k.json").read_text(encoding="utf-8"))
+    for source in spec["sources"]:
+        assert f"{source['name']}: $MIM_DATA_ROOT/{source['folder']}" in lines[0]
+        assert source["obtain"] in lines[0]
 
 
 def test_nnunet_dataset_folder_and_datalist_combined(tmp_path, nnunet_dirs):
@@ -83,11 +88,43 @@ def test_a_datalist_naming_missing_files_is_one_line_or_skipped(tmp_path):
     gone = [str((tmp_path / "imgs" / n).resolve()) for n in ("gone.nii.gz", "gone2.nii.gz")]
     with pytest.raises(SourceError) as info:
         resolve_sources([str(datalist)])
-    assert str(info.value) == f"{datalist}: names 2 missing file(s): {gone[0]}, {gone[1]} (--allow_partial skips them)"
+    assert str(info.value) == (f"{datalist}: names 2 missing file(s): training[1].image {gone[0]}, "
+                               f"training[2].image[1] {gone[1]} (--allow_partial skips them)")
     said = []
     cases = resolve_sources([str(datalist)], allow_partial=True, log=said.append)
     assert [c.files for c in cases] == [(str((tmp_path / "imgs" / "a.nii.gz").resolve()),)]
-    assert said == [f"{datalist}: skipping 2 missing file(s): {gone[0]}, {gone[1]}"]
+    assert said == [f"{datalist}: skipping 2 missing file(s): training[1].image {gone[0]}, "
+                    f"training[2].image[1] {gone[1]}"]
     datalist.write_text("{not json")
     with pytest.raises(SourceError, match=r"dl\.json: not a JSON datalist \("):
         resolve_sources([str(datalist)])
+
+
+@pytest.mark.parametrize("items, message", [
+    ([{"image": 5}], r'training\[0\]\.image is a number \(5\); expected a file path string'),
+    ([{"image": "imgs/a.nii.gz"}, {"image": None}], r"training\[1\]\.image is null"),
+    ([{"image": []}], r"training\[0\]\.image is a list \(\[\]\); expected .*non-empty list"),
+    ([{"image": ["imgs/a.nii.gz", 3]}], r"training\[0\]\.image\[1\] is a number \(3\)"),
+    ([{"image": ""}], r"training\[0\]\.image is an empty string"),
+    ([{"label": "imgs/a.nii.gz"}], r'training\[0\] has no "image" field'),
+    ([7], r"training\[0\] is a number \(7\); expected an object"),
+    ([{"image": "imgs/a.nii.gz", "modality": 3}], r"training\[0\]\.modality is a number \(3\)"),
+])
+def test_a_malformed_datalist_item_is_one_line_naming_its_index_and_field(tmp_path, items, message):
+    write(ct_array(), tmp_path / "imgs" / "a.nii.gz")
+    datalist = tmp_path / "dl.json"
+    datalist.write_text(json.dumps({"training": items}))
+    with pytest.raises(SourceError, match=message) as info:
+        resolve_sources([str(datalist)])
+    assert str(info.value).startswith(f"{datalist}: ") and "\n" not in str(info.value)
+
+
+def test_a_malformed_datalist_item_through_the_cli_is_one_line(tmp_path, clean_env):
+    datalist = tmp_path / "dl.json"
+    datalist.write_text(json.dumps({"training": [{"image": 5}]}))
+    env = {**clean_env, "nnUNet_preprocessed": str(tmp_path / "pre")}
+    result = subprocess.run([command("mim_plan_and_preprocess"), "-d", str(datalist)], env=env, capture_output=True,
+                            encoding="utf-8", errors="replace", timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "training[0].image is a number (5)" in lines[0]

@@ -26,3 +26,12 @@ def test_ras_file_is_shown_like_an_lps_one(tmp_path):
     # an LPS file is shown as stored
     lps = display_array(_write(tmp_path / "lps.nii.gz", array, (1, 0, 0, 0, 1, 0, 0, 0, 1)))
     np.testing.assert_array_equal(lps, array)
+
+
+def test_seed_spread_leaves_out_seeds_where_a_class_was_absent():
+    """A class absent from every reference and prediction of a seed's run has no score (None): left out of the
+    mean over seeds, "absent" when no seed has one."""
+    from mim_nnunet.demo.report import spread, verdict
+    assert spread([0.5, None, 0.7]) == "60.0 ± 10.0"
+    assert spread([None, None]) == "absent"
+    assert verdict([None], [0.5]).startswith("no score")

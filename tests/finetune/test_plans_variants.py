@@ -239,3 +239,52 @@ def test_variant_records_training_orientations_and_warns_unless_all_ras(planned,
     out = write_plans_variant(NAME, "v2", ct_window=(-175, 250), log=lines.append)
     assert json.loads(out.read_text(encoding="utf-8"))[VARIANT_KEY]["training_orientations"] == {"RAS": 3}
     assert not [line for line in lines if line.startswith("WARNING")]
+
+
+def _export(results: Path, backbone: str, size: str) -> Path:
+    """An export of mim_pretrain where fine-tuning looks for it: only its record matters here."""
+    path = results / "MiM_demo" / f"{backbone}_{size}" / "export" / f"encoder_{backbone}_{size}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    path.with_suffix(".json").write_text(json.dumps({"backbone": backbone, "size": size}), encoding="utf-8")
+    return path
+
+
+def test_next_line_suggests_a_fold_the_dataset_has_and_a_trainer_of_the_exports_size(planned, nnunet_dirs,
+                                                                                       monkeypatch):
+    """nnU-Net's own 5-fold split needs 5 training cases: 2 cases -> fold 'all'; only a tiny export ->
+    a _tiny_ variant (nnUNetTrainerMiM looks for a 'base' export and would stop)."""
+    from mim_nnunet.finetune.plans_variants import next_commands
+    monkeypatch.delenv("MIM_PRETRAINED_WEIGHTS", raising=False)
+    folder, _ = planned
+    (folder / "dataset.json").write_text(json.dumps({**DATASET_JSON, "numTraining": 2}), encoding="utf-8")
+    write_plans_variant(NAME, "v", ct_window=(-175, 250), **QUIET)
+
+    def train_line():
+        return next(line for line in next_commands(NAME, "v").splitlines() if line.startswith("nnUNetv2_train"))
+    assert train_line() == f"nnUNetv2_train {NAME} 3d_fullres all -tr nnUNetTrainerMiM -p v"
+    assert "no MiM export found yet" in next_commands(NAME, "v")
+    _export(nnunet_dirs["nnUNet_results"], "hybrid", "tiny")
+    assert train_line() == f"nnUNetv2_train {NAME} 3d_fullres all -tr nnUNetTrainerMiM_tiny_10epochs -p v"
+    assert "only hybrid export found is 'tiny'" in next_commands(NAME, "v")
+    _export(nnunet_dirs["nnUNet_results"], "hybrid", "base")
+    assert train_line() == f"nnUNetv2_train {NAME} 3d_fullres all -tr nnUNetTrainerMiM -p v"
+    # five training cases, or a splits file (the literature's split), give fold 0
+    (folder / "dataset.json").write_text(json.dumps({**DATASET_JSON, "numTraining": 5}), encoding="utf-8")
+    assert train_line() == f"nnUNetv2_train {NAME} 3d_fullres 0 -tr nnUNetTrainerMiM -p v"
+    (folder / "dataset.json").write_text(json.dumps({**DATASET_JSON, "numTraining": 3}), encoding="utf-8")
+    (folder / "splits_final.json").write_text(json.dumps([{"train": ["a", "b"], "val": ["c"]}]), encoding="utf-8")
+    assert train_line() == f"nnUNetv2_train {NAME} 3d_fullres 0 -tr nnUNetTrainerMiM -p v"
+
+
+def test_plans_variant_cli_next_line_on_a_two_case_dataset_with_a_tiny_export(planned, nnunet_dirs, monkeypatch):
+    monkeypatch.delenv("MIM_PRETRAINED_WEIGHTS", raising=False)
+    folder, _ = planned
+    (folder / "dataset.json").write_text(json.dumps({**DATASET_JSON, "channel_names": {"0": "CT", "1": "T1"},
+                                                     "numTraining": 2}), encoding="utf-8")
+    _export(nnunet_dirs["nnUNet_results"], "hybrid", "tiny")
+    result = subprocess.run([command("mim_nnunet"), "plans-variant", "-d", NAME, "-o", "v", "--window", "-175", "250"],
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"nnUNetv2_train {NAME} 3d_fullres all -tr nnUNetTrainerMiM_tiny_10epochs -p v" in result.stdout
+    assert "5-fold split needs at least 5" in result.stdout

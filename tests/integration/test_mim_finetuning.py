@@ -219,3 +219,29 @@ def test_lr_schedule_survives_checkpoint_and_continue(setup):
         expected = 1e-4 * ((epoch + 1) / (warmup + 1) if epoch < warmup else
                            0.5 * (1 + np.cos(np.pi * (epoch - warmup) / (total - warmup))))
         assert lr == pytest.approx(expected, rel=1e-9), epoch
+
+
+def test_a_short_variant_validates_a_bounded_number_of_cases_and_says_so(setup):
+    """nnU-Net's final validation, run by the trainer itself on fold 'all' (every one of the 5 training cases is a
+    validation case): the 1-epoch budget predicts its first case only and the log says how many of how many."""
+    from mim_nnunet.finetune.variants import BUDGETS
+    env, work, results = setup["env"], setup["work"], setup["results"]
+    trainer = "nnUNetTrainerMiMScratch_tiny_1epoch"
+    script = textwrap.dedent(f"""
+        import torch
+        from nnunetv2.run.run_training import get_trainer_from_args
+        t = get_trainer_from_args("{DATASET}", "3d_fullres", "all", "{trainer}", "nnUNetPlans", False,
+                                  torch.device("cpu"))
+        t.initialize()
+        t.perform_actual_validation()
+    """)
+    run([sys.executable, "-c", script], env, work)
+    fold = results / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all"
+    limit = BUDGETS["1epoch"].val_cases
+    predicted = sorted(p.name for p in (fold / "validation").glob("*.nii.gz"))
+    cases = sorted(p.name for p in (setup["root"] / "labelsTr").glob("*.nii.gz"))
+    assert limit == 1 and len(cases) == 5 and predicted == cases[:limit]
+    summary = json.loads((fold / "validation" / "summary.json").read_text(encoding="utf-8"))
+    assert len(summary["metric_per_case"]) == limit
+    log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
+    assert "final validation on 1 of the fold's 5 validation case(s): budget '1epoch' bounds it" in log

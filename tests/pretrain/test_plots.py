@@ -1,5 +1,6 @@
 import matplotlib.image as mpimg
 import numpy as np
+import pytest
 import torch
 
 from mim_nnunet.mim import MiMConfig, build_mim
@@ -48,10 +49,69 @@ def test_reconstruction_pictures_show_the_store_in_the_radiological_view(tmp_pat
     level = {"inputs": volume, "mask": torch.zeros(1, 8, dtype=torch.bool), "pred": torch.zeros(1, 8, 16 ** 3)}
     picture = mpimg.imread(save_reconstructions([level], (2, 2, 2), tmp_path / "r.png", orientation="RAS"))
     grey = picture[..., :3].mean(-1)
-    first_panel = grey[:, : grey.shape[1] // 3]
+    first_panel = grey[:, : grey.shape[1] // 5]                  # five columns
     dark = first_panel < 0.05                                    # the panel's black (volume) pixels; the title's
     rows, cols = np.nonzero(dark.sum(1) > 20)[0], np.nonzero(dark.sum(0) > 20)[0]      # letters are too few
     top, bottom, left, right = rows.min(), rows.max(), cols.min(), cols.max()
     bright_rows, bright_cols = np.nonzero(first_panel[top:bottom + 1, left:right + 1] > 0.95)
     assert bright_rows.max() < (bottom - top) / 2 and bright_cols.max() < (right - left) / 2
     assert bright_rows.min() <= 1 and bright_cols.min() <= 1     # a quarter of the slice, in its corner
+
+
+def mean_predictor_loss(volume: np.ndarray, masked_blocks) -> float:
+    """The norm-pix loss of predicting each token's own mean, by hand: per 16^3 block, mean((x - mean)^2) over
+    (unbiased variance + 1e-6), averaged over the masked blocks."""
+    losses = []
+    for z, y, x in masked_blocks:
+        block = volume[z * 16:(z + 1) * 16, y * 16:(y + 1) * 16, x * 16:(x + 1) * 16].astype(np.float64)
+        losses.append(np.mean((block - block.mean()) ** 2) / (block.var(ddof=1) + 1e-6))
+    return float(np.mean(losses))
+
+
+def test_a_fresh_network_fails_visibly_on_the_masked_tokens_at_step_0(tmp_path):
+    """The reconstruction column restores each masked token's mean and spread from the input, so it correlates
+    with the input even untrained; the network's own prediction differs from the normalised target by about the
+    mean predictor's loss (computed here from the input's 16^3 blocks) and does not correlate with it."""
+    torch.manual_seed(0)
+    cfg = MiMConfig(input_size=(32, 32, 32), align_dim=32)
+    z, y, x = torch.meshgrid(*[torch.linspace(-1, 1, 64)] * 3, indexing="ij")
+    volume = (torch.sin(3 * x) + torch.cos(2 * y + z) + 0.3 * torch.randn(64, 64, 64))[None, None]
+    out = build_mim("hybrid", "tiny", cfg)(volume, generator=torch.Generator().manual_seed(0))
+    for level in out["levels"]:
+        for v in range(level["inputs"].shape[0]):
+            panels = reconstruction_panels(level["inputs"][v], level["mask"][v], level["pred"][v], cfg.grid)
+            masked = ~np.isnan(panels["target_loss_space"][0])
+            blocks = sorted({tuple(int(i) // 16 for i in idx) for idx in np.argwhere(masked)})
+            assert len(blocks) == int(level["mask"][v].sum()) and masked.sum() == 16 ** 3 * len(blocks)
+            expected = mean_predictor_loss(level["inputs"][v, 0].numpy(), blocks)
+            assert 0.99 < expected < 1.0                                            # (P - 1) / P for P = 4096
+            diff = panels["prediction_loss_space"][0] - panels["target_loss_space"][0]
+            assert np.mean(diff[masked] ** 2) == pytest.approx(expected, rel=0.15)
+            assert abs(np.corrcoef(panels["prediction_loss_space"][0][masked],
+                                   panels["target_loss_space"][0][masked])[0, 1]) < 0.1
+            assert np.isnan(panels["prediction_loss_space"][0][~masked]).all()     # visible tokens: blank
+    # the level-1 reconstruction looks like the input where masked: the picture must say why
+    level = out["levels"][0]
+    panels = reconstruction_panels(level["inputs"][0], level["mask"][0], level["pred"][0], cfg.grid)
+    masked = ~np.isnan(panels["target_loss_space"][0])
+    assert np.corrcoef(panels["reconstruction"][0][masked], panels["input"][0][masked])[0, 1] > 0.5
+    picture = mpimg.imread(save_reconstructions(out["levels"], cfg.grid, tmp_path / "r.png"))
+    assert picture.shape[1] > 5 * 200                                               # five columns
+
+
+def test_the_reconstruction_picture_says_what_it_shows(tmp_path, monkeypatch):
+    """Titles and the caption line, read from the figure before it is saved."""
+    from mim_nnunet.pretrain import plots
+    saved = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: saved.append(fig))
+    level = {"inputs": torch.randn(1, 1, 32, 32, 32), "mask": torch.tensor([[True] + [False] * 7]),
+             "pred": torch.zeros(1, 8, 16 ** 3)}
+    plots.save_reconstructions([level], (2, 2, 2), tmp_path / "r.png")
+    fig = saved[0]
+    titles = [ax.get_title() for ax in fig.axes]
+    text = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    assert "token mean and spread restored from the input" in text
+    assert any("target, normalised" in t for t in titles) and any("network prediction" in t for t in titles)
+    # predicting 0 (each token's mean) scores the mean predictor's loss, said in the title
+    expected = mean_predictor_loss(level["inputs"][0, 0].numpy(), [(0, 0, 0)])
+    assert any(f"(mse {expected:.2f})" in t for t in titles)
