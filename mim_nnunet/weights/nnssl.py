@@ -297,6 +297,11 @@ class NnsslCheckpoint:
             if not present:
                 missing.append(source(group[0]))
                 continue
+            for name in present:          # first: NaN differs from itself, so aliases would look different
+                t = self.weights[name]
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ExportError(f"{self.path}: tensor {name!r} holds {int((~torch.isfinite(t)).sum())} "
+                                      f"non-finite value(s) (NaN/inf); refusing to import it")
             tensor = self.weights[present[0]]
             for other in present[1:]:
                 if not torch.equal(self.weights[other], tensor):
@@ -305,9 +310,6 @@ class NnsslCheckpoint:
             if tuple(tensor.shape) != tuple(wanted[group[0]].shape):
                 raise ExportError(f"{self.path}: {present[0]} has shape {list(tensor.shape)}, the architecture of its "
                                   f"adaptation plan needs {list(wanted[group[0]].shape)}")
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ExportError(f"{self.path}: tensor {present[0]!r} holds {int((~torch.isfinite(tensor)).sum())} "
-                                  f"non-finite value(s) (NaN/inf); refusing to import it")
             state[group[0]] = tensor.detach().clone().contiguous()
             self.used.update(present)
         if missing:
