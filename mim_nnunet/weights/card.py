@@ -96,7 +96,7 @@ def _nnssl(nnssl: Optional[Mapping]) -> List[str]:
 def _data(record: Mapping) -> List[str]:
     data = record.get("data") or {}
     lines = [f"- Collection: {_v(data.get('collection'))}",
-             f"- Sources: {_v(', '.join(data['sources']) if data.get('sources') else None)}",
+             f"- Data named by -d: {_v(', '.join(data['sources']) if data.get('sources') else None)}",
              f"- Manifest hash (sha256 of every case's files): {_v(record.get('manifest_hash'))}"]
     cases = data.get("cases")
     if cases:
@@ -124,9 +124,12 @@ def _data(record: Mapping) -> List[str]:
 
 def _training(record: Mapping) -> List[str]:
     t = record.get("training") or {}
-    batch = (f"{t['effective_batch_subvolumes']} sub-volumes ({t.get('effective_batch_crops')} crops x "
-             f"{t.get('subvolumes_per_crop')} sub-volumes per crop)" if t.get("effective_batch_subvolumes") else None)
-    lr = (f"{t['lr']:.6g} (peak; {t.get('lr_rule') or NOT_RECORDED}); {t.get('schedule') or 'schedule ' + NOT_RECORDED}"
+    batch = (f"{t['effective_batch_subvolumes']} sub-volumes per optimiser step ({t.get('effective_batch_crops')} "
+             f"crop(s) x {t.get('subvolumes_per_crop')} sub-volumes per crop)"
+             if t.get("effective_batch_subvolumes") else None)
+    rule = t.get("lr_rule")
+    rule = ("given with -lr" if rule == "flag" else f"from the plan: {rule}") if rule else f"rule {NOT_RECORDED}"
+    lr = (f"{t['lr']:.6g} (peak; {rule}); {t.get('schedule') or 'schedule ' + NOT_RECORDED}"
           if t.get("lr") is not None else None)
     devices = None
     if t.get("world_size") is not None:
@@ -146,6 +149,10 @@ def _training(record: Mapping) -> List[str]:
             f"- MiM switches: {_v(switches)}"]
 
 
+def _loss(value: Optional[float]) -> str:
+    return NOT_RECORDED if value is None else f"{value:.4f}"
+
+
 def _validation(record: Mapping) -> List[str]:
     val = record.get("validation") or {}
     first, last = val.get("first") or {}, val.get("last") or {}
@@ -156,7 +163,7 @@ def _validation(record: Mapping) -> List[str]:
              f"({_v(val.get('held_out_cases'))} held-out cases; 1.0 = predicting each token's mean):", "",
              f"| level | start (step {first.get('step', '?')}) | end (step {last.get('step', '?')}) |", "|---|---|---|"]
     for k in levels:
-        lines.append(f"| {k[len('rec_'):].upper()} | {_v(first.get(k))} | {_v(last.get(k))} |")
+        lines.append(f"| {k[len('rec_'):].upper()} | {_loss(first.get(k))} | {_loss(last.get(k))} |")
     return lines
 
 
