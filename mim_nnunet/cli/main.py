@@ -56,20 +56,57 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_official(args: argparse.Namespace) -> int:
+    from ..weights.card import card_path
     from ..weights.official import import_official  # imports torch
     out = args.o or str(args.file.rsplit(".", 1)[0] + "_mim_export.safetensors")
     report = import_official(args.file, out, size=args.size)
     for key in report["dropped"]:
         print(f"dropped {key}")
     print(f"kept {len(report['kept'])} encoder tensors (all of them), dropped {len(report['dropped'])} "
-          f"(decoder and alignment heads)\nexport: {report['weights']}\nrecord: {report['record']}")
+          f"(decoder and alignment heads)\nexport: {report['weights']}\nrecord: {report['record']}\n"
+          f"card: {card_path(report['weights'])}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..pretrain.checkpoint import export_checkpoint  # imports torch
+    from ..weights.card import card_path
     weights, meta = export_checkpoint(args.checkpoint, args.o, accept_unverified=args.accept_unverified)
-    print(f"export: {weights}\nrecord: {meta}")
+    print(f"export: {weights}\nrecord: {meta}\ncard: {card_path(weights)}")
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from ..weights.card import card_path, card_text
+    from ..weights.export import load_export
+    _, record = load_export(args.export)                   # checks the export before its card is shown
+    card = card_path(args.export)
+    if card.is_file():
+        print(card.read_text(encoding="utf-8"), end="")
+    else:                                                  # exports written before cards: from the record
+        print(card_text(record, Path(args.export).name), end="")
+        print(f"(no {card.name} beside the export: printed from its record)", file=sys.stderr)
+    return 0
+
+
+def _cmd_export_nnssl(args: argparse.Namespace) -> int:
+    from ..weights.nnssl import export_nnssl  # imports torch and nnU-Net
+    checkpoint, plan = export_nnssl(args.export, args.o)
+    print(f"checkpoint: {checkpoint}\nadaptation plan: {plan}\nnnU-Net master: nnUNetv2_preprocess_like_nnssl -d "
+          f"DATASET -n NAME -pc {checkpoint} -am like_pretrained, then nnUNetv2_train_pretrained DATASET 3d_fullres "
+          f"FOLD -p ptPlans__NAME... -tr PretrainedTrainer")
+    return 0
+
+
+def _cmd_import_nnssl(args: argparse.Namespace) -> int:
+    from ..weights.card import card_path
+    from ..weights.nnssl import import_nnssl  # imports torch and nnU-Net
+    report = import_nnssl(args.checkpoint, args.o)
+    print(f"kept {report['tensors']} encoder tensors (resenc '{report['size']}'), dropped "
+          f"{len(report['dropped'])} other keys (decoder, heads)\nexport: {report['weights']}\n"
+          f"record: {report['record']}\ncard: {card_path(report['weights'])}\n"
+          f"fine-tune: mim_nnunet set-weights -d DATASET -p PLANS {report['weights']}; "
+          f"nnUNetv2_train DATASET 3d_fullres FOLD -tr nnUNetTrainerMiMResEnc -p PLANS")
     return 0
 
 
@@ -159,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export a checkpoint that carries no integrity record and has no .sha256.json beside it "
                         "(an older version's file copied alone), as it is")
     p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("card", help="print an export's model card (where its weights came from, how to use them)")
+    p.add_argument("export", help="a MiM export (.safetensors with its .json record)")
+    p.set_defaults(func=_cmd_card)
+    p = sub.add_parser("export-nnssl", help="write a resenc export in nnssl's format (checkpoint_final.pth and "
+                                           "adaptation_plan.json) for nnU-Net master's pretrained route")
+    p.add_argument("export", help="a resenc MiM export (.safetensors with its .json record)")
+    p.add_argument("-o", required=True, help="folder to write checkpoint_final.pth and adaptation_plan.json into")
+    p.set_defaults(func=_cmd_export_nnssl)
+    p = sub.add_parser("import-nnssl", help="convert an nnssl ResEnc checkpoint (e.g. OpenMind's ResEnc-L) into a "
+                                           "resenc export for nnUNetTrainerMiMResEnc on released nnU-Net")
+    p.add_argument("checkpoint", help="nnssl checkpoint (.pth with network_weights and nnssl_adaptation_plan)")
+    p.add_argument("-o", required=True, help="export path to write (.safetensors; record and card beside it)")
+    p.set_defaults(func=_cmd_import_nnssl)
     for name, func, text in (
             ("check-transfer", _cmd_check_transfer, "load an export into a MiM trainer's network for a dataset and "
                                                     "print what loaded per module (fails below 99%% of the encoder)"),

@@ -1,6 +1,7 @@
 """Where pre-training puts its files (docs/pretraining.md): one home for every path name.
 
-    $nnUNet_preprocessed/MiM_<name>/                 manifest.json, fingerprint.json, plan_<backbone>_<size>.json,
+    $nnUNet_preprocessed/MiM_<name>/                 manifest.json, fingerprint.json, leakage_checks.json,
+                                                     plan_<backbone>_<size>.json,
                                                      store_<manifest hash>_<spacing>/ (one .npy + .json per case)
     $nnUNet_results/MiM_<name>/<backbone>_<size>[_<run>]/
                                                      checkpoint_latest.pt, settings.json, log.*, progress.png,
@@ -19,6 +20,7 @@ from .environment import require_nnunet_paths
 COLLECTION_PREFIX = "MiM_"
 MANIFEST = "manifest.json"
 FINGERPRINT = "fingerprint.json"
+LEAKAGE_CHECKS = "leakage_checks.json"       # the leakage checks run on a collection (for export records and cards)
 SETTINGS = "settings.json"
 CHECKPOINT = "checkpoint_latest.pt"
 EXPORT_DIR = "export"

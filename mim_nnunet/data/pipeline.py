@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -18,6 +19,7 @@ from ..common.atomic import write_json_atomic
 from ..common.errors import MimError
 from ..common.layout import (
     FINGERPRINT,
+    LEAKAGE_CHECKS,
     MANIFEST,
     plan_file,
     preprocessed_folder,
@@ -138,6 +140,21 @@ def load_or_plan(path: Path, fingerprint: Dict, backbone: str, size: str, gpu_me
     return planned, []
 
 
+def record_leakage_check(folder: Path, dataset: str, manifest_hash: str, images_found: int) -> None:
+    """Add a leakage check's outcome to ``leakage_checks.json`` (one entry per dataset and manifest, the latest
+    kept): export records and model cards report the checks run on the data a run trained on."""
+    path = Path(folder) / LEAKAGE_CHECKS
+    try:
+        checks = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (ValueError, OSError):
+        checks = []
+    checks = [c for c in checks if isinstance(c, dict) and
+              (str(c.get("dataset")), c.get("manifest_hash")) != (str(dataset), manifest_hash)]
+    checks.append({"dataset": str(dataset), "manifest_hash": manifest_hash, "images_found": int(images_found),
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json_atomic(path, checks)
+
+
 def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "hybrid", size: str = "base",
             gpu_memory_target_gb: float = DEFAULT_GPU_MEMORY_TARGET_GB, num_processes: int = 2,
             allow_partial: bool = False, modality: Union[str, Sequence[str]] = AUTO,
@@ -177,6 +194,7 @@ def prepare(specs: Sequence[str], name: Optional[str] = None, backbone: str = "h
             log(f"WARNING: {msg}")
         else:
             log(f"leakage check: no image of dataset {leakage_dataset} is in the pre-training data")
+        record_leakage_check(folder, leakage_dataset, manifest["hash"], len({f["file"] for f in leaks}))
     for bad in fingerprint["bad_cases"]:
         log(f"skipping {bad['error']}")
     warn_modalities(fingerprint, manifest, log)

@@ -22,6 +22,7 @@ from .intensity import apply_intensity, foreground_coordinates
 
 STORE_DTYPE = "float16"                 # [0, 1] CT in float16: steps of 1/2048, about 1 HU
 STORE_ORIENTATION = "RAS"               # every case is reoriented so that array axes mean the same everywhere
+STORE_AXES = ("z", "y", "x")            # array axis order of the store (SimpleITK's GetArrayFromImage)
 REPORT = "report.json"
 
 

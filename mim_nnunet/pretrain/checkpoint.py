@@ -25,11 +25,14 @@ import torch
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError, first_line, last_line
 from ..common.hashing import file_sha256, state_sha256
-from ..common.layout import export_path
+from ..common.layout import LEAKAGE_CHECKS, MANIFEST, export_path
 from ..common.safe_load import UnsafeFileError, load_tensors_file
 from ..common.tensors import first_nonfinite, optimizer_tensors
+from ..data.preprocess import STORE_AXES, STORE_ORIENTATION
 from ..weights.export import export_encoder
+from .logbook import LOG_JSONL, read_records
 from .settings import RunSettings
+from .validation import validation_summary
 
 CHECKPOINT_FORMAT = "mim-nnunet-pretrain-checkpoint/1"
 ENCODER_PREFIX = "encoder."      # the MiM model holds its encoder under this name
@@ -144,15 +147,62 @@ def remove_stale_temporaries(folder: Path) -> List[Path]:
     return stale
 
 
+def data_record(settings: RunSettings) -> Dict:
+    """What the run trained on, for the export record and its card: the collection, its sources, cases per
+    source and modality (from the manifest beside the store, when it is still the run's data) and the leakage
+    checks run on that data. Values that cannot be found stay out (the card says "not recorded")."""
+    folder = Path(settings.store).parent
+    data: Dict = {"collection": settings.name}
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("hash") == settings.manifest_hash:
+        cases: Dict[str, Dict[str, int]] = {}
+        for case in manifest.get("cases", []):
+            per = cases.setdefault(str(case.get("source")), {})
+            per[str(case.get("modality"))] = per.get(str(case.get("modality")), 0) + 1
+        data.update(sources=list(manifest.get("sources") or sorted(cases)), cases=cases,
+                    num_cases=int(manifest.get("num_cases", len(manifest.get("cases", [])))))
+        try:
+            checks = json.loads((folder / LEAKAGE_CHECKS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            checks = []
+        data["leakage_checks"] = [c for c in checks if isinstance(c, dict)
+                                  and c.get("manifest_hash") == settings.manifest_hash]
+    return data
+
+
+def training_record(settings: RunSettings, records: List[Dict], device_names: Optional[List[str]] = None) -> Dict:
+    """How the run trained, for the export record and its card; ``records``: its ``log.jsonl`` records up to
+    the exported step (wall time = their optimiser-step seconds summed; None when the log is gone)."""
+    config = settings.config
+    steps = [r for r in records if r.get("kind") is None and "seconds" in r]
+    return {"effective_batch_crops": settings.effective_batch_crops,
+            "subvolumes_per_crop": config.subvolumes_per_crop,
+            "effective_batch_subvolumes": settings.effective_batch_crops * config.subvolumes_per_crop,
+            "lr": settings.lr, "lr_rule": settings.provenance.get("lr"),
+            "schedule": f"linear warm-up over {settings.warmup_steps} steps, then cosine to 0 at step {settings.steps}"
+                        f"; AdamW betas {list(settings.betas)}, weight decay {settings.weight_decay}",
+            "precision": settings.precision, "device": settings.device, "world_size": settings.world_size,
+            "device_names": device_names, "seed": settings.seed,
+            "wall_time_s": float(sum(r["seconds"] for r in steps)) if steps else None,
+            "mim": dict(settings.mim)}
+
+
 def export_run(encoder: torch.nn.Module, settings: RunSettings, steps: int, path: Path,
-               validation: Optional[Dict] = None) -> Tuple[Path, Path]:
+               validation: Optional[Dict] = None, records: Optional[List[Dict]] = None,
+               device_names: Optional[List[str]] = None) -> Tuple[Path, Path]:
     """Write ``encoder`` with the run's adaptation record (spacing, normalisation, sizes, steps and, when
-    known, the validation reconstruction loss at the run's first and last validation)."""
+    known, the validation reconstruction loss at the run's first and last validation), what it trained on
+    and how (:func:`data_record`, :func:`training_record`); the export's model card is written with it."""
     config = settings.config
     extra = {"validation": validation} if validation else {}
     return export_encoder(encoder, settings.backbone, settings.size, path, in_channels=config.in_channels,
                           input_size=config.input_size, spacing=settings.spacing, normalisation=settings.intensity,
-                          manifest_hash=settings.manifest_hash, steps=steps, **extra)
+                          manifest_hash=settings.manifest_hash, steps=steps, data=data_record(settings),
+                          preprocessing={"orientation": STORE_ORIENTATION, "array_axes": list(STORE_AXES)},
+                          training=training_record(settings, records or [], device_names), **extra)
 
 
 def export_checkpoint(checkpoint: Path, out: Optional[Path] = None,
@@ -182,4 +232,7 @@ def export_checkpoint(checkpoint: Path, out: Optional[Path] = None,
                               f"{result.missing_keys[:2]}; {len(result.unexpected_keys)} unexpected)")
     if out is None:
         out = export_path(Path(checkpoint).parent, settings.backbone, settings.size, step=state["step"])
-    return export_run(encoder, settings, state["step"], Path(out))
+    # the run's log beside the checkpoint gives the validation losses and step times up to its step
+    records = read_records(Path(checkpoint).parent / LOG_JSONL, up_to_step=int(state["step"]))
+    return export_run(encoder, settings, state["step"], Path(out), validation=validation_summary(records),
+                      records=records)

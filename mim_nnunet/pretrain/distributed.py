@@ -93,6 +93,21 @@ def gather_objects(obj) -> List:
     return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
+def device_name(device: torch.device) -> str:
+    """What this rank trains on, for the export record: the GPU's name, or the CPU's model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "CPU (model not reported by the system)"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -206,7 +206,8 @@ def validate(trainee: Trainee, validation: ValidationSet, step: int, device: tor
                     "held_out_cases": len(validation.settings.val_cases)})
 
 
-def finish(model: MiM, settings: RunSettings, stop: int, log: Logbook) -> None:
+def finish(model: MiM, settings: RunSettings, stop: int, log: Logbook,
+           device_names: Optional[List[str]] = None) -> None:
     """At the end of the run, the encoder's export (its record carries the validation loss); at
     ``-stop_at``, how to continue."""
     if stop < settings.steps:
@@ -214,7 +215,8 @@ def finish(model: MiM, settings: RunSettings, stop: int, log: Logbook) -> None:
         return
     weights, _ = export_run(model.encoder, settings, settings.steps,
                             export_path(Path(settings.out_dir), settings.backbone, settings.size),
-                            validation=validation_summary(log.records))
+                            validation=validation_summary(log.records), records=log.records,
+                            device_names=device_names)
     log.text(f"done: {settings.steps} steps; encoder exported to {weights}")
 
 
@@ -264,6 +266,7 @@ def _train(rank: int, world: int, device: torch.device, settings: RunSettings, r
                                        seed=settings.seed, rank=rank, world_size=world, case_ids=training_cases,
                                        uniform_fraction=settings.uniform_crop_fraction)) if start < stop else None
     validation = ValidationSet(settings) if rank == 0 and settings.val_crops > 0 else None
+    device_names = D.gather_objects(D.device_name(device))      # every rank's device, for the export record
     try:
         if validation is not None and start == 0 < stop:
             validate(trainee, validation, 0, device, log)
@@ -285,7 +288,7 @@ def _train(rank: int, world: int, device: torch.device, settings: RunSettings, r
                 save_checkpoint(out / CHECKPOINT, model=trainee.model, optimizer=trainee.optimizer,
                                 scaler=trainee.scaler, step=record["step"], settings=settings.to_dict(), rng=rngs)
         if rank == 0:
-            finish(trainee.model, settings, stop, log)
+            finish(trainee.model, settings, stop, log, device_names)
     finally:
         log.close()
 

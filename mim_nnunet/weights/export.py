@@ -9,8 +9,8 @@ the one home of the key-name contract:
   conv a second time, ``all_modules.N``); ``ResidualEncoderUNet`` holds them under ``encoder.``, and the
   record carries the plans-format ``architecture`` (:mod:`mim_nnunet.networks.resenc_unet` builds and loads).
 
-Both files are written to a temporary name and renamed, the record last: a record never points at
-half-written weights.
+All files are written to a temporary name and renamed, the weights first: a record never points at
+half-written weights. The model card (``<name>.card.md``) is written from the record.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from ..common.errors import MimError, first_line
 from ..common.hashing import file_sha256
 from ..common.tensors import first_nonfinite
 from ..mim.tokens import TOKEN_SIZE
+from .card import write_card
 
 EXPORT_FORMAT = 1
 # prefix of the encoder's own state-dict keys that an export drops
@@ -74,8 +75,9 @@ def export_record(backbone: str, size: str, in_channels: int, input_size: Sequen
 
 
 def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathLike) -> Tuple[Path, Path]:
-    """``path`` (``.safetensors``) and its record ``path`` with ``.json``; returns both paths. Refused, with
-    nothing written, when a tensor holds NaN or inf."""
+    """``path`` (``.safetensors``), its record ``path`` with ``.json`` and its model card ``.card.md``
+    (:mod:`mim_nnunet.weights.card`); returns the weights' and the record's paths. Refused, with nothing
+    written, when a tensor holds NaN or inf."""
     weights = Path(path)
     bad = first_nonfinite(state.items())
     if bad is not None:
@@ -88,7 +90,9 @@ def write_export(state: Mapping[str, torch.Tensor], record: Dict, path: os.PathL
               "num_parameters": int(sum(t.numel() for t in state.values())), **record}
     atomic_write(weights, lambda p: save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(p)))
     # the content checksum, verified on load: a bit flipped on disk or in transfer is refused, not trained on
-    write_json_atomic(meta, {**record, "sha256": file_sha256(str(weights))})
+    record = {**record, "sha256": file_sha256(str(weights))}
+    write_json_atomic(meta, record)
+    write_card(weights, record)           # the person-readable side of the same record
     return weights, meta
 
 

@@ -1,6 +1,7 @@
-"""MiM for nnU-Net's own ResEnc U-Net, in subprocesses: mim_pretrain -backbone resenc (tiny) -> stock
-nnUNetv2_plan_and_preprocess with a ResEnc planner -> check-transfer -> nnUNetv2_train with the MiM ResEnc
-trainer (every loaded encoder tensor = the export's) -> pre-training files deleted -> nnUNet's --val and
+"""MiM for nnU-Net's own ResEnc U-Net, in subprocesses: mim_pretrain -backbone resenc (tiny) -> export-nnssl
+(nnssl's checkpoint format) -> import-nnssl back into an export -> stock nnUNetv2_plan_and_preprocess with a
+ResEnc planner -> check-transfer -> nnUNetv2_train with the MiM ResEnc trainer from the imported export
+(every loaded encoder tensor = the pre-training's) -> pre-training files deleted -> nnUNet's --val and
 nnUNetv2_predict."""
 
 import json
@@ -30,7 +31,13 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
          "-backbone", "resenc", "-size", "tiny", "-np", "1",
          "-input_size", "64", "32", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0",
          "-val_crops", "1"], env, tmp_path)
-    export = Path(env["nnUNet_results"]) / "MiM_pre" / "resenc_tiny" / "export" / "mim_resenc_tiny.safetensors"
+    pretrained = Path(env["nnUNet_results"]) / "MiM_pre" / "resenc_tiny" / "export" / "mim_resenc_tiny.safetensors"
+    # through nnssl's format and back: the trainer fine-tunes the imported export (released nnU-Net 2.8)
+    run([command("mim_nnunet"), "export-nnssl", pretrained, "-o", tmp_path / "nnssl"], env, tmp_path)
+    export = tmp_path / "imported" / "from_nnssl.safetensors"
+    run([command("mim_nnunet"), "import-nnssl", tmp_path / "nnssl" / "checkpoint_final.pth", "-o", export], env, tmp_path)
+    assert (tmp_path / "imported" / "from_nnssl.card.md").is_file()
+    env = {**env, "MIM_PRETRAINED_WEIGHTS": str(export)}
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-pl", "nnUNetPlannerResEncM",
          "-np", "2"], env, tmp_path)
 
@@ -42,8 +49,8 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
         env, tmp_path)
     folder = Path(env["nnUNet_results"]) / root.name / f"{TRAINER}__{PLANS}__3d_fullres"
     report = json.loads((folder / "fold_0" / "mim_transfer.json").read_text(encoding="utf-8"))
-    assert "newest resenc 'tiny' export" in report["how"] and report["encoder_fraction"] == 1.0
-    state, record = load_export(export)
+    assert "$MIM_PRETRAINED_WEIGHTS" in report["how"] and report["encoder_fraction"] == 1.0
+    state, record = load_export(pretrained)                # the pre-training's own tensors, not the import's
     assert len(report["digests"]) == len(state) > 50       # every export tensor, each once
     for key, digest in report["digests"].items():          # the encoder at the start of fine-tuning = the export
         assert digest == raw_sha1(state[key[len("encoder."):]]), key
@@ -54,8 +61,10 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
     log = "".join(p.read_text(encoding="utf-8") for p in (folder / "fold_0").glob("training_log_*.txt"))
     assert "n_stages: plans 5 -> pre-trained 6" in log and (folder / "fold_0" / "checkpoint_final.pth").is_file()
 
-    for pre in (Path(env["nnUNet_results"]) / "MiM_pre", Path(env["nnUNet_preprocessed"]) / "MiM_pre"):
+    for pre in (Path(env["nnUNet_results"]) / "MiM_pre", Path(env["nnUNet_preprocessed"]) / "MiM_pre",
+                tmp_path / "nnssl", tmp_path / "imported"):
         shutil.rmtree(pre)
+    env.pop("MIM_PRETRAINED_WEIGHTS")
     # nnU-Net's validation of the trained fold, the export gone: the network comes from the model folder's plans
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu", "--val"],
         env, tmp_path)

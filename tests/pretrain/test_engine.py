@@ -299,6 +299,12 @@ def test_export_command_for_both_backbones(collection, tmp_path):
     assert result.returncode == 0, result.stderr
     state, record = load_export(tmp_path / "h.safetensors")
     assert "pos_embed" in state and "patch_embed1.proj.weight" in state and record["backbone"] == "hybrid"
+    # its card: the validation losses from the run's log up to the checkpoint's step; devices' names were
+    # not recorded in the checkpoint
+    card = (tmp_path / "h.card.md").read_text(encoding="utf-8")
+    assert f"card: {tmp_path / 'h.card.md'}" in result.stdout
+    assert "| start (step 0) | end (step 2) |" in card and "- Steps: 2\n" in card
+    assert "- Devices: 1 x cpu\n" in card and "not recorded" not in card.split("## Validation")[1].split("##")[0]
 
     # a checkpoint whose weights do not fit the backbone its settings name
     ckpt = load_checkpoint(tmp_path / "hybrid" / CHECKPOINT)
@@ -378,6 +384,21 @@ def test_validation_loss_is_logged_plotted_and_exported(collection, tmp_path):
     assert record["validation"]["first"] == {"step": 0, **{k[4:]: v for k, v in val[0].items() if k.startswith("val_")}}
     assert record["validation"]["last"]["step"] == 4 and record["validation"]["crops"] == 2
     assert (tmp_path / "val" / "progress.png").is_file()
+    # the model card beside the export reports the run's own record
+    card = (tmp_path / "val" / "export" / "mim_hybrid_tiny.card.md").read_text(encoding="utf-8")
+    for level in (1, 2, 3):
+        assert f"| L{level} | {val[0][f'val_rec_l{level}']:.4f} | {val[-1][f'val_rec_l{level}']:.4f} |" in card
+    steps = [r for r in read_records(tmp_path / "val" / "log.jsonl") if r.get("kind") != "validation"]
+    wall = sum(r["seconds"] for r in steps)
+    mim = settings.mim
+    per_crop = 1 + mim["gamma2"] + mim["gamma2"] * mim["gamma3"]          # L1, its L2 and their L3 sub-volumes
+    assert f"- Wall time: {wall:.0f} s" in card and "- Steps: 4\n" in card and "- Precision: fp32" in card
+    assert f"- Effective batch: {per_crop} sub-volumes per optimiser step (1 crop(s) x {per_crop}" in card
+    assert "- Devices: 1 x cpu (" in card and f"- Learning rate: {settings.lr:.6g} (peak; from the plan" in card
+    assert "| tiny | CT | 3 |" not in card and "- Collection: tiny" in card       # cases by source: the scans folder
+    assert f"| {collection['scans']} | CT | 3 |" in card and "- Leakage checks: none was run" in card
+    assert f"- Target spacing: {' x '.join(f'{v:g}' for v in settings.spacing)} mm (z, y, x)" in card
+    assert "- Orientation: RAS; array axis order: z, y, x" in card and "not recorded" not in card
 
 
 def test_size_is_checked_per_backbone_and_unfit_sizes_are_one_line(collection, tmp_path):

@@ -35,6 +35,8 @@ def test_import_official_keeps_the_encoder_and_reports_the_rest(tmp_path):
     encoder.load_state_dict(state, strict=True)
     assert torch.equal(encoder.blocks4[3].attn.proj.weight, model["blocks4.3.attn.proj.weight"])
     assert record["input_size"] == [96, 96, 96] and "official" in record["source"]
+    card = (tmp_path / "imported.card.md").read_text(encoding="utf-8")       # its model card beside it
+    assert "- Imported from: official MiM checkpoint mim_official.pth" in card and "- Steps: not recorded" in card
 
 
 def test_import_official_refuses_pickled_code(tmp_path):
