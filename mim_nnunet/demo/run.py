@@ -27,7 +27,7 @@ from ..common.layout import CHECKPOINT, export_path, run_folder
 from ..data.sources import DATA_ROOT_ENV
 from ..finetune.trainer import SEED_ENV, THREADS_ENV
 from ..weights.finding import WEIGHTS_ENV
-from .settings import DEMO_SETTINGS
+from .settings import DEMO_SETTINGS, describe_estimate, estimate_demo
 
 CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlansMiMDemo"       # the demo recipe's plans variant (spacing, HU window, patch)
@@ -143,6 +143,16 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     recipe = spec["recipe"]
     started, timings = time.time(), {}
     print(f"mim_nnunet demo ({setting}): workspace {ws}, device {device}")
+    from ..common.host import probe_host
+    host = probe_host()            # at this process's threads: the demo's steps use as many
+    print(host.line())
+    if device == "cpu":
+        estimate = estimate_demo(setting, host.matmul_gflops, host.cpu_capability, trainings_at_once(device))
+        for line in describe_estimate(setting, estimate):
+            print(line, flush=True)
+    else:
+        estimate = []
+        print("estimate: none on a GPU (the demo's cost model is calibrated on CPUs)")
 
     print("\n== data: TotalSegmentator's reference CT (PyPI source archive) -> collection 'demo' and a dataset")
     data = prepare_demo_data(Path(env["nnUNet_raw"]), Path(env[DATA_ROOT_ENV]))
@@ -227,7 +237,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
 
     from .report import write_report
     report = write_report(ws / REPORT, data["dataset"], results, run_dir, spec, setting, timings,
-                          time.time() - started)
+                          time.time() - started, host=host, estimate=estimate)
     print(f"\nDemo finished in {time.time() - started:.0f} s. Report: {report}")
     print((ws / REPORT / "summary.md").read_text(encoding="utf-8").split("## Scores", 1)[-1].split("## Run", 1)[0])
     write_json_atomic(ws / REPORT / "runs.json", results)
