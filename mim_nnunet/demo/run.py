@@ -37,6 +37,7 @@ BACKBONE, SIZE = "hybrid", "tiny"
 KINDS = {"MiM": "nnUNetTrainerMiM", "scratch": "nnUNetTrainerMiMScratch"}
 # label settings: which nnU-Net fold trains on what (fold 0 of the splits the demo writes: one case)
 FOLDS = {"all": "all", "one": "0"}
+NNUNET_POOL_ENV = "nnUNet_def_n_proc"      # nnU-Net's process count for its pools (nnunetv2/configuration.py)
 
 
 class DemoError(MimError):
@@ -114,6 +115,9 @@ def demo_environment(workspace: Path) -> Dict[str, str]:
     env[DATA_ROOT_ENV] = str(workspace / "data")
     ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
     env["nnUNet_extTrainer"] = os.pathsep.join([str(trainers_dir())] + ext)
+    # nnU-Net's pools (final validation's export, metrics) default to 8 processes, each a fresh interpreter
+    # importing torch: on a small CPU that start-up costs more than the demo's two cases; a user's value stays
+    env.setdefault(NNUNET_POOL_ENV, str(min(8, cpu_count())))
     return env
 
 
@@ -180,7 +184,8 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     if not (preprocessed / f"{PLANS}.json").is_file():
         timings["planning"] = _run_step(
             "nnU-Net's fingerprint and plans (stock; no preprocessing with its default plans)",
-            ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION, "--no_pp", "-np", "2"], env)
+            ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION, "--no_pp", "-np", "2",
+             "-npfp", "2"], env)
         timings["planning"] += _run_step(
             "the recipe's plans variant: spacing, the pre-training HU window, patch",
             ["mim_nnunet", "plans-variant", "-d", dataset_id, "-o", PLANS, "--spacing", *spacing,

@@ -12,18 +12,13 @@ import SimpleITK as sitk
 
 from helpers.commands import command
 from mim_nnunet.data.preprocess import STORE_ORIENTATION
-from mim_nnunet.demo.data import demo_spec, prepare_demo_data, read_volume
+from mim_nnunet.demo.data import demo_spec, read_volume
 
 KINDS = ("MiM", "scratch")
 
 
-@pytest.fixture(scope="module")
-def demo_data(module_tmp):
-    root = module_tmp("demo_data")
-    return prepare_demo_data(root / "raw", root / "data", log=lambda *_: None)
-
-
 def test_demo_data_labels_sit_on_their_organs(demo_data):
+    """``demo_data``: the session's prepared demo data (tests/conftest.py)."""
     spec = demo_spec()
     dataset = demo_data["dataset"]
     meta = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))

@@ -31,7 +31,7 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
          "-val_crops", "1"], env, tmp_path)
     export = Path(env["nnUNet_results"]) / "MiM_pre" / "resenc_tiny" / "export" / "mim_resenc_tiny.safetensors"
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-pl", "nnUNetPlannerResEncM",
-         "-np", "2"], env, tmp_path)
+         "-np", "2", "-npfp", "2"], env, tmp_path)
 
     check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", TRAINER, "-p", PLANS, export],
                 env, tmp_path)
