@@ -26,7 +26,6 @@ def test_profile_tables_name_the_host_and_rank_ops_by_self_cpu_time(tmp_path):
         assert selfs == sorted(selfs, reverse=True) and sum(o["self_share_pct"] for o in ops) <= 100.0 + 1e-6
         assert all(o["cpu_total_ms"] >= o["self_cpu_ms"] for o in ops)
         assert f"### {name}: " in result.stdout
-    # the 64 x 64 x 32 volume is one demo patch: one window, so the network ran once
     assert "| op | calls / run | self CPU ms / run |" in result.stdout
 
 
