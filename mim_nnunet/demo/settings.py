@@ -13,7 +13,7 @@ from typing import Dict, List, Tuple
 DEMO_SETTINGS = {
     # tests and smoke runs: every step once, numbers meaningless
     "quick": {"pretrain": {"steps": 4, "input_size": 32, "batch": 1, "lr": None, "val_every": 2, "val_crops": 2},
-              "finetune": {"budget": "1epoch", "seeds": [0], "labels": ["all"]}},
+              "finetune": {"budget": "quick", "seeds": [0], "labels": ["all"]}},
     # 13 minutes on 2 CPU cores (792 s, measured 2026-11-29; about 17 on the slower machine of earlier sessions):
     # 1000 pre-training steps, 8 fine-tunings (2 labels x 2 seeds x MiM/scratch) of 120 iterations, MiM and
     # scratch at the same time on one core each

@@ -33,9 +33,9 @@ def test_default_setting_on_two_hosts_by_hand():
 
 def test_quick_and_long_settings_by_hand():
     quick = dict(estimate_demo("quick", 100.0, "AVX512", 2, COSTS))
-    # 4 steps; one pair of 1-epoch fine-tunings (2 + 1/3 iterations each) with nnU-Net's final validation
+    # 4 steps; one pair of 1-epoch fine-tunings (2 + 1/3 iterations each) without nnU-Net's final validation
     assert quick["pre-training"] == pytest.approx(20 + 4 * 50 / 100)
-    assert quick["fine-tuning"] == pytest.approx(5 + 2 * ((2 + 1 / 3) * 100 + 1000) / 100)
+    assert quick["fine-tuning"] == pytest.approx(5 + 2 * (2 + 1 / 3) * 100 / 100)
     assert quick["prediction"] == pytest.approx(7)
     long = dict(estimate_demo("long", 100.0, "AVX512", 2, COSTS))
     # 4000 steps of batch 2; 2 labels x 3 seeds x 2 = 12 fine-tunings of 100 x (25 + 5/3) iterations
