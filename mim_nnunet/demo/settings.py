@@ -60,7 +60,8 @@ class DemoCosts:
     planning_seconds: float = 0.0          # nnU-Net's planning, the plans variant, nnU-Net's preprocessing
     finetune_seconds: float = 0.0          # per group of fine-tunings run together: start-up, checkpoints
     finetune_iteration_gflop: float = 0.0  # one training iteration of one fine-tuning (all of them add up)
-    validation_gflop: float = 0.0          # nnU-Net's final validation of one fine-tuning (budgets that do it)
+    validation_seconds: float = 0.0        # nnU-Net's final validation of one fine-tuning (budgets that do it;
+                                           # mostly its pools' process start-ups, so seconds, not work)
     prediction_seconds: float = 0.0        # per group of predictions run together (mostly nnU-Net's start-up)
 
     def factor(self, capability: str) -> float:
@@ -68,26 +69,27 @@ class DemoCosts:
 
 
 # PROVISIONAL (not yet calibrated on an idle host with the probe; replace by the procedure in DemoCosts):
-# derived from two documented runs whose probes were not both measured. (1) The default setting on a 2-core
+# fitted to two documented runs whose probes were not both measured. (1) The default setting on a 2-core
 # AVX-512 CPU, 2026-11-29, nothing else running: 792 s = pre-training 1000 steps 262 s, planning and
 # preprocessing 28 s, each pair of fine-tunings (2 x 120 iterations, no final validation) 102-107 s, each
 # pair of predictions 16-25 s; its probe was not measured and is ASSUMED to be 100 GFLOP/s at 2 threads
-# (the same machine type gave 43-55 GFLOP/s at 1 thread while shared, 2026-12-05). (2) A 2-core AVX2 CPU
-# whose probe is 51 GFLOP/s at 2 threads: pre-training 1145 s, each pair of fine-tunings 477-478 s, the
-# quick setting 331 s (about 325 s on host 1). Host 2 ran the compute 4.4-4.6x slower at a probe 2.0x
-# lower: the AVX2 factor is their ratio, ~2.3. The fixed seconds are guesses that reproduce the quick
-# setting's ~330 s on both hosts.
+# (the same machine type gave 43-55 GFLOP/s at 1 thread while shared with other jobs, 2026-12-05). (2) A
+# 2-core AVX2 CPU whose probe is 51 GFLOP/s at 2 threads: pre-training 1145 s, each pair of fine-tunings
+# 477-478 s, about an hour in all; the quick setting took 331 s there and about 325 s on host 1 (then with
+# nnU-Net's final validation, 40 s per run on 2 cores, hence seconds). The fixed seconds are guesses (the
+# quick setting is mostly fixed costs); the work follows from them and host 1's stage times at the assumed
+# probe; the AVX2 factor makes host 2's pre-training come out at 1145 s (its fine-tuning pairs then at 487 s).
 DEMO_COSTS = DemoCosts(
-    calibration="the documented 792 s demo (2-core AVX-512 CPU, probe assumed 100 GFLOP/s) and a "
-                "2-core AVX2 CPU at 51 GFLOP/s",
-    capability_factor={"AVX512": 1.0, "AVX2": 2.3, "DEFAULT": 2.3},
-    data_seconds=30.0,
-    pretrain_seconds=60.0,
-    pretrain_step_gflop=20.0,           # (262 - 60) s x 100 GFLOP/s / 1000 steps
+    calibration="the documented 792 s demo (2-core AVX-512 CPU, probe assumed 100 GFLOP/s) and a 2-core AVX2 "
+                "CPU at 51 GFLOP/s",
+    capability_factor={"AVX512": 1.0, "AVX2": 3.1, "DEFAULT": 3.1},
+    data_seconds=10.0,
+    pretrain_seconds=90.0,
+    pretrain_step_gflop=17.2,           # (262 - 90) s x 100 GFLOP/s / 1000 steps
     planning_seconds=28.0,
-    finetune_seconds=10.0,
-    finetune_iteration_gflop=39.0,      # (104.5 - 10) s x 100 GFLOP/s / 240 iterations
-    validation_gflop=4000.0,            # "40 s per run on 2 CPU cores" (the budget's comment) x 100 GFLOP/s
+    finetune_seconds=30.0,
+    finetune_iteration_gflop=30.0,      # (104.5 - 30) s x 100 GFLOP/s / (2 x 124 iterations)
+    validation_seconds=40.0,            # the "demo" budget's comment (mim_nnunet/finetune/variants.py)
     prediction_seconds=20.0,
 )
 
@@ -113,8 +115,8 @@ def estimate_demo(setting: str, gflops: float, capability: str, parallel: int,
         ("data", costs.data_seconds),
         ("pre-training", costs.pretrain_seconds + pre["steps"] * step_work * scale),
         ("planning and preprocessing", costs.planning_seconds),
-        ("fine-tuning", groups * costs.finetune_seconds + runs * (
-            iterations * costs.finetune_iteration_gflop + budget.final_validation * costs.validation_gflop) * scale),
+        ("fine-tuning", groups * costs.finetune_seconds + runs * budget.final_validation * costs.validation_seconds
+         + runs * iterations * costs.finetune_iteration_gflop * scale),
         ("prediction", groups * costs.prediction_seconds),
     ]
 

@@ -6,7 +6,7 @@ from mim_nnunet.demo.settings import DEMO_COSTS, DEMO_SETTINGS, DemoCosts, descr
 
 COSTS = DemoCosts(calibration="test numbers", provisional=False, capability_factor={"AVX512": 1.0, "AVX2": 2.0},
                   data_seconds=10, pretrain_seconds=20, pretrain_step_gflop=50, planning_seconds=30,
-                  finetune_seconds=5, finetune_iteration_gflop=100, validation_gflop=1000, prediction_seconds=7)
+                  finetune_seconds=5, finetune_iteration_gflop=100, validation_seconds=40, prediction_seconds=7)
 
 
 def test_default_setting_on_two_hosts_by_hand():
@@ -41,7 +41,8 @@ def test_quick_and_long_settings_by_hand():
     # 4000 steps of batch 2; 2 labels x 3 seeds x 2 = 12 fine-tunings of 100 x (25 + 5/3) iterations
     assert DEMO_SETTINGS["long"]["pretrain"]["batch"] == 2
     assert long["pre-training"] == pytest.approx(20 + 4000 * 2 * 50 / 100)
-    assert long["fine-tuning"] == pytest.approx(6 * 5 + 12 * (100 * (25 + 5 / 3) * 100 + 1000) / 100)
+    # with nnU-Net's final validation (40 s each, whatever the probe)
+    assert long["fine-tuning"] == pytest.approx(6 * 5 + 12 * 40 + 12 * 100 * (25 + 5 / 3) * 100 / 100)
 
 
 def test_the_estimate_says_when_it_is_over_twenty_minutes():
