@@ -8,7 +8,8 @@ SGD for the U-Net); median of -repeats after -warmup. Prediction: a CT of -predi
 x 100, x y z) in P^3 windows at nnU-Net's tile step 0.5 with its Gaussian weighting (nnU-Net's own window
 placement and Gaussian), no test-time mirroring. The U-Net's topology comes from nnU-Net's planner
 (get_pool_and_conv_props at 1 mm for the patch; 32 ... 320 features, 2 convs per stage). One JSON line per
-network, then a markdown table.
+network (each with the host's probe under ``host``: CPU model, torch's CPU capability, threads, GPU, a
+2-second fp32 matmul probe; :mod:`mim_nnunet.common.host`), then the host's line and a markdown table.
 
     python scripts/benchmark_finetune.py                                  # the default sizes (slow on a CPU)
     python scripts/benchmark_finetune.py -size tiny -patch 64 -predict_shape 128 128 64 -repeats 1
@@ -138,6 +139,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+
+    from mim_nnunet.common.host import probe_host
+    host = probe_host()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for name, build, make_optimizer in (
@@ -152,7 +156,7 @@ def main(argv=None) -> int:
         row = {"network": name, "device": device, "patch": args.patch, "batch": 2,
                "params_m": round(sum(p.numel() for p in network.parameters()) / 1e6, 2),
                "train_iteration_seconds": round(statistics.median(times), 3), "train_all": [round(t, 3) for t in times],
-               "threads": torch.get_num_threads()}
+               "threads": torch.get_num_threads(), "host": host.as_dict()}
         if not args.no_predict:
             row.update(time_prediction(network, args.patch, args.predict_shape, device),
                        predict_shape_xyz=list(args.predict_shape))
@@ -161,7 +165,7 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats()
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| network | params (M) | s / training iteration | s / prediction (windows) |\n|---|---|---|---|")
+    print(f"\n{host.line()}\n\n| network | params (M) | s / training iteration | s / prediction (windows) |\n|---|---|---|---|")
     for r in rows:
         predict = f"{r['predict_seconds']} ({r['windows']})" if "predict_seconds" in r else "-"
         print(f"| {r['network']} | {r['params_m']} | {r['train_iteration_seconds']} | {predict} |")

@@ -3,7 +3,8 @@
 
 Writes a few CT-like volumes (NIfTI), prepares them with the real pipeline (fingerprint, plan,
 preprocess into the store), then reads the same number of random 2S crops (a) from the store through
-memory maps and (b) by decoding the NIfTI with SimpleITK and cropping. Prints one JSON line.
+memory maps and (b) by decoding the NIfTI with SimpleITK and cropping. Prints one JSON line, with the
+host's probe under ``host`` (:mod:`mim_nnunet.common.host`).
 
     python scripts/benchmark_loader.py                  # 2 volumes of 300x512x512, 2S = 192^3
     python scripts/benchmark_loader.py -shape 64 96 96 -crops 5
@@ -41,6 +42,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["nnUNet_preprocessed"] = str(tmp / "pre")
+        from mim_nnunet.common.host import probe_host
         from mim_nnunet.data.loader import IndexedCropBatches
         from mim_nnunet.data.pipeline import prepare
 
@@ -82,6 +84,7 @@ def main() -> int:
             "store_bytes_per_crop": int(np.prod(crop)) * itemsize,
             "nifti_bytes_per_crop": int(np.mean([f.stat().st_size for f in files])),
             "nifti_decoded_bytes_per_crop": int(np.prod(args.shape)) * 2,
+            "host": probe_host().as_dict(),
         }))
     return 0
 

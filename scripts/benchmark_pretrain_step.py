@@ -17,7 +17,9 @@ AdamW step apart, plain or fused kernel).
 Each configuration runs in its own process so that the CPU peak memory (max RSS) is its own (on a GPU:
 ``torch.cuda.max_memory_allocated``); with ``--memory-limit-gb`` that process gets an address-space
 limit and a configuration that does not fit reports where it failed instead of taking the machine down.
-Prints a markdown table; ``--json`` writes the rows.
+Prints the host (:mod:`mim_nnunet.common.host`: CPU model, torch's CPU capability, threads, GPU, a
+2-second fp32 matmul probe) and a markdown table; ``--json`` writes the rows, each with the host's probe
+under ``host``.
 
     python scripts/benchmark_pretrain_step.py                       # the full table (slow on CPU)
     python scripts/benchmark_pretrain_step.py -configs hybrid:tiny -input_size 64 -chunks 0,1,4
@@ -191,6 +193,10 @@ def main() -> int:
         return 1 if "error" in row else 0
 
     import torch
+
+    from mim_nnunet.common.host import probe_host
+    host = probe_host()          # at the threads each configuration's process gets (the same default)
+    print(host.line(), file=sys.stderr, flush=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = (args.dtypes or ("fp32,bf16" if device == "cuda" else "fp32")).split(",")
     if set(dtypes) - {"fp32", "bf16"}:
@@ -200,10 +206,11 @@ def main() -> int:
     for config in args.configs.split(","):
         for chunk in (int(c) for c in args.chunks.split(",")):
             for device, dtype in plans:
-                row = run_in_process(args, config, device, dtype, chunk)
+                row = dict(run_in_process(args, config, device, dtype, chunk), host=host.as_dict())
                 status |= "error" in row
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)     # progress, one line per configuration
+    print(host.line() + "\n")
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

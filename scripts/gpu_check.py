@@ -123,8 +123,11 @@ def check_environment(ctx: Context) -> Dict:
     from importlib.metadata import version
 
     import torch
+
+    from mim_nnunet.common.host import probe_host
     info = {"python": platform.python_version(), "torch": torch.__version__, "nnunetv2": version("nnunetv2"),
-            "cuda_available": torch.cuda.is_available(), "cuda_build": torch.version.cuda}
+            "cuda_available": torch.cuda.is_available(), "cuda_build": torch.version.cuda,
+            "host": probe_host().as_dict()}     # CPU model and capability, threads, GPU, matmul GFLOP/s
     if ctx.device == "cuda":
         p = torch.cuda.get_device_properties(0)
         info.update({"gpu": p.name, "gpu_memory_gb": round(p.total_memory / 2 ** 30, 1),

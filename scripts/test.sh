@@ -7,5 +7,7 @@ venv="${MIM_VENV:-$repo/.venv}"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
 cd "$repo"
+# the host the times below belong to (CPU model, torch's CPU capability, threads, GPU, a 2-second matmul probe)
+mim_nnunet host
 # plain pytest (not python -m) so the tests import the installed package, as users do
 pytest tests "$@"

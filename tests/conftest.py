@@ -48,3 +48,36 @@ def module_tmp(tmp_path_factory):
     yield make
     for path in made:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# Real runs shared by the tests that only read them, built once per test run (tests/helpers/shared_runs.py
+# says what each holds). Never change their files: copy what a test must modify into its own tmp_path.
+
+@pytest.fixture(scope="session")
+def mim_exports(tmp_path_factory):
+    """Dataset902 planned by stock nnU-Net and hybrid and swin 'tiny' exports pre-trained on it by mim_pretrain
+    (``helpers.shared_runs.build_exports``)."""
+    from helpers.shared_runs import build_exports
+    return build_exports(tmp_path_factory.mktemp("mim_exports"))
+
+
+@pytest.fixture(scope="session")
+def mim_finetuned(mim_exports):
+    """Both MiM trainers fine-tuned (fold 0) from ``mim_exports``, their predictions of the test cases made
+    without the pre-training files, the hybrid fold's --val --npz (``helpers.shared_runs.build_finetuned``)."""
+    from helpers.shared_runs import build_finetuned
+    return build_finetuned(mim_exports)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """The demo's real CT, prepared once (``mim_nnunet.demo.data.prepare_demo_data``: the collection and
+    Dataset991 under ``raw/``): ``reference``, ``collection``, ``dataset``. Tests never download: the
+    archive comes from scripts/setup_env.sh."""
+    from mim_nnunet.demo.data import cache_dir, demo_spec, prepare_demo_data
+    spec = demo_spec()
+    archive = cache_dir() / f"{spec['package']}-{spec['version']}.tar.gz"
+    if not archive.is_file():
+        pytest.fail(f"{archive} is missing: run scripts/setup_env.sh (mim_nnunet demo-data); tests never download")
+    root = tmp_path_factory.mktemp("demo_data")
+    return prepare_demo_data(root / "raw", root / "data", log=lambda *_: None)

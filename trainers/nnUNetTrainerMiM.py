@@ -66,6 +66,13 @@ class nnUNetTrainerMiM_tiny_demo(CPUVariant, nnUNetTrainerMiM):
     budget = "demo"
 
 
+class nnUNetTrainerMiM_tiny_quick(CPUVariant, nnUNetTrainerMiM):
+    """The demo's quick setting: the demo budget's switches at 1 epoch of 2 + 1 iterations."""
+
+    arch_kwargs = TINY
+    budget = "quick"
+
+
 class nnUNetTrainerMiM_tiny_10epochs(CPUVariant, nnUNetTrainerMiM):
     """MiMUNETR tiny, 10 epochs of 10 + 2 iterations."""
 
@@ -94,6 +101,12 @@ class nnUNetTrainerMiMScratch_tiny_1epoch(nnUNetTrainerMiM_tiny_1epoch):
 
 class nnUNetTrainerMiMScratch_tiny_demo(nnUNetTrainerMiM_tiny_demo):
     """Scratch twin of nnUNetTrainerMiM_tiny_demo."""
+
+    pretrained = False
+
+
+class nnUNetTrainerMiMScratch_tiny_quick(nnUNetTrainerMiM_tiny_quick):
+    """Scratch twin of nnUNetTrainerMiM_tiny_quick."""
 
     pretrained = False
 

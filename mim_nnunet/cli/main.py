@@ -40,6 +40,15 @@ def _cmd_check_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_host(args: argparse.Namespace) -> int:
+    import json
+
+    from ..common.host import probe_host  # imports torch
+    probe = probe_host(args.seconds)
+    print(json.dumps(probe.as_dict()) if args.json else probe.line(), flush=True)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ..demo.run import run_demo  # imports torch; keep the other commands instant
     return run_demo(workspace=args.workspace, device=args.device, setting=args.setting)
@@ -172,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_env)
     p = sub.add_parser("check-env", help="check nnUNet_raw/_preprocessed/_results and nnUNet_extTrainer")
     p.set_defaults(func=_cmd_check_env)
+    p = sub.add_parser("host", help="name this host for stated times: CPU model, torch's CPU capability, threads, "
+                                    "GPU, fp32 matmul GFLOP/s (a 2-second probe)")
+    p.add_argument("--json", action="store_true", help="the fields as JSON instead of one line")
+    p.add_argument("-seconds", type=float, default=2.0, help="probe length in seconds (default: %(default)s)")
+    p.set_defaults(func=_cmd_host)
     p = sub.add_parser("demo", help="real-CT demo: pre-train, fine-tune MiM and scratch, predict, evaluate, report")
     add_flag(p, "-workspace", "--workspace", default="demo_workspace",
              help="folder for the demo's nnUNet_raw/_preprocessed/_results (default: ./demo_workspace)")

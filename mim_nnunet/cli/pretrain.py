@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-workers", type=int, default=None,
                      help=f"data-loading workers per process (default: {DEFAULT_LOADER_WORKERS})")
     run.add_argument("-threads", type=int, default=None,
-                     help="CPU threads per process with -device cpu (default: cores / processes)")
+                     help="CPU threads per process with -device cpu (default: (cores - processes x "
+                          "-workers) / processes, at least 1)")
     run.add_argument("-val_crops", type=int, default=None,
                      help=f"fixed held-out crops of the validation loss, 0 = none (default: {VALIDATION_CROPS})")
     for name, value in PRETRAIN_INTERVALS.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -88,11 +88,28 @@ def verdict(mim: List[Optional[float]], scratch: List[Optional[float]]) -> str:
             f"difference is {larger} than the spread")
 
 
+def run_time_lines(timings: Dict[str, float], total_seconds: float, host=None,
+                   estimate: Sequence[Tuple[str, float]] = ()) -> List[str]:
+    """The report's "Run time" lines: each step's seconds, the total, the host they were measured on
+    (a :class:`mim_nnunet.common.host.HostProbe`) and the estimate printed before the run."""
+    lines = [f"- {k}: {v:.0f} s" for k, v in timings.items()] + [f"- total: {total_seconds:.0f} s"]
+    if host is not None:
+        lines.append(f"- {host.line()} (host.json)")
+    if estimate:
+        lines.append(f"- estimated before the run: {sum(s for _, s in estimate):.0f} s ("
+                     + ", ".join(f"{name} {s:.0f} s" for name, s in estimate) + ")")
+    return lines
+
+
 def write_report(folder: Path, dataset: Path, results: Dict[str, Dict], pretrain_dir: Path, spec: Dict,
-                 setting: str, timings: Dict[str, float], total_seconds: float) -> Path:
+                 setting: str, timings: Dict[str, float], total_seconds: float, host=None,
+                 estimate: Sequence[Tuple[str, float]] = ()) -> Path:
     """Write the report. ``results["<label>/<seed>/<kind>"]`` holds ``label``, ``seed``, ``kind``,
-    ``trainer``, ``model``, ``fold`` and ``predictions`` (a folder of the held-out halves' predictions)."""
+    ``trainer``, ``model``, ``fold`` and ``predictions`` (a folder of the held-out halves' predictions);
+    ``host``: the probe of the host that ran it (``host.json``); ``estimate``: ``[(stage, seconds)]``."""
     folder = Path(folder)
+    if host is not None:
+        write_json_atomic(folder / "host.json", host.as_dict())
     names = class_names(dataset / "dataset.json")
     scores: Dict[str, Dict] = {}
     for key, r in results.items():
@@ -189,8 +206,7 @@ nnU-Net). Same network (MiMUNETR tiny), same budget, same seeds:
 
 {chr(10).join(s + chr(10) for s in sections)}
 ## Run time
-{chr(10).join(f"- {k}: {v:.0f} s" for k, v in timings.items())}
-- total: {total_seconds:.0f} s
+{chr(10).join(run_time_lines(timings, total_seconds, host, estimate))}
 
 ## Files
 {chr(10).join(f"- {f}" for f in files)}

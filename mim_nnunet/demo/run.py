@@ -27,7 +27,7 @@ from ..common.layout import CHECKPOINT, export_path, run_folder
 from ..data.sources import DATA_ROOT_ENV
 from ..finetune.trainer import SEED_ENV, THREADS_ENV
 from ..weights.finding import WEIGHTS_ENV
-from .settings import DEMO_SETTINGS
+from .settings import DEMO_SETTINGS, describe_estimate, estimate_demo
 
 CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlansMiMDemo"       # the demo's plans variant (spacing, HU window, patch)
@@ -37,6 +37,7 @@ BACKBONE, SIZE = "hybrid", "tiny"
 KINDS = {"MiM": "nnUNetTrainerMiM", "scratch": "nnUNetTrainerMiMScratch"}
 # label settings: which nnU-Net fold trains on what (fold 0 of the splits the demo writes: one case)
 FOLDS = {"all": "all", "one": "0"}
+NNUNET_POOL_ENV = "nnUNet_def_n_proc"      # nnU-Net's process count for its pools (nnunetv2/configuration.py)
 
 
 class DemoError(MimError):
@@ -114,6 +115,9 @@ def demo_environment(workspace: Path) -> Dict[str, str]:
     env[DATA_ROOT_ENV] = str(workspace / "data")
     ext = [p for p in env.get("nnUNet_extTrainer", "").split(os.pathsep) if p.strip()]
     env["nnUNet_extTrainer"] = os.pathsep.join([str(trainers_dir())] + ext)
+    # nnU-Net's pools (final validation's export, metrics) default to 8 processes, each a fresh interpreter
+    # importing torch: on a small CPU that start-up costs more than the demo's two cases; a user's value stays
+    env.setdefault(NNUNET_POOL_ENV, str(min(8, cpu_count())))
     return env
 
 
@@ -143,6 +147,16 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     recipe = spec["recipe"]
     started, timings = time.time(), {}
     print(f"mim_nnunet demo ({setting}): workspace {ws}, device {device}")
+    from ..common.host import probe_host
+    host = probe_host()            # at this process's threads: the demo's steps use as many
+    print(host.line())
+    if device == "cpu":
+        estimate = estimate_demo(setting, host.matmul_gflops, host.cpu_capability, trainings_at_once(device))
+        for line in describe_estimate(setting, estimate):
+            print(line, flush=True)
+    else:
+        estimate = []
+        print("estimate: none on a GPU (the demo's cost model is calibrated on CPUs)")
 
     print("\n== data: TotalSegmentator's reference CT (PyPI source archive) -> collection 'demo' and a dataset")
     data = prepare_demo_data(Path(env["nnUNet_raw"]), Path(env[DATA_ROOT_ENV]))
@@ -171,7 +185,8 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     if not (preprocessed / f"{PLANS}.json").is_file():
         timings["planning"] = _run_step(
             "nnU-Net's fingerprint and plans (stock; no preprocessing with its default plans)",
-            ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION, "--no_pp", "-np", "2"], env)
+            ["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", CONFIGURATION, "--no_pp", "-np", "2",
+             "-npfp", "2"], env)
         timings["planning"] += _run_step(
             "the demo's plans variant: spacing, the pre-training HU window, patch",
             ["mim_nnunet", "plans-variant", "-d", dataset_id, "-plans_name", PLANS, "-spacing", *spacing,
@@ -228,7 +243,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
 
     from .report import write_report
     report = write_report(ws / REPORT, data["dataset"], results, run_dir, spec, setting, timings,
-                          time.time() - started)
+                          time.time() - started, host=host, estimate=estimate)
     print(f"\nDemo finished in {time.time() - started:.0f} s. Report: {report}")
     print((ws / REPORT / "summary.md").read_text(encoding="utf-8").split("## Scores", 1)[-1].split("## Run", 1)[0])
     write_json_atomic(ws / REPORT / "runs.json", results)

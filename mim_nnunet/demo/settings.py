@@ -2,12 +2,18 @@
 validation); ``finetune``: the budget of the fine-tuning trainers (``nnUNetTrainerMiM_tiny_<budget>`` and
 its scratch twin), the seeds each is trained with, and the label settings (``all``: both labelled halves;
 ``one``: a single labelled case, the label-efficiency setting). Spacing, HU window and patch come
-with the demo dataset (``plans/demo/demo_ct.json``)."""
+with the demo dataset (``plans/demo/demo_ct.json``). ``DEMO_COSTS``: what each stage costs on a host, from its
+probe (:mod:`mim_nnunet.common.host`), for the estimate the demo prints before it starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
 
 DEMO_SETTINGS = {
     # tests and smoke runs: every step once, numbers meaningless
     "quick": {"pretrain": {"steps": 4, "input_size": 32, "batch": 1, "lr": None, "val_every": 2, "val_crops": 2},
-              "finetune": {"budget": "1epoch", "seeds": [0], "labels": ["all"]}},
+              "finetune": {"budget": "quick", "seeds": [0], "labels": ["all"]}},
     # about 13 minutes on 2 CPU cores (docs/benchmarks.md):
     # 1000 pre-training steps, 8 fine-tunings (2 labels x 2 seeds x MiM/scratch) of 120 iterations, MiM and
     # scratch at the same time on one core each
@@ -17,3 +23,112 @@ DEMO_SETTINGS = {
     "long": {"pretrain": {"steps": 4000, "input_size": 32, "batch": 2, "lr": None, "val_every": 250, "val_crops": 8},
              "finetune": {"budget": "100epochs", "seeds": [0, 1, 2], "labels": ["all", "one"]}},
 }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the demo costs on a host: printed before it starts (``mim_nnunet demo``), from a 2-second probe.
+# ---------------------------------------------------------------------------------------------------------
+
+# The demo's stated limit: an estimate above it is said before the demo starts.
+DEMO_LIMIT_SECONDS = 20 * 60
+
+
+@dataclass(frozen=True)
+class DemoCosts:
+    """The demo's stage costs, split into seconds that do not follow the CPU's arithmetic speed (process
+    start-ups, nnU-Net's planning and preprocessing, file I/O) and work that does.
+
+    Work is in reference GFLOP: seconds on the calibration host x its probe (fp32 matmul GFLOP/s at the
+    run's threads, :func:`mim_nnunet.common.host.probe_host`). On another host a stage takes
+    ``seconds + work x capability_factor[capability] / probe``: the probe carries clock, cores and the
+    matmul kernels; ``capability_factor`` what the matmul probe does not see of the convolution kernels
+    PyTorch picks for the host's ``torch.backends.cpu.get_cpu_capability()``.
+
+    To calibrate on an idle host: ``mim_nnunet host`` (the probe), then ``mim_nnunet demo --setting quick``
+    and ``mim_nnunet demo`` in fresh workspaces; each report's "Run time" gives the stages' seconds. Fixed
+    seconds come from the quick setting (its work is small), work from the default setting's seconds minus
+    them, times the probe. ``capability_factor``: the same with ``ATEN_CPU_CAPABILITY=avx2
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` (the probe then runs on AVX2 too).
+    """
+
+    calibration: str                       # the host and runs the numbers come from
+    provisional: bool = True               # not yet calibrated by the procedure above
+    capability_factor: Dict[str, float] = field(default_factory=dict)
+    data_seconds: float = 0.0              # cutting and writing the demo's CT (mim_nnunet.demo.data)
+    pretrain_seconds: float = 0.0          # mim_pretrain's start: fingerprint, plan, preprocessing of the collection
+    pretrain_step_gflop: float = 0.0       # one step of one 2S crop at S = 32 (validation included)
+    planning_seconds: float = 0.0          # nnU-Net's planning, the plans variant, nnU-Net's preprocessing
+    finetune_seconds: float = 0.0          # per group of fine-tunings run together: start-up, checkpoints
+    finetune_iteration_gflop: float = 0.0  # one training iteration of one fine-tuning (all of them add up)
+    validation_seconds: float = 0.0        # nnU-Net's final validation of one fine-tuning (budgets that do it;
+                                           # mostly its pools' process start-ups, so seconds, not work)
+    prediction_seconds: float = 0.0        # per group of predictions run together (mostly nnU-Net's start-up)
+
+    def factor(self, capability: str) -> float:
+        return self.capability_factor.get(str(capability).upper(), max(self.capability_factor.values(), default=1.0))
+
+
+# PROVISIONAL (not yet calibrated on an idle host with the probe; replace by the procedure in DemoCosts):
+# fitted to two documented runs whose probes were not both measured. (1) The default setting on a 2-core
+# AVX-512 CPU, 2026-11-29, nothing else running: 792 s = pre-training 1000 steps 262 s, planning and
+# preprocessing 28 s, each pair of fine-tunings (2 x 120 iterations, no final validation) 102-107 s, each
+# pair of predictions 16-25 s; its probe was not measured and is ASSUMED to be 100 GFLOP/s at 2 threads
+# (the same machine type gave 43-55 GFLOP/s at 1 thread while shared with other jobs, 2026-12-05). (2) A
+# 2-core AVX2 CPU whose probe is 51 GFLOP/s at 2 threads: pre-training 1145 s, each pair of fine-tunings
+# 477-478 s, about an hour in all; the quick setting took 331 s there and about 325 s on host 1 (then with
+# nnU-Net's final validation, 40 s per run on 2 cores, hence seconds). The fixed seconds are guesses (the
+# quick setting is mostly fixed costs); the work follows from them and host 1's stage times at the assumed
+# probe; the AVX2 factor makes host 2's pre-training come out at 1145 s (its fine-tuning pairs then at 487 s).
+DEMO_COSTS = DemoCosts(
+    calibration="the documented 792 s demo (2-core AVX-512 CPU, probe assumed 100 GFLOP/s) and a 2-core AVX2 "
+                "CPU at 51 GFLOP/s",
+    capability_factor={"AVX512": 1.0, "AVX2": 3.1, "DEFAULT": 3.1},
+    data_seconds=10.0,
+    pretrain_seconds=90.0,
+    pretrain_step_gflop=17.2,           # (262 - 90) s x 100 GFLOP/s / 1000 steps
+    planning_seconds=28.0,
+    finetune_seconds=30.0,
+    finetune_iteration_gflop=30.0,      # (104.5 - 30) s x 100 GFLOP/s / (2 x 124 iterations)
+    validation_seconds=40.0,            # the "demo" budget's comment (mim_nnunet/finetune/variants.py)
+    prediction_seconds=20.0,
+)
+
+
+def estimate_demo(setting: str, gflops: float, capability: str, parallel: int,
+                  costs: DemoCosts = DEMO_COSTS) -> List[Tuple[str, float]]:
+    """Seconds of each stage of ``mim_nnunet demo --setting SETTING`` on a CPU host whose probe gives
+    ``gflops`` (fp32 matmul GFLOP/s at the demo's threads) with ``capability``, ``parallel`` fine-tunings
+    run together: ``[(stage, seconds), ...]`` in the demo's order (their sum is the estimate)."""
+    from ..finetune.variants import BUDGETS
+    if not gflops > 0:
+        raise ValueError(f"the probe's GFLOP/s must be positive, got {gflops}")
+    conf = DEMO_SETTINGS[setting]
+    pre, fine = conf["pretrain"], conf["finetune"]
+    scale = costs.factor(capability) / gflops                    # seconds per reference GFLOP here
+    budget = BUDGETS[fine["budget"]]
+    runs = 2 * len(fine["labels"]) * len(fine["seeds"])         # MiM and scratch per label setting and seed
+    groups = len(fine["labels"]) * len(fine["seeds"]) * -(-2 // parallel)   # each seed's pair, `parallel` at once
+    # validation iterations are forward passes only: about a third of a training iteration
+    iterations = budget.epochs * (budget.iterations + budget.val_iterations / 3)
+    step_work = costs.pretrain_step_gflop * pre["batch"] * (pre["input_size"] / 32) ** 3
+    return [
+        ("data", costs.data_seconds),
+        ("pre-training", costs.pretrain_seconds + pre["steps"] * step_work * scale),
+        ("planning and preprocessing", costs.planning_seconds),
+        ("fine-tuning", groups * costs.finetune_seconds + runs * budget.final_validation * costs.validation_seconds
+         + runs * iterations * costs.finetune_iteration_gflop * scale),
+        ("prediction", groups * costs.prediction_seconds),
+    ]
+
+
+def describe_estimate(setting: str, stages: List[Tuple[str, float]], limit: float = DEMO_LIMIT_SECONDS,
+                      costs: DemoCosts = DEMO_COSTS) -> List[str]:
+    """The lines the demo prints before it starts: the estimate per stage and, above ``limit``, a warning."""
+    total = sum(s for _, s in stages)
+    lines = [f"estimate for this host: about {total / 60:.0f} min ("
+             + ", ".join(f"{name} {s / 60:.1f}" for name, s in stages) + " min"
+             + ("; provisional calibration)" if costs.provisional else ")")]
+    if total > limit:
+        lines.append(f"WARNING: the estimate, {total / 60:.0f} min, is over {limit / 60:.0f} minutes on this host"
+                     + (" (`--setting quick` is a smoke run of a few minutes)" if setting != "quick" else ""))
+    return lines

@@ -35,6 +35,8 @@ BUDGETS = {
     # 1e-2 43/43. Mirroring off, checked the same way once the cases were oriented alike (RAS): scratch 62/52 ->
     # 67/65, MiM 74/52 -> 66/59 (mean of both networks 60 -> 64; one seed, so a lean, not a proof)
     "demo": Budget(12, 10, 1, lr=3e-3, final_validation=False, mirroring=False),
+    # the demo's quick setting (a smoke run): the demo budget's switches at one epoch of 2 + 1 iterations
+    "quick": Budget(1, 2, 1, lr=3e-3, final_validation=False, mirroring=False),
     "10epochs": Budget(10, 10, 2, val_cases=2),
     "100epochs": Budget(100, 25, 5, lr=1e-3, val_cases=5),  # the demo's long setting
 }

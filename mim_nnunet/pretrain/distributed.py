@@ -158,6 +158,11 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def cpu_threads_per_rank(world_size: int) -> Optional[int]:
-    """Split the CPU cores between the local ranks so they do not oversubscribe the machine."""
-    return max(1, (os.cpu_count() or 1) // max(1, world_size))
+def cpu_threads_per_rank(world_size: int, loader_workers: int = 0, cores: Optional[int] = None) -> int:
+    """Compute threads per local rank: the cores left after every rank's loader workers, split between the
+    ranks, at least one. Counting a core per loader worker leaves a core free for the workers' reads: with
+    compute threads on every core, a worker (or any other process) that takes a core stalls the others at
+    each parallel region (on 2 cores, one process beside the demo's pre-training cut its throughput 5-10x)."""
+    cores = cores or os.cpu_count() or 1
+    world = max(1, world_size)
+    return max(1, (cores - world * max(0, loader_workers)) // world)

@@ -226,8 +226,8 @@ def train_rank(rank: int, world_size: int, payload: Dict) -> None:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = D.local_device(settings.device, local_rank)
     if device.type == "cpu":
-        torch.set_num_threads(settings.cpu_threads
-                              or D.cpu_threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+        torch.set_num_threads(settings.cpu_threads or D.cpu_threads_per_rank(
+            int(os.environ.get("LOCAL_WORLD_SIZE", world_size)), settings.loader_workers))
     joined_here = not torch.distributed.is_initialized()
     if joined_here:
         D.init_group(rank, world_size, settings.device)
@@ -249,7 +249,8 @@ def _describe(settings: RunSettings, start: int, resume: bool, world: int, devic
             f"{f' (sub-volumes in chunks of {settings.chunk})' if settings.chunk else ''}, "
             f"S = {list(settings.config.input_size)}, lr {settings.lr:.3g}, {settings.precision}"
             f"{', activation checkpointing' if settings.checkpointing else ''}"
-            f"{', compiled encoder and decoder' if settings.compile else ''}")
+            f"{', compiled encoder and decoder' if settings.compile else ''}"
+            f"{f', {torch.get_num_threads()} CPU thread(s) per process' if device.type == 'cpu' else ''}")
 
 
 def _train(rank: int, world: int, device: torch.device, settings: RunSettings, resume: bool) -> None:

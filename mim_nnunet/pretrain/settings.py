@@ -67,7 +67,7 @@ class RunSettings:
     seed: int = PRETRAIN_RECIPE["seed"]
     stop_at: Optional[int] = None
     loader_workers: int = DEFAULT_LOADER_WORKERS
-    cpu_threads: Optional[int] = None      # per process on the CPU; None = cores / local processes
+    cpu_threads: Optional[int] = None      # per process on the CPU; None: distributed.cpu_threads_per_rank
     save_every: int = PRETRAIN_INTERVALS["save_every"]
     log_every: int = PRETRAIN_INTERVALS["log_every"]
     plot_every: int = PRETRAIN_INTERVALS["plot_every"]

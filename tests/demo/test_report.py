@@ -35,3 +35,16 @@ def test_seed_spread_leaves_out_seeds_where_a_class_was_absent():
     assert spread([0.5, None, 0.7]) == "60.0 ± 10.0"
     assert spread([None, None]) == "absent"
     assert verdict([None], [0.5]).startswith("no score")
+
+
+def test_run_time_names_the_host_and_the_estimate():
+    from mim_nnunet.common.host import HostProbe
+    from mim_nnunet.demo.report import run_time_lines
+    host = HostProbe(cpu_model="Some CPU", cpu_capability="AVX2", threads=2, cpus=2, gpu=None, matmul_gflops=51.0,
+                     matmul_size=2048, matmul_products=6, matmul_seconds=2.0, torch="2.14.1")
+    lines = run_time_lines({"pre-training": 262.4, "planning": 27.6}, 792.2, host,
+                           [("data", 30.0), ("pre-training", 300.4)])
+    assert lines == ["- pre-training: 262 s", "- planning: 28 s", "- total: 792 s",
+                     f"- {host.line()} (host.json)",
+                     "- estimated before the run: 330 s (data 30 s, pre-training 300 s)"]
+    assert run_time_lines({}, 5.0) == ["- total: 5 s"]

@@ -12,18 +12,13 @@ import SimpleITK as sitk
 
 from helpers.commands import command
 from mim_nnunet.data.preprocess import STORE_ORIENTATION
-from mim_nnunet.demo.data import demo_spec, prepare_demo_data, read_volume
+from mim_nnunet.demo.data import demo_spec, read_volume
 
 KINDS = ("MiM", "scratch")
 
 
-@pytest.fixture(scope="module")
-def demo_data(module_tmp):
-    root = module_tmp("demo_data")
-    return prepare_demo_data(root / "raw", root / "data", log=lambda *_: None)
-
-
 def test_demo_data_labels_sit_on_their_organs(demo_data):
+    """``demo_data``: the session's prepared demo data (tests/conftest.py)."""
     spec = demo_spec()
     dataset = demo_data["dataset"]
     meta = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
@@ -81,6 +76,12 @@ def test_quick_demo_writes_the_report(tmp_path, clean_env):
     # the pre-training validation loss at the first and last validation (steps 0 and 4 at this setting)
     assert "| first | 0 |" in summary and "| last | 4 |" in summary
     assert "| **mean** |" in summary and "Demo finished" in result.stdout
+    # the host named before the run (with the estimate for it) and in the report
+    before = result.stdout.split("== data:", 1)[0]
+    assert "host: " in before and "estimate for this host: about" in before
+    host = json.loads((report / "host.json").read_text(encoding="utf-8"))
+    assert host["threads"] >= 1 and host["matmul_gflops"] > 0 and host["cpu_capability"]
+    assert "- host: " in summary and "- estimated before the run: " in summary
     # on a CPU with two cores or more, MiM and scratch train together, one thread each on two cores, their
     # output passed on with a prefix
     if (os.cpu_count() or 1) >= 2:

@@ -142,17 +142,15 @@ def load_case(folder: Path, case: str):
 
 
 @pytest.fixture(scope="module")
-def demo_ct(module_tmp):
-    from mim_nnunet.demo.data import cache_dir, demo_spec, prepare_demo_data
-    spec = demo_spec()
-    archive = cache_dir() / f"{spec['package']}-{spec['version']}.tar.gz"
-    if not archive.is_file():
-        pytest.fail(f"{archive} is missing: run scripts/setup_env.sh (mim_nnunet demo-data); tests never download")
+def demo_ct(module_tmp, demo_data):
+    """The session's demo dataset (read only: nnU-Net reads nnUNet_raw) planned into this module's folders."""
+    from mim_nnunet.demo.data import demo_spec
     work = module_tmp("variant")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    dataset = demo_data["dataset"]
+    env["nnUNet_raw"] = str(dataset.parent)
+    for name in ("nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(work / name)
-    dataset = prepare_demo_data(work / "nnUNet_raw", work / "data", log=lambda *_: None)["dataset"]
     did = demo_spec()["dataset_id"]
     run([command("nnUNetv2_extract_fingerprint"), "-d", did, "-np", "1"], env, work)
     run([command("nnUNetv2_plan_experiment"), "-d", did], env, work)

@@ -202,3 +202,20 @@ def test_the_trainer_says_which_export_it_chose_and_names_a_size_mismatch(find_t
     assert str(wrong.value) == (f"{ct}: the export is hybrid 'tiny' (feature width 12), nnUNetTrainerMiM builds "
                                 f"hybrid 'base' (feature width 48): use nnUNetTrainerMiM_tiny_* (e.g. "
                                 f"nnUNetTrainerMiM_tiny_1epoch) or a 'base' export")
+
+
+def test_the_quick_budget_is_the_demo_budget_at_one_epoch_without_final_validation(find_trainer, tmp_path):
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+    for name in ("nnUNetTrainerMiM_tiny_quick", "nnUNetTrainerMiMScratch_tiny_quick"):
+        trainer = make_trainer(find_trainer(name), patch_3d=(32, 64, 64))
+        assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch,
+                trainer.initial_lr) == (1, 2, 1, 3e-3)
+        rotation, dummy_2d, _, axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        pipeline = trainer.get_training_transforms(trainer.configuration_manager.patch_size, rotation, None, axes,
+                                                   dummy_2d)
+        assert axes is None and not [t for t in pipeline.transforms
+                                     if isinstance(getattr(t, "transform", t), MirrorTransform)]
+        trainer.output_folder = str(tmp_path / name)
+        trainer.perform_actual_validation()          # skipped: nothing predicted, nothing written
+        assert not (tmp_path / name / "validation").exists()
+        assert "final validation skipped: budget 'quick'" in Path(trainer.log_file).read_text(encoding="utf-8")

@@ -26,13 +26,16 @@ def run(cmd, env, cwd=None, ok=True, timeout=1200) -> subprocess.CompletedProces
 
 def nnunet_env(work: Path, processes: int = 2) -> dict:
     """This environment without nnU-Net's or our variables, then nnU-Net's three folders under ``work``, our
-    trainers folder and ``processes`` augmentation workers: what a user's shell holds after setup."""
+    trainers folder, ``processes`` augmentation workers and ``processes`` for nnU-Net's other pools: what a
+    user's shell holds after setup on a small machine (nnU-Net's default of 8 pool processes, each a fresh
+    interpreter importing torch, costs more than the few small cases of a test take)."""
     import os
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(Path(work) / name)
     env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, work).stdout.strip()
     env["nnUNet_n_proc_DA"] = str(processes)
+    env["nnUNet_def_n_proc"] = str(processes)
     return env
 
 

@@ -38,7 +38,7 @@ def old(module_tmp):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         base[name] = str(work / name)
-    base["nnUNet_n_proc_DA"] = "1"
+    base["nnUNet_n_proc_DA"] = base["nnUNet_def_n_proc"] = "1"
     old_env = dict(base, PYTHONPATH=str(code), nnUNet_extTrainer=str(code / "trainers"))
     exports = {"hybrid": work / "exports" / "hybrid.safetensors", "swin": work / "exports" / "swin.safetensors"}
     writer = textwrap.dedent(f"""
@@ -54,7 +54,7 @@ def old(module_tmp):
     """)
     run(["python", "-c", writer], old_env, work)
     root = write_dataset(work / "nnUNet_raw", DATASET, num_train=3, num_test=1, shape=(48, 48, 48), seed=5)
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "1"], old_env, work)
+    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], old_env, work)
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
         dict(old_env, MIM_PRETRAINED_WEIGHTS=str(exports["hybrid"])), work)
     predict = [command("nnUNetv2_predict"), "-i", root / "imagesTs", "-d", DATASET, "-c", "3d_fullres", "-f", "all",

@@ -1,6 +1,7 @@
-"""MiM fine-tuning through stock nnU-Net, in subprocesses: mim_pretrain (tiny) -> plan -> check-transfer ->
-nnUNetv2_train with each MiM trainer -> pre-training files deleted -> nnUNetv2_predict; a 4-channel dataset
-with an inflated stem; -pretrained_weights through expand-weights; lr schedule across --c."""
+"""MiM fine-tuning through stock nnU-Net, in subprocesses: plan -> mim_pretrain (tiny) -> check-transfer ->
+nnUNetv2_train with each MiM trainer -> pre-training files moved away -> nnUNetv2_predict and --val (the
+session's runs, tests/helpers/shared_runs.py; the SwinUNETR model folder as stock nnU-Net writes it); a
+4-channel dataset with an inflated stem; -pretrained_weights through expand-weights; lr schedule across --c."""
 
 import json
 import shutil
@@ -14,12 +15,13 @@ import SimpleITK as sitk
 
 from helpers.commands import command, nnunet_env, run
 from helpers.exports import raw_sha1
-from helpers.synthetic import LABELS, write_dataset
+from helpers.shared_runs import DATASET, TRAINERS
+from helpers.synthetic import LABELS
 from mim_nnunet.finetune.loading import load_nnunet_checkpoint
 from mim_nnunet.weights.export import load_export
 
-DATASET, DATASET4 = 902, 903
-HYBRID, SWIN = "nnUNetTrainerMiM_tiny_1epoch", "nnUNetTrainerMiMSwinUNETR_tiny_1epoch"
+DATASET4 = 903
+HYBRID, SWIN = TRAINERS["hybrid"], TRAINERS["swin"]
 pytestmark = pytest.mark.slow
 
 
@@ -42,34 +44,19 @@ def four_channel_copy(root: Path, raw: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(module_tmp):
-    work = module_tmp("mim")
-    env = nnunet_env(work)
-    root = write_dataset(work / "nnUNet_raw", DATASET, num_train=5, num_test=2, shape=(64, 64, 64), seed=2)
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "2"], env, work)
-    exports = {}
-    for backbone in ("hybrid", "swin"):
-        run([command("mim_pretrain"), "-d", DATASET, "-data_name", "pre",
-             "-backbone", backbone, "-size", "tiny", "-np", "1",
-             "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0"], env, work)
-        exports[backbone] = Path(env["nnUNet_results"]) / "MiM_pre" / f"{backbone}_tiny" / "export" / \
-            f"mim_{backbone}_tiny.safetensors"
-    kept = work / "kept" / "mim_hybrid_tiny.safetensors"          # a copy that outlives the deletion below
-    kept.parent.mkdir()
-    for suffix in (".safetensors", ".json"):
-        shutil.copy(exports["hybrid"].with_suffix(suffix), kept.with_suffix(suffix))
-    return {"work": work, "env": env, "root": root, "exports": exports, "kept": kept,
-            "results": Path(env["nnUNet_results"]) / root.name}
+def setup(mim_exports):
+    """The session's planned Dataset902 and exports (tests/helpers/shared_runs.py), read only."""
+    return {**mim_exports, "kept": mim_exports["exports"]["hybrid"]}
 
 
-def test_transfer_check_passes_and_fails_with_named_problems(setup):
+def test_transfer_check_passes_and_fails_with_named_problems(setup, tmp_path):
     env, work, exports = setup["env"], setup["work"], setup["exports"]
     check = [command("mim_nnunet"), "check-transfer", "-d", DATASET]
     good = run(check + ["-tr", HYBRID, exports["hybrid"]], env, work)
     assert "100.00% of" in good.stdout and "transfer check passed" in good.stdout
     assert "backbone.blocks4" in good.stdout and "position embedding interpolated" in good.stdout
     # truncated export
-    cut = work / "cut.safetensors"
+    cut = tmp_path / "cut.safetensors"
     cut.write_bytes(exports["hybrid"].read_bytes()[:5000])
     shutil.copy(exports["hybrid"].with_suffix(".json"), cut.with_suffix(".json"))
     failures = {
@@ -89,12 +76,13 @@ def test_transfer_check_passes_and_fails_with_named_problems(setup):
     assert "100.00% of" in swin.stdout
 
 
-def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(setup):
-    env, work, exports, results = setup["env"], setup["work"], setup["exports"], setup["results"]
+def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(mim_finetuned):
+    """The session's fine-tuning (tests/helpers/shared_runs.py): each trainer found the newest export under
+    $nnUNet_results and started from it; prediction and --val --npz ran with every pre-training file gone."""
+    exports, models = mim_finetuned["exports"], mim_finetuned["models"]
     for trainer, backbone in ((HYBRID, "hybrid"), (SWIN, "swin")):
-        run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env, work)
-        report = json.loads((results / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0" / "mim_transfer.json")
-                            .read_text(encoding="utf-8"))
+        assert models[backbone].name == f"{trainer}__nnUNetPlans__3d_fullres"
+        report = json.loads((models[backbone] / "fold_0" / "mim_transfer.json").read_text(encoding="utf-8"))
         assert "newest" in report["how"] and report["encoder_fraction"] == 1.0
         state, _ = load_export(exports[backbone])
         prefix = "backbone." if backbone == "hybrid" else "swinViT."
@@ -102,39 +90,66 @@ def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(set
         assert len(compared) > 20
         for key in compared:          # the network's encoder at the start of fine-tuning = the export
             assert report["digests"][key] == raw_sha1(state[key[len(prefix):]]), key
-    # prediction needs only the fine-tuned model: delete every pre-training file first
-    for folder in (Path(env["nnUNet_results"]) / "MiM_pre", Path(env["nnUNet_preprocessed"]) / "MiM_pre"):
-        shutil.rmtree(folder)
-    for trainer in (HYBRID, SWIN):
-        out = work / f"pred_{trainer}"
-        run([command("nnUNetv2_predict"), "-i", setup["root"] / "imagesTs", "-o", out, "-d", DATASET, "-c",
-             "3d_fullres", "-f", "0", "-tr", trainer, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"],
-            env, work)
-        preds = sorted(out.glob("*.nii.gz"))
-        assert len(preds) == 2
+    for backbone, folder in mim_finetuned["predictions"].items():
+        preds = sorted(folder.glob("*.nii.gz"))
+        assert len(preds) == 2, backbone
         for p in preds:
             assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))) <= set(LABELS.values())
-    # nnU-Net's validation with probabilities (--val --npz) also runs from the fine-tuned model alone
-    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu", "--val", "--npz"],
-        env, work)
-    validation = results / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_0" / "validation"
+    validation = models["hybrid"] / "fold_0" / "validation"
     assert (validation / "summary.json").is_file() and list(validation.glob("*.npz"))
 
 
-def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_fold(setup):
+def test_swin_predictions_keep_the_input_geometry_and_the_model_folder_records_the_trainer(mim_finetuned):
+    """The SwinUNETR model folder as stock nnU-Net wrote it: the checkpoint names our trainer and holds a
+    SwinUNETR, plans.json names MONAI's class at feature size 12 with a patch of multiples of 32, and the
+    predictions have the inputs' size, spacing, origin and direction."""
+    model, out = mim_finetuned["models"]["swin"], mim_finetuned["predictions"]["swin"]
+    inputs = sorted((mim_finetuned["root"] / "imagesTs").glob("*_0000.nii.gz"))
+    assert len(inputs) == 2
+    for image_path in inputs:
+        pred_path = out / image_path.name.replace("_0000.nii.gz", ".nii.gz")
+        assert pred_path.is_file(), f"no prediction for {image_path.name}"
+        image, pred = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(pred_path))
+        assert pred.GetSize() == image.GetSize()
+        assert np.allclose(pred.GetSpacing(), image.GetSpacing())
+        assert np.allclose(pred.GetOrigin(), image.GetOrigin())
+        assert np.allclose(pred.GetDirection(), image.GetDirection())
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= set(LABELS.values())
+    ckpt = load_nnunet_checkpoint(model / "fold_0" / "checkpoint_final.pth")
+    assert ckpt["trainer_name"] == SWIN
+    assert any(k.startswith("swinViT.") for k in ckpt["network_weights"])    # a SwinUNETR was trained
+    config = json.loads((model / "plans.json").read_text(encoding="utf-8"))["configurations"]["3d_fullres"]
+    assert config["architecture"]["network_class_name"] == "monai.networks.nets.SwinUNETR"
+    assert config["architecture"]["arch_kwargs"]["feature_size"] == 12
+    assert all(s % 32 == 0 for s in config["patch_size"])
+    assert (model / "fold_0" / "progress.png").is_file()
+
+
+def own_results(setup, tmp_path, *models) -> dict:
+    """The session's environment with nnUNet_results in ``tmp_path`` (copies of ``models`` in it): a test
+    that trains writes there, never into the shared model folders."""
+    results = tmp_path / "nnUNet_results"
+    for model in models:
+        shutil.copytree(model, results / model.parent.name / model.name)
+    results.mkdir(exist_ok=True)
+    return dict(setup["env"], nnUNet_results=str(results))
+
+
+def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_fold(setup, mim_finetuned, tmp_path):
     """A NaN export (its checksum intact: NaN before export) is refused by check-transfer and by
-    nnUNetv2_train, in one line, before nnU-Net starts its workers; the fold trained above is kept."""
+    nnUNetv2_train, in one line, before nnU-Net starts its workers; the trained fold (a copy of the
+    session's) is kept."""
     from mim_nnunet.weights.export import write_export
-    env, work, results = dict(setup["env"]), setup["work"], setup["results"]
+    env, work = own_results(setup, tmp_path, mim_finetuned["models"]["hybrid"]), setup["work"]
     state, record = load_export(setup["kept"])
     key = "blocks4.0.attn.qkv.weight"
     state[key] = state[key].clone()
     state[key][0, :3] = float("nan")
-    bad, _ = write_export(state, {k: v for k, v in record.items() if k != "sha256"}, work / "nan" / "nan.safetensors")
+    bad, _ = write_export(state, {k: v for k, v in record.items() if k != "sha256"}, tmp_path / "nan" / "nan.safetensors")
     message = f"{bad}: tensor '{key}' holds 3 non-finite value(s) (NaN/inf); refusing to fine-tune from it"
     check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", HYBRID, bad], env, work, ok=False)
     assert check.returncode == 2 and message in check.stderr and len(check.stderr.strip().splitlines()) == 1
-    fold = results / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_0"
+    fold = Path(env["nnUNet_results"]) / setup["root"].name / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_0"
     final = (fold / "checkpoint_final.pth").read_bytes()
     env["MIM_PRETRAINED_WEIGHTS"] = str(bad)
     train = run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu"], env, work,
@@ -145,10 +160,11 @@ def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_f
     assert (fold / "checkpoint_final.pth").read_bytes() == final
 
 
-def test_four_channel_dataset_trains_with_an_inflated_stem(setup):
-    env, work = dict(setup["env"]), setup["work"]
+def test_four_channel_dataset_trains_with_an_inflated_stem(setup, tmp_path):
+    env, work = nnunet_env(tmp_path), tmp_path              # a workspace of its own: the session's is read only
     four_channel_copy(setup["root"], Path(env["nnUNet_raw"]))
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET4, "-c", "3d_fullres", "-np", "2"], env, work)
+    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET4, "-c", "3d_fullres", "-np", "2", "-npfp", "2"],
+        env, work)
     env["MIM_PRETRAINED_WEIGHTS"] = str(setup["kept"])
     run([command("nnUNetv2_train"), DATASET4, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu"], env, work)
     folder = Path(env["nnUNet_results"]) / f"Dataset{DATASET4:03d}_MiMFour" / f"{HYBRID}__nnUNetPlans__3d_fullres"
@@ -158,10 +174,10 @@ def test_four_channel_dataset_trains_with_an_inflated_stem(setup):
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
 
 
-def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup):
-    env, work = setup["env"], setup["work"]
+def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup, tmp_path):
+    env, work = own_results(setup, tmp_path), setup["work"]     # fold 1 is trained into tmp_path
     export = setup["kept"]
-    out = work / "expanded.pth"
+    out = tmp_path / "expanded.pth"
     result = run([command("mim_nnunet"), "expand-weights", "-d", DATASET, "-tr", HYBRID, export, "-o", out], env, work)
     assert f"-pretrained_weights {out}" in result.stdout
     assert set(load_nnunet_checkpoint(out)) == {"network_weights"}      # plain tensors: passes the trainers' check
@@ -181,16 +197,16 @@ def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup)
     # and through nnUNetv2_train: the trainer sees the loaded weights and does not search for an export
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "1", "-tr", HYBRID, "-device", "cpu",
          "-pretrained_weights", out], env, work)
-    fold = setup["results"] / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_1"
+    fold = Path(env["nnUNet_results"]) / setup["root"].name / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_1"
     log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
     assert "weights were loaded with -pretrained_weights; not searching" in log
     assert not (fold / "mim_transfer.json").exists()
 
 
-def test_lr_schedule_survives_checkpoint_and_continue(setup):
+def test_lr_schedule_survives_checkpoint_and_continue(setup, tmp_path):
     """nnU-Net's own save_checkpoint / load_checkpoint, then the step nnU-Net takes at each epoch start:
     mid-warm-up (epoch 10 of 50 warm-up epochs) and after it (epoch 400), the lr is on its schedule."""
-    env, work = setup["env"], setup["work"]
+    env, work = own_results(setup, tmp_path), setup["work"]
     script = textwrap.dedent(f"""
         import json, os, torch
         from nnunetv2.run.run_training import get_trainer_from_args

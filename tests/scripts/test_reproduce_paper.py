@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import SCRIPTS, command, load_script
+from helpers.commands import SCRIPTS, command, load_script, nnunet_env
 from helpers.downstream_layouts import write_btcv
 
 SCRIPT = SCRIPTS / "reproduce_paper.py"
@@ -70,17 +70,13 @@ def run(cmd, env, cwd):
 
 
 @pytest.mark.slow
-def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, clean_env):
-    env = dict(clean_env)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        env[name] = str(tmp_path / name)
-    env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, tmp_path).stdout.strip()
-    env["nnUNet_n_proc_DA"] = "1"          # 0 breaks nnU-Net 2.8.1's planner (torch.set_num_threads(0))
+def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, mim_exports):
+    # 1 process: 0 breaks nnU-Net 2.8.1's planner (torch.set_num_threads(0))
+    env = nnunet_env(tmp_path, processes=1)
     src = write_btcv(tmp_path / "src", numbers=(1, 2, 3, 4, 35, 36), test=())
     run([command("mim_nnunet"), "convert", "btcv", src, "--allow_partial"], env, tmp_path)
-    run([command("mim_pretrain"), "-d", "501", "-data_name", "pre", "-backbone", "hybrid", "-size", "tiny", "-np", "1",
-         "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0"], env, tmp_path)
-    export = tmp_path / "nnUNet_results" / "MiM_pre" / "hybrid_tiny" / "export" / "mim_hybrid_tiny.safetensors"
+    # the session's hybrid 'tiny' export (pre-trained by mim_pretrain on another CT dataset), given by -weights
+    export = mim_exports["exports"]["hybrid"]
     # the BTCV recipe at a CPU size, with a published row made up for this test (not the paper's numbers)
     from mim_nnunet.downstream.recipes import load_recipe
     recipe = {**load_recipe("btcv"), "name": "btcv_tiny", "crop_size": [32, 32, 32],
