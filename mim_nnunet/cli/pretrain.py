@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="activation checkpointing of the backbone's blocks: the same gradients, less memory, "
                           "one more forward pass of each block; may change on --c (default: off, or the plan's "
                           "backbone_sizes.use_checkpoint)")
+    run.add_argument("--deterministic", action="store_true", default=None,
+                     help="on GPUs: deterministic kernels (cuDNN, cuBLAS, torch.use_deterministic_algorithms; no "
+                          "cudnn.benchmark, no TF32), slower; the CPU is deterministic without it. See docs/gpu.md "
+                          "for what is reproducible bit for bit; may change on --c")
     run.add_argument("-seed", type=int, default=None, help=f"default: {PRETRAIN_RECIPE['seed']}")
     run.add_argument("-workers", type=int, default=None,
                      help=f"data-loading workers per process (default: {DEFAULT_LOADER_WORKERS})")
@@ -126,7 +130,7 @@ def switches_from(args: argparse.Namespace) -> Dict:
 
 def operational_from(args: argparse.Namespace) -> Dict:
     values = {"stop_at": args.stop_at, "loader_workers": args.workers, "compile": args.compile,
-              "checkpointing": args.checkpointing,
+              "checkpointing": args.checkpointing, "deterministic": args.deterministic,
               "cpu_threads": args.threads, "val_crops": args.val_crops, "chunk": args.chunk,
               **{name: getattr(args, name) for name in PRETRAIN_INTERVALS}}
     return {k: v for k, v in values.items() if v is not None}
