@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"refuses another -steps (a finished run is not extended: start a longer one with "
                           f"-steps N -run NAME)")
     run.add_argument("--c", action="store_true", help="continue the run in the results folder from its last "
-                                                      "checkpoint, exactly as it would have gone on")
+                                                      "checkpoint, as it would have gone on (bit for bit on the "
+                                                      "CPU; on GPUs to rounding, docs/gpu.md)")
     run.add_argument("-stop_at", type=int, default=None,
                      help="stop (with a checkpoint) after this many steps of the run; continue later with --c")
     run.add_argument("-run", default=None, help="suffix of the results folder, to keep ablations apart")

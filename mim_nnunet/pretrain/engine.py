@@ -4,7 +4,10 @@ One optimiser step = ``accumulation`` micro-batches of ``per_device_batch`` L1 c
 Micro-batch m of step s on rank r is global batch ``(s * A + m) * W + r``; its crops and its masks are
 drawn from generators seeded with (seed, global batch), so the data of a step depends only on the
 effective batch, not on how it is split across devices and accumulation, and a resumed run sees the
-same data as an uninterrupted one.
+same data as an uninterrupted one. On the CPU (fp32, the same processes and threads) a resumed run ends
+with bit-identical weights; on GPUs the data, schedule and state are the same but kernels' summation
+order is not (cuDNN's choices, atomic adds in indexing backward passes; ``--deterministic`` asks for
+deterministic kernels), so results agree to rounding (docs/gpu.md).
 
 A run is five parts: :func:`build` (model, optimiser, schedule, scaler), :func:`restore` (a checkpoint's
 state, or the same start on every rank), :func:`train_step` (one optimiser step), :func:`verify_ranks`
