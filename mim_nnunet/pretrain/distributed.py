@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 from datetime import timedelta
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -23,6 +24,7 @@ from ..common.errors import MimError, last_line
 DIST_TIMEOUT_S = 1800            # a collective that waits longer than this fails (a peer is gone)
 DIST_PREPARE_TIMEOUT_S = 72 * 3600   # under torchrun, ranks > 0 wait this long for rank 0's preprocessing
 DIST_BUCKET_ELEMENTS = 2 ** 24   # gradients are all-reduced in flat buckets of this many elements
+SHARED_PATH_WAIT_S = 60          # how long a rank waits to see rank 0's files (network filesystem caches)
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -95,12 +97,18 @@ def gather_objects(obj) -> List:
     return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
-def check_shared_paths(paths: Sequence, group=None) -> None:
-    """Every rank checks that it sees ``paths`` (written by rank 0); when one does not, every rank stops
-    with the same one-line error naming the rank, its host and the first path it cannot see. Ranks on
-    other nodes see rank 0's files only through a filesystem shared at the same path."""
+def check_shared_paths(paths: Sequence, group=None, wait_s: float = SHARED_PATH_WAIT_S) -> None:
+    """Every rank checks that it sees ``paths`` (written by rank 0), waiting up to ``wait_s`` for them (a
+    network filesystem may show another node's new files with a delay); when one does not, every rank
+    stops with the same one-line error naming the rank, its host and the first path it cannot see. Ranks
+    on other nodes see rank 0's files only through a filesystem shared at the same path."""
     from pathlib import Path
-    missing = [str(p) for p in paths if not Path(p).exists()]
+    deadline = time.monotonic() + wait_s
+    while True:
+        missing = [str(p) for p in paths if not Path(p).exists()]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
     mine = {"host": socket.gethostname(), "missing": missing}
     everyone: List = [None] * dist.get_world_size(group) if dist.is_initialized() else [None]
     if dist.is_initialized():

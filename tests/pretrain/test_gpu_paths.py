@@ -190,4 +190,9 @@ def test_every_rank_names_the_path_a_rank_cannot_see(tmp_path):
         D.spawn(check_paths_rank, 2, {"paths": [str(seen), str(missing)]})
     D.check_shared_paths([seen])                                     # no group, nothing missing: nothing said
     with pytest.raises(MimError, match="rank 0 on .* cannot see .*elsewhere.*shared at the same path"):
-        D.check_shared_paths([seen, missing])
+        D.check_shared_paths([seen, missing], wait_s=0)
+    # a file that shows up late (a network filesystem's cache) is waited for
+    import threading
+    late = tmp_path / "late.json"
+    threading.Timer(1.5, lambda: late.write_text("{}", encoding="utf-8")).start()
+    D.check_shared_paths([late], wait_s=30)
