@@ -148,7 +148,7 @@ def configure_backends(device: torch.device, deterministic: bool) -> None:
     if device.type != "cuda":
         return
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts: before the first matmul
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
@@ -249,8 +249,6 @@ def train_rank(rank: int, world_size: int, payload: Dict) -> None:
     """Entry point of one rank (spawned, under torchrun, or the only process)."""
     settings = RunSettings.from_dict(payload["settings"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if settings.deterministic and settings.device == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # before this process starts cuBLAS
     device = D.local_device(settings.device, local_rank)
     # the local ranks share the cores (a GPU rank's CPU threads feed its GPU; torchrun's OMP_NUM_THREADS
     # is kept for GPU ranks, -threads wins everywhere)
