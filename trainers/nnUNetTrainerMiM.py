@@ -67,6 +67,12 @@ class nnUNetTrainerMiMScratch(nnUNetTrainerMiM):
     pretrained = False
 
 
+class nnUNetTrainerMiMScratch_1epoch(nnUNetTrainerMiM_1epoch):
+    """Scratch twin of nnUNetTrainerMiM_1epoch (the GPU check)."""
+
+    pretrained = False
+
+
 class nnUNetTrainerMiMScratch_tiny_1epoch(nnUNetTrainerMiM_tiny_1epoch):
     """Scratch twin of nnUNetTrainerMiM_tiny_1epoch."""
 
