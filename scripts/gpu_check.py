@@ -288,8 +288,10 @@ def pretrain(ctx: Context, work: Path, run_name: str, prefix: List[str], extra: 
     size = "32" if ctx.args.reduced else "64"
     launch = prefix + ["-m", "mim_nnunet.cli.pretrain"] if prefix else [sys.executable, "-m", "mim_nnunet.cli.pretrain"]
     cmd = launch + ["-d", str(ctx.scans()), "-o", "gpucheck", "-size", "tiny", "-np", "2", "-device", ctx.device,
-                    "-input_size", size, "-batch", "1", "-accum", "1", "-steps", str(steps), "-workers", "1",
-                    "-run", run_name, "-val_crops", "1"] + extra
+                    "-input_size", size, "-batch", "1", "-accum", "1", "-steps", str(steps), "-run", run_name,
+                    # reduced (the CPU dry run): no loader process and no validation pass to start
+                    "-workers", "0" if ctx.args.reduced else "1", "-val_crops", "0" if ctx.args.reduced else "1"] \
+        + extra
     started = time.perf_counter()
     result = run(cmd, env, 900)
     out = Path(env["nnUNet_results"]) / "MiM_gpucheck" / f"hybrid_tiny_{run_name}"

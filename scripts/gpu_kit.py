@@ -10,9 +10,9 @@ torch, numpy and scipy, the least a CUDA PyTorch image holds. Versions: the one 
 that runs this script (the versions the test suite ran with) where it fits, else the newest that fits.
 A package with no wheel on the index is built into one here when it is pure Python.
 
-Large wheels are repacked with LZMA members (the same files, the same RECORD hashes; pip reads them), so
-that what one command carries (the checkout, its wheels) stays under ``-limit_mib``; ``kit.json`` and
-``kit.md`` give the sizes.
+What one command carries (the checkout, its wheels) should stay under ``-limit_mib``; ``kit.json`` and
+``kit.md`` give the sizes. ``--lzma`` repacks wheels over 1 MiB with LZMA members (the same files and RECORD
+hashes; Python's zipfile, which pip uses, reads them): smaller, but slow to write.
 
     bash scripts/gpu_kit.sh -o gpu_kit -python 3.12 -have have.txt
     python3 scripts/gpu_check.py -command A -kit gpu_kit -out gpu_check      # there, offline
@@ -46,8 +46,9 @@ COMMANDS = {
 COMMANDS["B"] = COMMANDS["A"] + ["acvl-utils", "batchgeneratorsv2", "blosc2", "nibabel", "connected-components-3d",
                                  "seaborn", "pandas", "scikit-image", "scikit-learn", "pyyaml", "einops"]
 # Their declared requirements are wider than what the commands import (nnU-Net's include imagecodecs,
-# ~26 MB, that only its TIFF reader may use); what they import is listed above.
-NO_FOLLOW = {OWN, "nnunetv2", "batchgenerators"}
+# ~26 MB, that only its TIFF reader may use; dynamic-network-architectures needs timm only for architectures
+# nnU-Net does not build here); what they import is listed above.
+NO_FOLLOW = {OWN, "nnunetv2", "batchgenerators", "dynamic-network-architectures"}
 NEVER = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-.*|cuda-.*|cupy.*|jax.*)$")
 DEFAULT_HAVE = ("torch", "numpy", "scipy")
 DEFAULT_PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_24_x86_64",
@@ -225,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                     f"(default: {', '.join(DEFAULT_HAVE)})")
     parser.add_argument("-commands", default="A,B", help="wheelhouses to write (default: A,B)")
     parser.add_argument("-limit_mib", type=float, default=60.0, help="most a command may carry (default: 60)")
-    parser.add_argument("--no_lzma", action="store_true", help="keep the wheels as downloaded")
+    parser.add_argument("--lzma", action="store_true", help="repack wheels over 1 MiB with LZMA members")
     args = parser.parse_args(argv)
     out = Path(args.o)
     have = read_have(args.have)
@@ -247,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             folder.mkdir(parents=True)
             for wheel in wheels.values():
                 shutil.copy2(wheel, folder / wheel.name)
-                if not args.no_lzma and wheel.stat().st_size > LZMA_ABOVE_BYTES and not wheel.name.startswith("mim"):
+                if args.lzma and wheel.stat().st_size > LZMA_ABOVE_BYTES and not wheel.name.startswith("mim"):
                     packed = cache / "lzma" / wheel.name
                     if not packed.is_file():
                         packed.parent.mkdir(exist_ok=True)

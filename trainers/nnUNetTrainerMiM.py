@@ -28,7 +28,7 @@ class nnUNetTrainerMiM(MiMFineTuneTrainerBase):
 
 
 class nnUNetTrainerMiM_1epoch(nnUNetTrainerMiM):
-    """MiMUNETR base, 1 epoch of 2 + 1 iterations: the GPU check (scripts/gpu_check.py)."""
+    """MiMUNETR base, 1 epoch of 2 + 1 iterations: the GPU check (scripts/gpu_check.py, docs/gpu-check.md)."""
 
     budget = "1epoch"
 
