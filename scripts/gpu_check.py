@@ -240,7 +240,7 @@ def engine_steps(ctx: Context, backbone: str, precision: str, steps: int = 2,
     settings = RunSettings(name="gpucheck", backbone=backbone, size="tiny", out_dir=str(work), store=str(work),
                            mim=MiMConfig(input_size=(size,) * 3).to_dict(),
                            backbone_sizes=backbone_sizes(backbone, "tiny"), per_device_batch=1, accumulation=1,
-                           world_size=1, steps=steps, warmup_steps=1, lr=1e-4, device=ctx.device,
+                           world_size=1, steps=steps, warmup_steps=0, lr=1e-4, device=ctx.device,
                            precision=precision)
     device = torch.device(ctx.device)
     trainee = engine.build(settings, device)
@@ -401,7 +401,7 @@ def check_planner_memory(ctx: Context) -> Dict:
     from mim_nnunet.mim import MiMConfig
     settings = RunSettings(name="gpucheck", backbone="hybrid", size="base", out_dir=str(work), store=str(work),
                            mim=MiMConfig(input_size=tuple(s)).to_dict(), backbone_sizes=plan["backbone_sizes"],
-                           per_device_batch=batch, accumulation=1, world_size=1, steps=2, warmup_steps=1, lr=1e-4,
+                           per_device_batch=batch, accumulation=1, world_size=1, steps=2, warmup_steps=0, lr=1e-4,
                            device="cuda", precision="bf16", chunk=chunk)
     device = torch.device("cuda")
     torch.cuda.reset_peak_memory_stats()
