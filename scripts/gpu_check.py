@@ -235,7 +235,8 @@ def engine_steps(ctx: Context, backbone: str, precision: str, steps: int = 2,
     from mim_nnunet.pretrain import engine
     from mim_nnunet.pretrain.settings import RunSettings
 
-    size = ctx.args.precision_input_size
+    # resenc's deepest stage needs S >= 64 to train (instance norm over more than one voxel)
+    size = max(ctx.args.precision_input_size, 64) if backbone == "resenc" else ctx.args.precision_input_size
     work = ctx.work(f"precision_{backbone}_{precision}")
     settings = RunSettings(name="gpucheck", backbone=backbone, size="tiny", out_dir=str(work), store=str(work),
                            mim=MiMConfig(input_size=(size,) * 3).to_dict(),

@@ -37,14 +37,15 @@ REPO = Path(__file__).resolve().parents[1]
 OWN = "mim-nnunet"
 # What each command of scripts/gpu_check.py imports beyond the standard library and torch (checked against
 # real imports by tests/scripts/test_gpu_check.py). A: the pre-training checks (mim_pretrain reads images
-# with SimpleITK; backbones import MONAI and nnU-Net's network builder). B adds nnU-Net's training,
+# with SimpleITK; backbones import MONAI and nnU-Net's network builder; MONAI's Swin imports einops when
+# built). B adds nnU-Net's training,
 # preprocessing and prediction.
 COMMANDS = {
     "A": [OWN, "monai", "nnunetv2", "simpleitk", "batchgenerators", "dynamic-network-architectures",
-          "matplotlib", "tqdm", "safetensors", "numpy", "scipy"],
+          "matplotlib", "tqdm", "safetensors", "numpy", "scipy", "einops"],
 }
 COMMANDS["B"] = COMMANDS["A"] + ["acvl-utils", "batchgeneratorsv2", "blosc2", "nibabel", "connected-components-3d",
-                                 "seaborn", "pandas", "scikit-image", "scikit-learn", "pyyaml", "einops"]
+                                 "seaborn", "pandas", "scikit-image", "scikit-learn", "pyyaml"]
 # Their declared requirements are wider than what the commands import (nnU-Net's include imagecodecs,
 # ~26 MB, that only its TIFF reader may use; dynamic-network-architectures needs timm only for architectures
 # nnU-Net does not build here); what they import is listed above.
