@@ -1,6 +1,8 @@
-"""Backbones behind one interface: ``encoder(x, mask) -> (N, T, encoder.out_dim)``.
+"""Backbones behind one interface: ``encoder(x, mask, visible_tokens=None) -> (N, T, encoder.out_dim)``.
 
-x is ``(N, C, *S)``; mask is ``(N, T)`` bool with True = masked. The output holds one feature per
+x is ``(N, C, *S)``; mask is ``(N, T)`` bool with True = masked; ``visible_tokens`` (optional) the
+visible tokens per row, which every row of a MiM level shares (a backbone that runs only the visible
+tokens needs the count, and counting it on a GPU waits for the GPU). The output holds one feature per
 token of the grid G = S/16; what sits at masked positions is ignored by the MAE decoder, which puts
 its mask token there. The MiM model never looks inside. Each backbone's size table sits beside its
 class; a pre-training plan carries the chosen entry (``backbone_sizes``), which is what a run builds.

@@ -190,12 +190,19 @@ class HybridEncoder(HybridConvStages):
         self.norm = nn.LayerNorm(c4, eps=1e-6)
         init_weights(self)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, visible_tokens: Optional[int] = None) -> Tensor:
+        """``visible_tokens``: visible tokens per row when the caller knows them (MiM's levels do): then
+        nothing waits for the GPU and a compiled encoder has no graph break here; None counts them."""
         n = x.shape[0]
         visible = ~mask
-        n_vis = int(visible[0].sum())
-        if not bool((visible.sum(dim=1) == n_vis).all()):
-            raise ValueError("every row of the mask must hide the same number of tokens (one MiM level)")
+        if visible_tokens is None:         # counted on the host: two syncs, clear errors for direct calls
+            n_vis = int(visible[0].sum())
+            if not bool((visible.sum(dim=1) == n_vis).all()):
+                raise ValueError("every row of the mask must hide the same number of tokens (one MiM level)")
+        else:
+            n_vis = int(visible_tokens)
+            torch._assert_async(torch.all(visible.sum(dim=1) == n_vis),
+                                f"every row of the mask must show {n_vis} tokens (one MiM level)")
         keep = visible.int().argsort(dim=1, descending=True, stable=True)[:, :n_vis]       # (N, n_vis)
 
         stages = self.conv_stages(x, visible)

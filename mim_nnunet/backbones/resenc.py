@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -262,7 +262,8 @@ class ResEncEncoder(nn.Module):
             outputs.append(h)
         return outputs
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, visible_tokens: Optional[int] = None) -> Tensor:
+        """``visible_tokens``: unused (the convolutions run on the whole zero-masked input)."""
         parts = []
         for fold, out in zip(self.fold, self.stage_outputs(x, mask)[self.token_stage:]):
             for axis, r in enumerate(fold, start=2):

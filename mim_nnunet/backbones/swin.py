@@ -92,7 +92,8 @@ class SwinEncoder(nn.Module):
         hidden = token_mask_to_grid(mask, self.grid, TOKEN_SIZE // 2).bool()
         return torch.where(hidden, self.mask_token.to(x0.dtype), x0)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, visible_tokens: Optional[int] = None) -> Tensor:
+        """``visible_tokens``: unused (every token runs, masked ones as the mask token)."""
         vit = self.swinViT
         h = vit.pos_drop(self.embed(x, mask))
         for layers in (vit.layers1, vit.layers2, vit.layers3):   # stride 4, 8, 16 (layers4 unused)

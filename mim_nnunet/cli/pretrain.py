@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                           f"refuses another -steps (a finished run is not extended: start a longer one with "
                           f"-steps N -run NAME)")
     run.add_argument("--c", action="store_true", help="continue the run in the results folder from its last "
-                                                      "checkpoint, exactly as it would have gone on")
+                                                      "checkpoint, as it would have gone on (bit for bit on the "
+                                                      "CPU; on GPUs to rounding, docs/gpu.md)")
     run.add_argument("-stop_at", type=int, default=None,
                      help="stop (with a checkpoint) after this many steps of the run; continue later with --c")
     run.add_argument("-run", default=None, help="suffix of the results folder, to keep ablations apart")
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="activation checkpointing of the backbone's blocks: the same gradients, less memory, "
                           "one more forward pass of each block; may change on --c (default: off, or the plan's "
                           "backbone_sizes.use_checkpoint)")
+    run.add_argument("--deterministic", action="store_true", default=None,
+                     help="on GPUs: deterministic kernels (cuDNN, cuBLAS, torch.use_deterministic_algorithms; no "
+                          "cudnn.benchmark, no TF32), slower; the CPU is deterministic without it. See docs/gpu.md "
+                          "for what is reproducible bit for bit; may change on --c")
     run.add_argument("-seed", type=int, default=None, help=f"default: {PRETRAIN_RECIPE['seed']}")
     run.add_argument("-workers", type=int, default=None,
                      help=f"data-loading workers per process (default: {DEFAULT_LOADER_WORKERS})")
@@ -126,7 +131,7 @@ def switches_from(args: argparse.Namespace) -> Dict:
 
 def operational_from(args: argparse.Namespace) -> Dict:
     values = {"stop_at": args.stop_at, "loader_workers": args.workers, "compile": args.compile,
-              "checkpointing": args.checkpointing,
+              "checkpointing": args.checkpointing, "deterministic": args.deterministic,
               "cpu_threads": args.threads, "val_crops": args.val_crops, "chunk": args.chunk,
               **{name: getattr(args, name) for name in PRETRAIN_INTERVALS}}
     return {k: v for k, v in values.items() if v is not None}

@@ -9,6 +9,7 @@ lr), so editing the plan changes the run. ``PLAN_KEYS`` lists them; ``explain`` 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -40,15 +41,19 @@ DEVICE_COUNT_MULTIPLE = 4               # effective batch in crops is a multiple
 # the spec is SGD's: it starves small batches (8e-6 for one 21-sub-volume crop) and overshoots large ones.
 REFERENCE_LR = 1e-4
 REFERENCE_BATCH_SUBVOLUMES = 256
-DEFAULT_GPU_MEMORY_TARGET_GB = 24.0
-GPU_MEMORY_RESERVE_GB = 2.0             # CUDA context, optimiser state, fragmentation
+DEFAULT_GPU_MEMORY_TARGET_GB = 24.0     # only when the GPU's free memory cannot be read
+GPU_MEMORY_RESERVE_GB = 2.0             # the training process's own CUDA context and cuDNN/cuBLAS workspaces
+# On a GPU the target is the free memory of the card (the least free of the run's local GPUs, read by
+# torch.cuda.mem_get_info in a short-lived process, so no CUDA context of this one stays on the cards)
+# less this headroom (allocator fragmentation, NCCL buffers), rounded down to a multiple of
+# GPU_MEMORY_STEP_GB so that the plan stays put as free memory drifts a little between invocations.
+GPU_MEMORY_HEADROOM_FRACTION = 0.10
+GPU_MEMORY_STEP_GB = 2.0
 # On the CPU (mim_pretrain -device cpu, or no GPU) the default target comes from the RAM available when
 # planning: this fraction of it (the rest for the system, other programs and the loader workers), shared
-# by the processes, and halved because the CPU trains in fp32, about twice the bf16 memory per crop of the
-# table below (which is in GPU bf16 GB). Rounded down to a power of two so that the plan, and edits made
-# to it, stay put while free memory drifts a little between invocations.
+# by the processes (the CPU trains in fp32: the memory model below is used at fp32). Rounded down to a
+# power of two so that the plan, and edits made to it, stay put while free memory drifts a little.
 CPU_MEMORY_FRACTION = 0.75
-CPU_FP32_FACTOR = 2.0
 # The memory model of one pre-training step on one device: ``fixed_gb`` (interpreter, weights, gradients)
 # plus ``per_subvolume_gb`` for each sub-volume whose activations are alive at once (all 21 of a crop in
 # a one-shot step; at most the chunk with -chunk), both fp32 at S = 96^3 (the per-sub-volume part scales
@@ -98,9 +103,13 @@ STEP_MEMORY_FP32_AT_96[("resenc", "L")] = {**STEP_MEMORY_FP32_AT_96[("resenc", "
 # A step keeps, per crop, its 2S crop (8 S-volumes) and the inputs and predictions of its 21 sub-volumes.
 KEPT_VOLUMES_PER_CROP = 8 + 2 * 21
 FP32_BYTES = 4
-# GPU steps run under bf16 autocast: activations about half their fp32 size (estimate, not yet measured
-# on a GPU: no GPU has been lent to this project).
-BF16_FRACTION_OF_FP32 = 0.5
+# fp32 training state per parameter: weights, gradients and AdamW's two moments (4 bytes each); autocast
+# does not shrink any of them. Computed from the model's parameter count.
+STATE_BYTES_PER_PARAMETER = 16
+# Activations under bf16/fp16 autocast, as a fraction of their fp32 size. An estimate, not yet measured on a
+# GPU: convolution and matmul outputs are half precision, but the hybrid's residual stream (LayerNorm
+# outputs, the masked products, the position embedding sums) and the losses stay fp32, so not 0.5.
+BF16_FRACTION_OF_FP32 = 0.65
 # What a plan holds; each is read back by preprocessing or the engine (``explain`` documents them).
 PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb", "in_channels", "target_spacing",
              "orientation", "intensity", "foreground", "store_dtype", "input_size", "uniform_crop_fraction",
@@ -108,14 +117,15 @@ PLAN_KEYS = ("name", "manifest_hash", "backbone", "size", "gpu_memory_target_gb"
 
 
 class MemoryTarget(float):
-    """A memory target in GB that carries how it was chosen (``why``), for the plan's ``explain``; it passes
-    through the data pipeline as the plain float it is."""
+    """A memory target in GB that carries how it was chosen (``why``), for the plan's ``explain``, and the
+    device it is for; it passes through the data pipeline as the plain float it is."""
 
     why: str
+    device: str     # the device the target is for: "cpu" plans fp32 steps, a GPU autocast steps
 
-    def __new__(cls, gb: float, why: str) -> "MemoryTarget":
+    def __new__(cls, gb: float, why: str, device: str = "cuda") -> "MemoryTarget":
         target = super().__new__(cls, gb)
-        target.why = why
+        target.why, target.device = why, device
         return target
 
 
@@ -135,26 +145,59 @@ def available_memory_gb() -> Optional[float]:
         return None
 
 
+def free_gpu_memory_gb(devices: int) -> Optional[float]:
+    """The least free memory (GiB) of GPUs ``0..devices-1`` as ``torch.cuda.mem_get_info`` reads it, in a
+    short-lived process (a CUDA context made here would stay on every card for the whole run); None when
+    it cannot be read."""
+    import concurrent.futures
+    import multiprocessing
+
+    try:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_read_free_gpu_memory, devices).result(timeout=300)
+    except Exception:        # no CUDA, a driver error, a process that cannot start: the default is used
+        return None
+
+
+def _read_free_gpu_memory(devices: int) -> Optional[float]:
+    import torch
+
+    count = torch.cuda.device_count()
+    if count < 1:
+        return None
+    return min(torch.cuda.mem_get_info(i)[0] for i in range(min(max(devices, 1), count))) / 2 ** 30
+
+
 def memory_target_for(device: str, processes: int = 1, given: Optional[float] = None) -> float:
-    """The memory target per device the batch split is planned for: ``given`` (``-gpu_memory_target``) as
-    is; on the CPU, sized from the RAM available (``CPU_MEMORY_FRACTION``, shared by ``processes``, / the
-    fp32 factor, rounded down to a power of two); on GPUs ``DEFAULT_GPU_MEMORY_TARGET_GB``. The CPU's
-    comes as a :class:`MemoryTarget` whose ``why`` goes into the plan's explanation."""
+    """The memory target per device the batch split is planned for, as a :class:`MemoryTarget` whose
+    ``why`` goes into the plan's explanation: ``given`` (``-gpu_memory_target``) as is; on GPUs the free
+    memory of the run's cards less ``GPU_MEMORY_HEADROOM_FRACTION``, rounded down to a multiple of
+    ``GPU_MEMORY_STEP_GB`` (``DEFAULT_GPU_MEMORY_TARGET_GB`` when it cannot be read); on the CPU, sized from
+    the RAM available (``CPU_MEMORY_FRACTION``, shared by ``processes``, rounded down to a power of two)."""
     if given is not None:
-        return float(given)
+        return MemoryTarget(float(given), "-gpu_memory_target: the memory per device the batch split is planned for")
     if device != "cpu":
-        return DEFAULT_GPU_MEMORY_TARGET_GB
+        free = free_gpu_memory_gb(processes)
+        if free is None or free <= 0:
+            return MemoryTarget(DEFAULT_GPU_MEMORY_TARGET_GB, f"the GPU's free memory could not be read: the "
+                                                              f"default {DEFAULT_GPU_MEMORY_TARGET_GB:g} GB; set "
+                                                              f"-gpu_memory_target")
+        gb = math.floor(free * (1 - GPU_MEMORY_HEADROOM_FRACTION) / GPU_MEMORY_STEP_GB) * GPU_MEMORY_STEP_GB
+        return MemoryTarget(gb, f"read from the card: {free:.1f} GB free (torch.cuda.mem_get_info, the least of "
+                                f"{max(int(processes), 1)} local GPU(s)) less {GPU_MEMORY_HEADROOM_FRACTION:.0%} "
+                                f"headroom (allocator fragmentation, NCCL buffers), rounded down to a multiple of "
+                                f"{GPU_MEMORY_STEP_GB:g} GB so the plan stays put as free memory drifts")
     available = available_memory_gb()
     if available is None or available <= 0:
         return MemoryTarget(DEFAULT_GPU_MEMORY_TARGET_GB, f"CPU run, but the available RAM could not be read: the "
                                                           f"GPU default {DEFAULT_GPU_MEMORY_TARGET_GB:g} GB; set "
                                                           f"-gpu_memory_target")
-    share = available * CPU_MEMORY_FRACTION / max(int(processes), 1) / CPU_FP32_FACTOR
+    share = available * CPU_MEMORY_FRACTION / max(int(processes), 1)
     gb = 2.0 ** math.floor(math.log2(share))
     return MemoryTarget(gb, f"sized for the CPU (no -gpu_memory_target): {available:.1f} GB RAM available x "
-                            f"{CPU_MEMORY_FRACTION:g} / {int(processes)} process(es) / {CPU_FP32_FACTOR:g} (the CPU "
-                            f"trains in fp32, the memory table is bf16) = {share:.2f} GB, rounded down to a power "
-                            f"of two ({gb:g} GB) so the plan stays put as free memory drifts")
+                            f"{CPU_MEMORY_FRACTION:g} / {int(processes)} process(es) = {share:.2f} GB, rounded "
+                            f"down to a power of two ({gb:g} GB) so the plan stays put as free memory drifts",
+                        device="cpu")
 
 
 def target_spacing(median: Sequence[float], p10: Sequence[float], median_shape: Sequence[float]):
@@ -215,28 +258,94 @@ def live_subvolumes(batch: int, chunk: int, gamma2: int, gamma3: int) -> int:
     return min(chunk, batch * max(1, gamma2, gamma2 * gamma3))
 
 
+@functools.lru_cache(maxsize=None)
+def parameter_count(backbone: str, size: str, input_size: Tuple[int, int, int], in_channels: int = 1) -> int:
+    """Parameters of the MiM model (encoder, decoder, alignment heads) at the size table's entry and the
+    default switches; built on the meta device where the backbone allows it (no memory, no init)."""
+    import torch
+
+    from ..mim.config import MiMConfig
+    from ..mim.model import build_mim
+
+    config = MiMConfig(input_size=tuple(input_size), in_channels=in_channels,
+                       **{**MIM_SWITCHES, "align_dim": align_dim_for(size)})
+    try:
+        with torch.device("meta"):
+            model = build_mim(backbone, size, config, backbone_sizes(backbone, size))
+    except (RuntimeError, NotImplementedError):       # a backbone whose construction reads values (MONAI's swin)
+        model = build_mim(backbone, size, config, backbone_sizes(backbone, size))
+    return sum(p.numel() for p in model.parameters())
+
+
+def step_memory_terms(backbone: str, size: str, input_size: Sequence[int], batch: int, chunk: int,
+                      gamma2: int = MIM_SWITCHES["gamma2"], gamma3: int = MIM_SWITCHES["gamma3"],
+                      fraction: float = BF16_FRACTION_OF_FP32) -> Dict[str, float]:
+    """Modelled memory (GB) of one step on one device, term by term:
+
+    - ``state``: fp32 weights, gradients and AdamW moments (``STATE_BYTES_PER_PARAMETER`` x parameters),
+      untouched by autocast;
+    - ``runtime``: the rest of the measured fixed part (interpreter and libraries in the CPU's RSS; kept on
+      GPUs as a margin), at least 0;
+    - ``activations``: per live sub-volume (measured fp32, scaled by S's voxels) x ``fraction`` (1 for fp32,
+      ``BF16_FRACTION_OF_FP32`` under autocast);
+    - ``kept``: the volumes a step keeps per crop (its 2S crop, every sub-volume's input and prediction),
+      fp32, x batch."""
+    entry, voxels = memory_entry(backbone, size), float(np.prod(input_size))
+    size3 = tuple(int(v) for v in (list(input_size) * 3 if len(input_size) == 1 else input_size))
+    state = STATE_BYTES_PER_PARAMETER * parameter_count(backbone, size, size3) / 2 ** 30
+    live = live_subvolumes(batch, chunk, gamma2, gamma3)
+    return {"state": state, "runtime": max(0.0, entry["fixed_gb"] - state),
+            "activations": fraction * entry["per_subvolume_gb"] * voxels / DEFAULT_INPUT_SIZE ** 3 * live,
+            "kept": KEPT_VOLUMES_PER_CROP * voxels * FP32_BYTES / 2 ** 30 * batch}
+
+
 def step_memory_gb(backbone: str, size: str, input_size: Sequence[int], batch: int, chunk: int,
                    gamma2: int = MIM_SWITCHES["gamma2"], gamma3: int = MIM_SWITCHES["gamma3"],
                    fraction: float = BF16_FRACTION_OF_FP32) -> float:
-    """Modelled memory (GB) of one step on one device: ``fraction`` x (fixed + per sub-volume x live
-    sub-volumes x voxel scale + kept volumes per crop x batch)."""
-    entry, voxels = memory_entry(backbone, size), float(np.prod(input_size))
-    scale = voxels / DEFAULT_INPUT_SIZE ** 3
-    kept = KEPT_VOLUMES_PER_CROP * voxels * FP32_BYTES / 2 ** 30
-    live = live_subvolumes(batch, chunk, gamma2, gamma3)
-    return fraction * (entry["fixed_gb"] + entry["per_subvolume_gb"] * scale * live + kept * batch)
+    """Modelled memory (GB) of one step on one device: the sum of :func:`step_memory_terms`."""
+    return sum(step_memory_terms(backbone, size, input_size, batch, chunk, gamma2, gamma3, fraction).values())
 
 
 def split_for_memory(backbone: str, size: str, input_size: Sequence[int], crops_per_device: int,
-                     available_gb: float) -> Tuple[int, int]:
+                     available_gb: float, fraction: float = BF16_FRACTION_OF_FP32) -> Tuple[int, int]:
     """(per-device batch, chunk): the largest batch dividing ``crops_per_device`` whose one-shot step fits
     ``available_gb``; when not even one crop fits, one crop in the largest chunk that fits (at least 1)."""
     for batch in sorted((d for d in range(1, crops_per_device + 1) if crops_per_device % d == 0), reverse=True):
-        if step_memory_gb(backbone, size, input_size, batch, 0) <= available_gb:
+        if step_memory_gb(backbone, size, input_size, batch, 0, fraction=fraction) <= available_gb:
             return batch, 0
     largest = live_subvolumes(1, 10 ** 6, MIM_SWITCHES["gamma2"], MIM_SWITCHES["gamma3"])
-    fitting = [c for c in range(1, largest + 1) if step_memory_gb(backbone, size, input_size, 1, c) <= available_gb]
+    fitting = [c for c in range(1, largest + 1)
+               if step_memory_gb(backbone, size, input_size, 1, c, fraction=fraction) <= available_gb]
     return 1, max(fitting, default=1)
+
+
+def activation_fraction(device: str) -> float:
+    """Activations' size relative to fp32 on ``device``: the CPU trains in fp32, GPUs under autocast."""
+    return 1.0 if device == "cpu" else BF16_FRACTION_OF_FP32
+
+
+def split_for_devices(backbone: str, size: str, input_size: Sequence[int], crops: int, devices: int,
+                      available_gb: float, fraction: float = BF16_FRACTION_OF_FP32) -> Dict[str, int]:
+    """The batch split of ``crops`` L1 crops per step over ``devices`` devices, for any device count:
+    ``ceil(crops / devices)`` crops per device (the effective batch grows to the next multiple of the
+    device count when it does not divide), then :func:`split_for_memory`, accumulation for the rest."""
+    per_device = -(-int(crops) // int(devices))
+    batch, chunk = split_for_memory(backbone, size, input_size, per_device, available_gb, fraction)
+    return {"per_device_batch": batch, "accumulation": per_device // batch, "chunk": chunk}
+
+
+def plan_split(plan: Dict, devices: int, device: str = "cuda") -> Dict[str, int]:
+    """The plan's batch split for ``devices`` devices: its ``batch_by_device_count`` entry (as edited), or
+    for a count it has no entry for, derived by the same rule from its memory target, input size and
+    effective batch (:func:`split_for_devices`)."""
+    entry = plan["batch_by_device_count"].get(str(devices))
+    if entry is not None:
+        return dict(entry)
+    mim = plan["mim"]
+    crops = math.ceil(plan["effective_batch_subvolumes"] /
+                      subvolumes_per_crop(mim["levels"], mim["gamma2"], mim["gamma3"]))
+    return split_for_devices(plan["backbone"], plan["size"], plan["input_size"], crops, devices,
+                             plan["gpu_memory_target_gb"] - GPU_MEMORY_RESERVE_GB, activation_fraction(device))
 
 
 def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "base",
@@ -275,24 +384,30 @@ def plan_pretraining(fingerprint: Dict, backbone: str = "hybrid", size: str = "b
         f"rounded up to a multiple of {DEVICE_COUNT_MULTIPLE} ({crops} crops, {effective} sub-volumes) so that 1, 2 "
         f"and 4 devices reach the same effective batch; the lr below is for this batch")
 
+    device = getattr(gpu_memory_target_gb, "device", "cuda")
+    fraction = activation_fraction(device)
     available = gpu_memory_target_gb - GPU_MEMORY_RESERVE_GB
-    batches = {}
-    for n in DEVICE_COUNTS:
-        if crops % n:
-            continue
-        per_device, chunk = split_for_memory(backbone, size, s, crops // n, available)
-        batches[str(n)] = {"per_device_batch": per_device, "accumulation": crops // (n * per_device), "chunk": chunk}
+    batches = {str(n): split_for_devices(backbone, size, s, crops, n, available, fraction) for n in DEVICE_COUNTS}
     entry = memory_entry(backbone, size)
-    one_crop = step_memory_gb(backbone, size, s, 1, 0)
+    terms = step_memory_terms(backbone, size, s, 1, 0, fraction=fraction)
+    precision = "fp32 (CPU)" if device == "cpu" else f"autocast: activations x {fraction:g} of fp32"
     explain["batch_by_device_count"] = (
-        f"modelled step memory per device: {BF16_FRACTION_OF_FP32:g} (bf16; estimate, not yet measured on a GPU) x "
-        f"(fixed {entry['fixed_gb']:g} GB + {entry['per_subvolume_gb']:g} GB per live sub-volume at 96^3, scaled by "
-        f"voxels, + the volumes kept per crop), fp32 figures from: {entry['source']}; one crop in one shot: "
-        f"{one_crop:.1f} GB. Against the {gpu_memory_target_gb:g} GB target - {GPU_MEMORY_RESERVE_GB:g} GB reserve, "
-        f"per device count: the largest per-device batch dividing the crops per device whose one-shot step fits, "
-        f"accumulation for the rest; when not even one crop fits, one crop with its sub-volumes in the largest "
-        f"chunk that fits (chunk 0 = one shot; mim_pretrain -chunk overrides)")
-    if step_memory_gb(backbone, size, s, 1, 1) > available:
+        f"modelled step memory per device ({precision}), term by term for one crop in one shot: fp32 state "
+        f"(weights, gradients, AdamW moments: {STATE_BYTES_PER_PARAMETER} bytes x "
+        f"{parameter_count(backbone, size, tuple(s)):,} parameters; computed) {terms['state']:.2f} GB + runtime "
+        f"(the rest of the measured fixed {entry['fixed_gb']:g} GB) {terms['runtime']:.2f} GB + activations "
+        f"({entry['per_subvolume_gb']:g} GB per live sub-volume at 96^3, measured in fp32, scaled by voxels"
+        + ("" if device == "cpu" else f", x {fraction:g} under autocast: an estimate, not yet measured on a GPU")
+        + f") {terms['activations']:.2f} GB + kept volumes (2S crop, inputs and predictions, fp32; computed) "
+        f"{terms['kept']:.2f} GB = {sum(terms.values()):.1f} GB; measured figures from: {entry['source']}. "
+        f"Against the {gpu_memory_target_gb:g} GB target - {GPU_MEMORY_RESERVE_GB:g} GB reserve (the CUDA context), "
+        f"for any device count N: ceil({crops} crops / N) crops per device (N that does not divide {crops} grows "
+        f"the effective batch to the next multiple of N, the lr follows by its rule), the largest per-device "
+        f"batch dividing them whose one-shot step fits, accumulation for the rest; when not even one crop fits, "
+        f"one crop with its sub-volumes in the largest chunk that fits (chunk 0 = one shot; mim_pretrain -chunk "
+        f"overrides). Listed here for {', '.join(map(str, DEVICE_COUNTS))} devices; other counts are derived "
+        f"by the same rule when the run starts")
+    if step_memory_gb(backbone, size, s, 1, 1, fraction=fraction) > available:
         explain["batch_by_device_count"] += (" - WARNING: not even a chunk of one sub-volume fits the target: expect "
                                              "out-of-memory errors; raise -gpu_memory_target, or add mim_pretrain "
                                              "--checkpointing (activations recomputed, not kept: about 40 % less "

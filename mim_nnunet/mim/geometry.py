@@ -30,12 +30,15 @@ class Level:
     mask: ``(N, T)`` bool, True = masked (hidden from the encoder, reconstructed).
     parent: ``(N,)`` index of the volume of the previous level it was cut from (L1: its crop index).
     slot: ``(N,)`` which unit (L2) or token (L3) of the parent it was cut from (L1: -1).
+    visible: tokens visible in each row of ``mask`` (the same in every row; known here, so the encoder
+        need not count them on the device).
     """
 
     inputs: Tensor
     mask: Tensor
     parent: Tensor
     slot: Tensor
+    visible: int
 
 
 def random_mask(rows: int, count: int, n_true: int, generator: Optional[torch.Generator],
@@ -68,7 +71,8 @@ def make_levels(crops: Tensor, config: MiMConfig, generator: Optional[torch.Gene
 
     unit_mask = random_mask(b, 8, num_masked(8, config.r1), generator, device)
     l1 = Level(inputs=F.interpolate(crops, size=config.input_size, mode="trilinear", align_corners=False),
-               mask=unit_token_mask(unit_mask, grid), parent=arange, slot=torch.full_like(arange, -1))
+               mask=unit_token_mask(unit_mask, grid), parent=arange, slot=torch.full_like(arange, -1),
+               visible=t - num_masked(8, config.r1) * (t // 8))      # a unit is an octant: T / 8 tokens
     levels = [l1]
     if config.levels == 1:
         return levels
@@ -77,7 +81,8 @@ def make_levels(crops: Tensor, config: MiMConfig, generator: Optional[torch.Gene
     n2 = b * config.gamma2
     l2 = Level(inputs=split_units(crops)[arange[:, None], units].reshape(n2, *crops.shape[1:2], *config.input_size),
                mask=random_mask(n2, t, num_masked(t, config.r2), generator, device),
-               parent=arange.repeat_interleave(config.gamma2), slot=units.reshape(-1))
+               parent=arange.repeat_interleave(config.gamma2), slot=units.reshape(-1),
+               visible=t - num_masked(t, config.r2))
     levels.append(l2)
     if config.levels == 2:
         return levels
@@ -88,6 +93,7 @@ def make_levels(crops: Tensor, config: MiMConfig, generator: Optional[torch.Gene
     native = native.reshape(n3, *native.shape[2:])
     l3 = Level(inputs=F.interpolate(native, size=config.input_size, mode="trilinear", align_corners=False),
                mask=random_mask(n3, t, num_masked(t, config.r3), generator, device),
-               parent=torch.arange(n2, device=device).repeat_interleave(config.gamma3), slot=tokens.reshape(-1))
+               parent=torch.arange(n2, device=device).repeat_interleave(config.gamma3), slot=tokens.reshape(-1),
+               visible=t - num_masked(t, config.r3))
     levels.append(l3)
     return levels

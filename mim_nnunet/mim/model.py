@@ -67,7 +67,7 @@ class MiM(nn.Module):
         outputs: List[Dict] = []
         features: List[Tensor] = []
         for i, level in enumerate(levels, start=1):
-            pred, feats = self.decoder(self.encoder(level.inputs, level.mask), level.mask)
+            pred, feats = self.decoder(self.encoder(level.inputs, level.mask, level.visible), level.mask)
             terms[f"rec_l{i}"] = reconstruction_loss(pred, patchify(level.inputs), level.mask, cfg.norm_pix_loss)
             features.append(feats)
             outputs.append({"inputs": level.inputs, "mask": level.mask, "pred": pred,
@@ -135,7 +135,7 @@ class MiM(nn.Module):
                 part = slice(lo, min(lo + chunk, n))
                 inputs, mask = level.inputs[part], level.mask[part]
                 with autocast():
-                    pred, feats = self.decoder(self.encoder(inputs, mask), mask)
+                    pred, feats = self.decoder(self.encoder(inputs, mask, level.visible), mask)
                     rec = reconstruction_loss(pred, patchify(inputs), mask, cfg.norm_pix_loss, masked)
                     loss = weights[f"rec_l{i}"] * rec
                     if aligned:

@@ -32,20 +32,26 @@ class CheckpointError(MimError):
 
 
 def capture_rng() -> Dict:
-    """This process's RNG states (python, numpy, torch CPU and CUDA) as tensors and plain values."""
+    """This process's RNG states (python, numpy, torch CPU, and the CUDA state of this rank's own GPU
+    only: the run may continue with another number of GPUs visible per process) as tensors and plain values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.copy()), pos, has_gauss, gauss],
             "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else []}
 
 
 def restore_rng(state: Dict) -> None:
+    """Set the states :func:`capture_rng` took; the CUDA state goes to this rank's current GPU (earlier
+    checkpoints held one state per visible GPU: the current GPU's index picks it when there is one)."""
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        index = 0 if len(cuda) == 1 else torch.cuda.current_device()
+        if index < len(cuda):
+            torch.cuda.set_rng_state(cuda[index])
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler, step: int,

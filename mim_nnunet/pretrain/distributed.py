@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 from datetime import timedelta
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -23,6 +24,7 @@ from ..common.errors import MimError, last_line
 DIST_TIMEOUT_S = 1800            # a collective that waits longer than this fails (a peer is gone)
 DIST_PREPARE_TIMEOUT_S = 72 * 3600   # under torchrun, ranks > 0 wait this long for rank 0's preprocessing
 DIST_BUCKET_ELEMENTS = 2 ** 24   # gradients are all-reduced in flat buckets of this many elements
+SHARED_PATH_WAIT_S = 60          # how long a rank waits to see rank 0's files (network filesystem caches)
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -35,9 +37,11 @@ def backend_for(device: str) -> str:
     return "nccl" if device == "cuda" else "gloo"
 
 
-def init_group(rank: int, world_size: int, device: str, timeout_s: float = DIST_TIMEOUT_S) -> None:
-    """Join the default group (env://); a no-op for a single process."""
-    if world_size > 1:
+def init_group(rank: int, world_size: int, device: str, timeout_s: float = DIST_TIMEOUT_S,
+               always: bool = False) -> None:
+    """Join the default group (env://); a no-op for a single process unless ``always`` (under torchrun the
+    group exists at every world size, 1 included, so the code after it can use collectives alike)."""
+    if world_size > 1 or always:
         dist.init_process_group(backend_for(device), rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
 
@@ -93,6 +97,31 @@ def gather_objects(obj) -> List:
     return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
+def check_shared_paths(paths: Sequence, group=None, wait_s: float = SHARED_PATH_WAIT_S) -> None:
+    """Every rank checks that it sees ``paths`` (written by rank 0), waiting up to ``wait_s`` for them (a
+    network filesystem may show another node's new files with a delay); when one does not, every rank
+    stops with the same one-line error naming the rank, its host and the first path it cannot see. Ranks
+    on other nodes see rank 0's files only through a filesystem shared at the same path."""
+    from pathlib import Path
+    deadline = time.monotonic() + wait_s
+    while True:
+        missing = [str(p) for p in paths if not Path(p).exists()]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    mine = {"host": socket.gethostname(), "missing": missing}
+    everyone: List = [None] * dist.get_world_size(group) if dist.is_initialized() else [None]
+    if dist.is_initialized():
+        dist.all_gather_object(everyone, mine, group=group)
+    else:
+        everyone = [mine]
+    for rank, seen in enumerate(everyone):
+        if seen["missing"]:
+            raise MimError(f"rank {rank} on {seen['host']} cannot see {seen['missing'][0]}, written by rank 0 on "
+                           f"{everyone[0]['host']}: every node of a run needs nnUNet_preprocessed and "
+                           f"nnUNet_results on a filesystem shared at the same path (see docs/gpu.md)")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -128,14 +157,27 @@ def spawn(fn: Callable, world_size: int, payload: Dict, poll_s: float = 1.0) -> 
                 p.terminate()
 
 
+def gpu_index(local_rank: int, visible: int) -> int:
+    """The GPU of local rank ``local_rank`` among the ``visible`` ones: its own index when every local
+    rank's GPU is visible (``-num_gpus N``, torchrun on a node), 0 when the launcher shows each process its
+    own single GPU (SLURM ``--gpus-per-task=1``, a ``CUDA_VISIBLE_DEVICES`` per rank)."""
+    if visible == 1:
+        return 0
+    if local_rank < visible:
+        return local_rank
+    raise MimError(f"local rank {local_rank} needs GPU {local_rank}, but this process sees {visible} GPU(s): "
+                   f"show each process all of the node's GPUs, or exactly one")
+
+
 def local_device(device: str, local_rank: int) -> torch.device:
-    """``cuda:<local rank>`` (checked against the visible GPUs) or the CPU."""
+    """``cuda:<index>`` (:func:`gpu_index`, made the current device) or the CPU."""
     if device == "cuda":
         count = torch.cuda.device_count()
-        if local_rank >= count:
-            raise MimError(f"rank {local_rank} needs GPU {local_rank}, but {count} GPU(s) are visible")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        if count < 1:
+            raise MimError(f"rank {local_rank} was started for a GPU, but no GPU is visible to it")
+        index = gpu_index(local_rank, count)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

@@ -4,7 +4,10 @@ One optimiser step = ``accumulation`` micro-batches of ``per_device_batch`` L1 c
 Micro-batch m of step s on rank r is global batch ``(s * A + m) * W + r``; its crops and its masks are
 drawn from generators seeded with (seed, global batch), so the data of a step depends only on the
 effective batch, not on how it is split across devices and accumulation, and a resumed run sees the
-same data as an uninterrupted one.
+same data as an uninterrupted one. On the CPU (fp32, the same processes and threads) a resumed run ends
+with bit-identical weights; on GPUs the data, schedule and state are the same but kernels' summation
+order is not (cuDNN's choices, atomic adds in indexing backward passes; ``--deterministic`` asks for
+deterministic kernels), so results agree to rounding (docs/gpu.md).
 
 A run is five parts: :func:`build` (model, optimiser, schedule, scaler), :func:`restore` (a checkpoint's
 state, or the same start on every rank), :func:`train_step` (one optimiser step), :func:`verify_ranks`
@@ -123,10 +126,37 @@ def restore(trainee: Trainee, settings: RunSettings, resume: bool, rank: int, wo
     state = load_checkpoint(Path(settings.out_dir) / CHECKPOINT)
     trainee.model.load_state_dict(state["model"])
     trainee.optimizer.load_state_dict(state["optimizer"])
-    trainee.scaler.load_state_dict(state["scaler"])
+    if trainee.scaler.is_enabled() and state["scaler"]:   # a disabled scaler saved {} (bf16, fp32 runs)
+        trainee.scaler.load_state_dict(state["scaler"])
     if len(state["rng"]) == world:
         restore_rng(state["rng"][rank])
     return int(state["step"])
+
+
+def autocast_for(settings: RunSettings, device: torch.device) -> Dict:
+    """``torch.autocast``'s arguments for the run's precision (disabled for fp32)."""
+    return dict(device_type=device.type, dtype=AUTOCAST_DTYPES.get(settings.precision, torch.float32),
+                enabled=settings.precision in AUTOCAST_DTYPES)
+
+
+def configure_backends(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, as nnU-Net trains: cuDNN picks its fastest kernels for the step's fixed shapes
+    (``cudnn.benchmark``) and fp32 matmuls and convolutions may use TF32 (they run under autocast anyway);
+    ``deterministic`` (``--deterministic``) instead asks for deterministic kernels (cuDNN, cuBLAS's
+    workspace, ``torch.use_deterministic_algorithms``; ops without one warn, they do not stop the run).
+    On the CPU nothing changes: its kernels are deterministic at a fixed thread count."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # read when cuBLAS starts: before the first matmul
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = not deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    torch.set_float32_matmul_precision("highest" if deterministic else "high")
 
 
 def train_step(trainee: Trainee, batches: Iterator[torch.Tensor], step: int, settings: RunSettings, rank: int,
@@ -137,8 +167,7 @@ def train_step(trainee: Trainee, batches: Iterator[torch.Tensor], step: int, set
 
     Returns the step's log record, the last micro-batch's model output and its crops."""
     out, accum = Path(settings.out_dir), settings.accumulation
-    autocast = dict(device_type=device.type, dtype=AUTOCAST_DTYPES.get(settings.precision, torch.float32),
-                    enabled=settings.precision in AUTOCAST_DTYPES)
+    autocast = autocast_for(settings, device)
     trainee.scheduler.step(step)
     t_step, waited, sums, subvolumes = time.perf_counter(), 0.0, None, 0
     for m in range(accum):
@@ -199,7 +228,7 @@ def verify_ranks(model: torch.nn.Module, crops: torch.Tensor, record: Dict, sett
 
 def validate(trainee: Trainee, validation: ValidationSet, step: int, device: torch.device, log: Logbook) -> None:
     """The validation reconstruction loss per level after ``step`` steps, into the log (rank 0 only)."""
-    values = validation.evaluate(trainee.model, device)
+    values = validation.evaluate(trainee.model, device, autocast_for(validation.settings, device))
     log.validation({"step": step, **values, "crops": validation.settings.val_crops,
                     "held_out_cases": len(validation.settings.val_cases)})
 
@@ -221,9 +250,12 @@ def train_rank(rank: int, world_size: int, payload: Dict) -> None:
     settings = RunSettings.from_dict(payload["settings"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = D.local_device(settings.device, local_rank)
-    if device.type == "cpu":
-        torch.set_num_threads(settings.cpu_threads
-                              or D.cpu_threads_per_rank(int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+    # the local ranks share the cores (a GPU rank's CPU threads feed its GPU; torchrun's OMP_NUM_THREADS
+    # is kept for GPU ranks, -threads wins everywhere)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if settings.cpu_threads or device.type == "cpu" or "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(settings.cpu_threads or D.cpu_threads_per_rank(local_world))
+    configure_backends(device, settings.deterministic)
     joined_here = not torch.distributed.is_initialized()
     if joined_here:
         D.init_group(rank, world_size, settings.device)
@@ -275,7 +307,8 @@ def _train(rank: int, world: int, device: torch.device, settings: RunSettings, r
                                            or record["step"] == settings.steps):
                 validate(trainee, validation, record["step"], device, log)
             if rank == 0 and (record["step"] % settings.recon_every == 0 or record["step"] == stop):
-                pictured = picture_levels(validation, trainee.model, device) if validation else result["levels"]
+                pictured = picture_levels(validation, trainee.model, device,
+                                          autocast_for(settings, device)) if validation else result["levels"]
             else:
                 pictured = None
             log.step(record, pictured)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Dict, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..common.atomic import write_json_atomic
 from ..common.errors import MimError
@@ -85,6 +86,13 @@ def settings_for(request: RunRequest, world_size: int, device: str, log=print) -
     return settings
 
 
+def written_by_rank0(settings: RunSettings, resume: bool) -> List[Path]:
+    """What rank 0 writes and every rank reads: the preprocessed store, the run's settings and, to
+    continue, its checkpoint (multi-node runs need them on a filesystem shared at the same path)."""
+    out = Path(settings.out_dir)
+    return [Path(settings.store), out / SETTINGS] + ([out / CHECKPOINT] if resume else [])
+
+
 def run_pretraining(request: RunRequest) -> None:
     """Prepare, resolve and train (``-gpus`` local processes, or this rank of a torchrun job)."""
     from .engine import launch
@@ -106,7 +114,7 @@ def _run_under_torchrun(request: RunRequest) -> None:
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     device = request.device or ("cuda" if D.visible_gpus() else "cpu")
-    D.init_group(rank, world, device)
+    D.init_group(rank, world, device, always=True)
     try:
         waiting = dist.new_group(backend="gloo", timeout=timedelta(seconds=D.DIST_PREPARE_TIMEOUT_S))
         message = [None]
@@ -118,6 +126,8 @@ def _run_under_torchrun(request: RunRequest) -> None:
         dist.broadcast_object_list(message, src=0, group=waiting)
         if "error" in message[0]:
             raise MimError(message[0]["error"] if rank == 0 else "rank 0 could not prepare the run (see its error)")
-        launch(RunSettings.from_dict(message[0]["settings"]), resume=request.resume)
+        settings = RunSettings.from_dict(message[0]["settings"])
+        D.check_shared_paths(written_by_rank0(settings, request.resume), group=waiting)
+        launch(settings, resume=request.resume)
     finally:
         D.close_group()

@@ -65,6 +65,7 @@ class RunSettings:
     checkpointing: bool = False            # activation checkpointing of the backbone (else the plan's sizes say)
     chunk: int = 0                         # sub-volumes per forward/backward pass; 0 = the whole micro-batch
     seed: int = PRETRAIN_RECIPE["seed"]
+    deterministic: bool = False            # deterministic GPU kernels (--deterministic); the CPU always is
     stop_at: Optional[int] = None
     loader_workers: int = DEFAULT_LOADER_WORKERS
     cpu_threads: Optional[int] = None      # per process on the CPU; None = cores / local processes
@@ -103,20 +104,30 @@ class RunSettings:
         return cls(**values)
 
 
+def native_bf16() -> bool:
+    """True when the current GPU computes bf16 natively (compute capability 8.0 and newer); older cards
+    (V100, T4) would emulate it slowly, so they get fp16 with a loss scaler instead."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:                  # torch without the argument: ask the compute capability
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
 def pick_precision(requested: str, device: str) -> str:
-    """``auto``: bf16 on GPUs that support it, else fp16 (with a loss scaler); fp32 on the CPU."""
+    """``auto``: bf16 on GPUs that compute it natively, else fp16 (with a loss scaler); fp32 on the CPU."""
     if device == "cpu":
         if requested not in ("auto", "fp32"):
             raise MimError(f"precision {requested} needs a GPU; on the CPU the engine trains in fp32")
         return "fp32"
     if requested == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if native_bf16() else "fp16"
     return requested
 
 
-def plan_chunk(plan: Dict, world_size: int) -> int:
+def plan_chunk(plan: Dict, world_size: int, device: str = "cuda") -> int:
     """The plan's sub-volume chunk for this device count (0 = one shot; plans before chunking had none)."""
-    return int(plan["batch_by_device_count"].get(str(world_size), {}).get("chunk", 0))
+    from ..data.planner import plan_split
+    return int(plan_split(plan, world_size, device).get("chunk", 0))
 
 
 def check_chunk(settings: "RunSettings") -> None:
@@ -128,14 +139,15 @@ def check_chunk(settings: "RunSettings") -> None:
                        "level's chunks are not independent; use -chunk 0")
 
 
-def batch_split(plan: Dict, world_size: int, per_device_batch: Optional[int], accumulation: Optional[int]):
-    """(per-device batch, accumulation): the flags when given, else the plan's entry for this device count."""
+def batch_split(plan: Dict, world_size: int, per_device_batch: Optional[int], accumulation: Optional[int],
+                device: str = "cuda"):
+    """(per-device batch, accumulation): the flags when given, else the plan's split for this device count
+    (its entry, or derived by the plan's rule for a count it lists none for:
+    :func:`mim_nnunet.data.planner.plan_split`)."""
     if per_device_batch:
         return per_device_batch, accumulation or 1
-    entry = plan["batch_by_device_count"].get(str(world_size))
-    if entry is None:
-        raise MimError(f"the plan has no batch split for {world_size} devices (it has "
-                       f"{sorted(plan['batch_by_device_count'], key=int)}); choose one of those or set -batch/-accum")
+    from ..data.planner import plan_split
+    entry = plan_split(plan, world_size, device)
     return entry["per_device_batch"], accumulation or entry["accumulation"]
 
 
@@ -164,7 +176,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
                               **(switches or {})})
     except (TypeError, ValueError) as exc:
         raise MimError(f"MiM settings: {exc}") from None
-    batch, accum = batch_split(plan, world_size, per_device_batch, accumulation)
+    batch, accum = batch_split(plan, world_size, per_device_batch, accumulation, device)
     chunk = operational.pop("chunk", None)
     steps = int(steps or PRETRAIN_RECIPE["steps"])
     if steps < 2:
@@ -185,7 +197,9 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
     mim["input_size"] = list(config.input_size)
     provenance = {"lr": lr_source, "input_size": source("input_size", input_size is not None),
                   "backbone_sizes": source("backbone_sizes", False),
-                  "batch_split": source("batch_by_device_count", per_device_batch is not None or accumulation is not None),
+                  "batch_split": source("batch_by_device_count", per_device_batch is not None or accumulation is not None)
+                  + ("" if str(world_size) in plan["batch_by_device_count"] or per_device_batch else
+                     f" (derived by its rule for {world_size} devices)"),
                   "uniform_crop_fraction": source("uniform_crop_fraction", False),
                   "chunk": source("batch_by_device_count", chunk is not None),
                   "mim": {k: source(f"mim.{k}", k in (switches or {})) for k in plan["mim"]},
@@ -197,7 +211,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
         lr=float(lr), device=device, precision=pick_precision(precision, device), spacing=plan.get("target_spacing"),
         intensity=plan.get("intensity"), manifest_hash=plan.get("manifest_hash"), provenance=provenance,
         uniform_crop_fraction=plan["uniform_crop_fraction"], val_cases=held_out,
-        chunk=plan_chunk(plan, world_size) if chunk is None else int(chunk),
+        chunk=plan_chunk(plan, world_size, device) if chunk is None else int(chunk),
         **{k: v for k, v in operational.items() if v is not None})
     if settings.stop_at is not None and not 0 < settings.stop_at <= steps:
         raise MimError(f"-stop_at must be in 1..{steps}, got {settings.stop_at}")
@@ -233,7 +247,11 @@ def continued_settings(saved: Dict, world_size: int, device: str, out_dir: str, 
     settings = RunSettings.from_dict({**saved, "stop_at": None, **operational, "out_dir": str(out_dir),
                                       "store": str(store)})
     settings.device = device
-    settings.precision = pick_precision("auto" if device != saved["device"] else saved["precision"], device)
+    # the run's own precision, wherever it continues (auto is not picked again: another card could pick
+    # another one, and the loss scaler's state belongs to the precision); the CPU trains in fp32 only
+    if device == "cpu" and saved["precision"] != "fp32":
+        log(f"continuing on the CPU: fp32 instead of the run's {saved['precision']}")
+    settings.precision = pick_precision("auto" if device == "cpu" else saved["precision"], device)
     if world_size != settings.world_size:
         total = settings.world_size * settings.accumulation
         if total % world_size:

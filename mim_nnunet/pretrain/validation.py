@@ -10,7 +10,7 @@ floor - is predicted exactly by anything that outputs 0, and would hide a model 
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -44,16 +44,19 @@ class ValidationSet:
         return self._crops
 
     @torch.no_grad()
-    def evaluate(self, model: MiM, device: torch.device) -> Dict[str, float]:
+    def evaluate(self, model: MiM, device: torch.device, autocast: Optional[Dict] = None) -> Dict[str, float]:
         """The masked-token reconstruction loss per level (``val_rec_l1``, ...) over the non-constant masked
-        tokens of all crops, the model in eval mode."""
+        tokens of all crops, the model in eval mode, its forward under ``autocast`` (``torch.autocast``'s
+        arguments: the training's precision, so the numbers and the compiled graphs are the training's;
+        None = fp32); the loss is computed in fp32."""
         was_training = model.training
         model.eval()
         errors: Dict[str, float] = {}
         counts: Dict[str, int] = {}
         for k, crop in enumerate(self.crops):
             generator = torch.Generator(device=device).manual_seed(mask_seed(self.settings.seed, k))
-            out = model(crop.to(device), generator=generator, progress=0.0)
+            with _autocast(autocast, device):
+                out = model(crop.to(device), generator=generator, progress=0.0)
             for level, result in enumerate(out["levels"], start=1):
                 target = patchify(result["inputs"].float())
                 counted = result["mask"] & has_content(target)
@@ -66,14 +69,20 @@ class ValidationSet:
         return {name: errors[name] / counts[name] for name in sorted(errors)}
 
 
+def _autocast(arguments: Optional[Dict], device: torch.device):
+    return torch.autocast(**(arguments or dict(device_type=device.type, enabled=False)))
+
+
 @torch.no_grad()
-def picture_levels(validation: "ValidationSet", model: MiM, device: torch.device) -> List[Dict]:
+def picture_levels(validation: "ValidationSet", model: MiM, device: torch.device,
+                   autocast: Optional[Dict] = None) -> List[Dict]:
     """The model's output on validation crop 0 with its fixed masks (for the reconstruction pictures: the
-    same body crop at every step, so the pictures show what the model learned)."""
+    same body crop at every step, so the pictures show what the model learned), under ``autocast``."""
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=device).manual_seed(mask_seed(validation.settings.seed, 0))
-    levels = model(validation.crops[0].to(device), generator=generator, progress=0.0)["levels"]
+    with _autocast(autocast, device):
+        levels = model(validation.crops[0].to(device), generator=generator, progress=0.0)["levels"]
     model.train(was_training)
     return levels
 

@@ -111,3 +111,26 @@ def test_masked_conv_block_on_the_cpu_computes_the_plain_formula():
     expected = torch.autograd.grad((reference * weights).sum(), [x, block.attn.weight, block.conv1.weight])
     for mine, theirs in zip(grads, expected):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_levels_know_their_visible_tokens_and_the_encoder_needs_no_host_sync():
+    """Each MiM level carries its visible-token count (the plain formula, ``(~mask)[row].sum()``, gives the
+    same for every row); given it, the hybrid encoder gives the same output as when it counts, and its
+    forward traces into one graph without breaks (the count no longer comes from the device)."""
+    from mim_nnunet.mim.config import MIM_SWITCHES, MiMConfig
+    from mim_nnunet.mim.geometry import make_levels
+
+    config = MiMConfig(input_size=(32, 32, 64), in_channels=1, **MIM_SWITCHES)
+    levels = make_levels(torch.rand(2, 1, 64, 64, 128), config, torch.Generator().manual_seed(0))
+    assert len(levels) == 3
+    for level in levels:
+        counted = (~level.mask).sum(dim=1)
+        assert counted.tolist() == [level.visible] * level.mask.shape[0]
+    encoder, _ = build_encoder("hybrid", "tiny", 1, (32, 32, 64))
+    encoder.eval()
+    with torch.no_grad():
+        for level in levels:
+            assert torch.equal(encoder(level.inputs, level.mask, level.visible), encoder(level.inputs, level.mask))
+    explained = torch._dynamo.explain(encoder)(levels[1].inputs[:2], levels[1].mask[:2], levels[1].visible)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    torch._dynamo.reset()

@@ -266,17 +266,22 @@ def test_a_crashing_rank_ends_the_job_quickly(collection):
     assert time.time() - started < 240
 
 
-def test_torchrun_joins_the_given_group(collection):
+@pytest.mark.parametrize("processes", [1, 3])
+def test_torchrun_joins_the_given_group(collection, processes):
+    """torchrun with one process (the commonest single-GPU launch: a group of one, whose collectives must
+    still work) and with three (a count the plan lists no batch split for)."""
     env = collection["env"]
-    result = subprocess.run([command("torchrun"), "--standalone", "--nproc_per_node", "2", command("mim_pretrain"),
-                             "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny", "-np", "1", "-device",
-                             "cpu", "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-steps", "2",
-                             "-run", "torchrun"],
+    result = subprocess.run([command("torchrun"), "--standalone", "--nproc_per_node", str(processes),
+                             command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+                             "-np", "1", "-device", "cpu", "-input_size", "32", "-batch", "1", "-accum", "1",
+                             "-workers", "0", "-steps", "2", "-val_crops", "1", "-run", f"torchrun{processes}"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_torchrun"
-    assert json.loads((out / "settings.json").read_text(encoding="utf-8"))["world_size"] == 2
-    assert len(read_records(out / "log.jsonl")[-1]["rank_weights_sha1"]) == 2
+    out = Path(env["nnUNet_results"]) / "MiM_tiny" / f"hybrid_tiny_torchrun{processes}"
+    assert json.loads((out / "settings.json").read_text(encoding="utf-8"))["world_size"] == processes
+    record = train_records(out / "log.jsonl")[-1]
+    assert record["step"] == 2 and len(record["rank_weights_sha1"]) == processes
+    assert len(set(record["rank_crops_sha1"])) == processes                       # each rank its own crops
     assert (out / "export" / "mim_hybrid_tiny.safetensors").is_file()
 
 
@@ -331,8 +336,12 @@ def test_settings_follow_the_plan_and_reject_what_cannot_work(collection, tmp_pa
     s = resolve_settings(plan, "store", tmp_path, 1, "cpu", input_size=[32], per_device_batch=2, accumulation=3,
                          switches={"levels": 2})
     assert s.lr == pytest.approx(1e-4 * (6 * (1 + 4) / 256) ** 0.5)           # levels 2: 5 sub-volumes per crop
-    with pytest.raises(MimError, match="no batch split for 3 devices"):
-        resolve_settings(plan, "store", tmp_path, 3, "cpu")
+    # 3 devices, which the plan does not list: its rule gives ceil(16 / 3) = 6 crops per device (18 per step)
+    # and the lr follows the larger batch
+    three = resolve_settings(plan, "store", tmp_path, 3, "cpu", input_size=[32])
+    assert three.effective_batch_crops == 18 and three.per_device_batch * three.accumulation == 6
+    assert three.lr == pytest.approx(plan["lr"] * (18 / 16) ** 0.5)
+    assert three.provenance["batch_split"] == "plan (derived by its rule for 3 devices)"
     with pytest.raises(MimError, match="gamma3=9"):
         resolve_settings(plan, "store", tmp_path, 1, "cpu", input_size=[32], switches={"gamma3": 9})
     with pytest.raises(MimError, match="needs a GPU"):
@@ -349,7 +358,8 @@ def test_help_documents_every_flag():
     result = subprocess.run([command("mim_pretrain"), "--help"], capture_output=True, encoding="utf-8",
                             errors="replace", timeout=120)
     for flag in ("-gpus", "-backbone", "-size", "-steps", "-device", "--c", "-gpu_memory_target", "-np", "-stop_at",
-                 "-precision", "-clip_grad", "--compile", "--checkpointing", "-chunk", "-levels", "-next_level_from",
+                 "-precision", "-clip_grad", "--compile", "--checkpointing", "--deterministic", "-chunk", "-levels",
+                 "-next_level_from",
                  "-align_loss",
                  "-level_weight_schedule", "-loss_weights", "-o NAME"):
         assert flag in result.stdout, flag
@@ -372,6 +382,41 @@ def test_validation_loss_is_logged_plotted_and_exported(collection, tmp_path):
     assert record["validation"]["first"] == {"step": 0, **{k[4:]: v for k, v in val[0].items() if k.startswith("val_")}}
     assert record["validation"]["last"]["step"] == 4 and record["validation"]["crops"] == 2
     assert (tmp_path / "val" / "progress.png").is_file()
+
+
+def test_validation_runs_under_the_trainings_autocast(collection, tmp_path):
+    """The validation loss and the pictures run the model as training does (bf16 autocast here, on the CPU,
+    standing for a GPU run's): the same numbers' precision and no extra compiled graphs."""
+    from mim_nnunet.pretrain.engine import build, validate
+    from mim_nnunet.pretrain.validation import ValidationSet, picture_levels
+
+    plan = dict(collection["prepared"].plan)
+    settings = resolve_settings(plan, collection["prepared"].store, tmp_path, 1, "cpu",
+                                **{**TINY, "val_crops": 1})
+    settings.precision = "bf16"
+    trainee = build(settings, torch.device("cpu"))
+    seen = []
+    trainee.model.encoder.register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    logged = []
+    validation = ValidationSet(settings)
+    validate(trainee, validation, 0, torch.device("cpu"), type("Log", (), {"validation": lambda self, r: logged.append(r)})())
+    assert seen and all(s == (True, torch.bfloat16) for s in seen) and "val_rec_l1" in logged[0]
+    seen.clear()
+    picture_levels(validation, trainee.model, torch.device("cpu"), dict(device_type="cpu", dtype=torch.bfloat16))
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)
+
+
+def test_a_run_continues_on_another_number_of_processes(collection, tmp_path):
+    """2 gloo ranks to step 1, then one process to the end: accumulation 2 keeps the effective batch, and the
+    old ranks' RNG states are left alone (not restored by index)."""
+    out = tmp_path / "moved"
+    run(collection, out, world=2, accumulation=1, steps=2, stop_at=1, cpu_threads=1, val_crops=0)
+    assert len(load_checkpoint(out / CHECKPOINT)["rng"]) == 2
+    settings = resume(out, collection, world=1, log=lambda *_: None)
+    assert (settings.world_size, settings.accumulation) == (1, 2)
+    state = load_checkpoint(out / CHECKPOINT)
+    assert state["step"] == 2 and len(state["rng"]) == 1 and state["settings"]["world_size"] == 1
 
 
 def test_size_is_checked_per_backbone_and_unfit_sizes_are_one_line(collection, tmp_path):

@@ -89,10 +89,10 @@ def test_a_cpu_run_plans_its_batch_for_the_cpus_memory(tmp_path, nnunet_dirs, mo
     settings = settings_for(request_from(args), 1, "cpu", log=lambda *_: None)
     plan = json.loads(plan_file(nnunet_dirs["nnUNet_preprocessed"] / "MiM_cpu", "hybrid", "tiny")
                       .read_text(encoding="utf-8"))
-    # 12 GB x 0.75 / 1 process / 2 (fp32) = 4.5 -> 4 GB, not the 24 GB GPU default
-    assert plan["gpu_memory_target_gb"] == 4.0 and "sized for the CPU" in plan["explain"]["gpu_memory_target_gb"]
-    # S = 32 x 96 x 96 (the scans' 2.5 x 0.8 x 0.9 mm): a tiny crop is 3.5 GB x 1/3 = 1.17 GB in the table;
-    # (4 - 2) // 1.17 = 1 fits -> 1 crop per step, 16 accumulated (at 24 GB: 18 fit -> all 16 crops at once,
-    # about 37 GB in fp32)
+    # 12 GB x 0.75 / 1 process = 9 -> 8 GB, not the 24 GB GPU default
+    assert plan["gpu_memory_target_gb"] == 8.0 and "sized for the CPU" in plan["explain"]["gpu_memory_target_gb"]
+    # S = 32 x 96 x 96 (the scans' 2.5 x 0.8 x 0.9 mm), fp32 on the CPU: a tiny crop is (0.251 GB x 21
+    # sub-volumes + 0.165 GB kept) / 3 = 1.81 GB beside the fixed 1.19 GB; (8 - 2 - 1.19) / 1.81 = 2.7 -> 2 crops
+    # per step (a divisor of 16), 8 accumulated (at 24 GB: 11 fit -> 8 crops, about 15.7 GB in fp32)
     assert plan["input_size"] == [32, 96, 96]
-    assert (settings.per_device_batch, settings.accumulation) == (1, 16)
+    assert (settings.per_device_batch, settings.accumulation) == (2, 8)
