@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check in one command (under 8 minutes on one GPU): installs what it needs, runs every check of
-# scripts/gpu_check.py and writes one JSON summary, <out>/gpu_check_summary.json (default out: gpu_check/).
-# Extra arguments go to scripts/gpu_check.py (e.g. --checks benchmark,planner_memory).
+# The GPU check from the kit, offline, with this machine's python3 and its torch (docs/gpu-check.md):
+#   bash scripts/gpu_check.sh A -out DIR      (B for the benchmark and nnU-Net runs)
+# Needs gpu_kit/ from scripts/gpu_kit.sh (written where there is network); extra arguments go to gpu_check.py.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$repo/scripts/setup_env.sh"
-venv="${MIM_VENV:-$repo/.venv}"
-# shellcheck disable=SC1091
-source "$venv/bin/activate"
-cd "$repo"
-python scripts/gpu_check.py "$@"
+cmd="${1:?usage: gpu_check.sh A|B [-out DIR] [gpu_check.py arguments]}"
+shift
+exec "${MIM_PYTHON:-python3}" "$repo/scripts/gpu_check.py" -command "$cmd" -kit "${MIM_KIT:-$repo/gpu_kit}" "$@"

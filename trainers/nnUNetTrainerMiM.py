@@ -47,7 +47,7 @@ class nnUNetTrainerMiM_encoderlr1en1(nnUNetTrainerMiM):
 
 
 class nnUNetTrainerMiM_1epoch(nnUNetTrainerMiM):
-    """MiMUNETR base, 1 epoch of 2 + 1 iterations: the GPU check (scripts/gpu_check.py)."""
+    """MiMUNETR base, 1 epoch of 2 + 1 iterations: the GPU check (scripts/gpu_check.py, docs/gpu-check.md)."""
 
     budget = "1epoch"
 
@@ -89,6 +89,12 @@ class nnUNetTrainerMiM_tiny_100epochs(CPUVariant, nnUNetTrainerMiM):
 
 class nnUNetTrainerMiMScratch(nnUNetTrainerMiM):
     """MiMUNETR base from random weights (baseline for nnUNetTrainerMiM)."""
+
+    pretrained = False
+
+
+class nnUNetTrainerMiMScratch_1epoch(nnUNetTrainerMiM_1epoch):
+    """Scratch twin of nnUNetTrainerMiM_1epoch (the GPU check)."""
 
     pretrained = False
 

@@ -1,8 +1,10 @@
-"""scripts/gpu_check.py: one JSON summary whatever happens; its checks run on the CPU too (small subsets)."""
+"""scripts/gpu_check.py and scripts/gpu_kit.py: a summary whatever happens, checks isolated, reruns, the scaler's
+skips, TORCH_LOGS counts, and the kit's lists against what the commands really import."""
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,54 +12,168 @@ import torch
 from helpers.commands import SCRIPTS, load_script
 
 
+@pytest.fixture(scope="module")
+def gpu_check():
+    return load_script("gpu_check")
+
+
 def summary(out):
     return json.loads((out / "gpu_check_summary.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the check would run")
+def context(module, tmp_path, **overrides):
+    args = module.build_parser().parse_args(["-out", str(tmp_path), "-device", "cpu", "--reduced"])
+    args.precision_input_size = 32
+    vars(args).update(overrides)
+    return module.Context(args, None)
+
+
+# A log as torch 2.x writes it with TORCH_LOGS=recompiles,graph_breaks (two recompiles, three breaks, one limit)
+TORCH_LOG_SAMPLE = """\
+V1205 09:00:01.123 1234 torch/_dynamo/guards.py:2797] [0/1] [__recompiles] Recompiling function forward in /x/hybrid.py:120
+V1205 09:00:01.123 1234 torch/_dynamo/guards.py:2797] [0/1] [__recompiles]     triggered by the following guard failure(s):
+V1205 09:00:01.123 1234 torch/_dynamo/guards.py:2797] [0/1] [__recompiles]     - 0/0: tensor 'x' size mismatch at index 2. expected 4, actual 2
+V1205 09:00:02.000 1234 torch/_dynamo/symbolic_convert.py:444] [1/0] [__graph_breaks] Graph break in user code at /x/hybrid.py:141
+V1205 09:00:02.000 1234 torch/_dynamo/symbolic_convert.py:444] [1/0] [__graph_breaks] Graph Break Reason: Data-dependent branching
+V1205 09:00:02.100 1234 torch/_dynamo/symbolic_convert.py:444] [1/1] [__graph_breaks] Graph break in user code at /x/hybrid.py:150
+V1205 09:00:02.200 1234 torch/_dynamo/symbolic_convert.py:444] [2/0] [__graph_breaks] Graph break (user stack suppressed) due to: Tensor.item()
+V1205 09:00:03.000 1234 torch/_dynamo/guards.py:2797] [0/2] [__recompiles] Recompiling function forward in /x/hybrid.py:120
+W1205 09:00:04.000 1234 torch/_dynamo/convert_frame.py:964] [0/8] torch._dynamo hit config.recompile_limit (8)
+step 4 loss 0.91 (no graph breaking here: a line that is not dynamo's)
+"""
+
+
+def test_torch_logs_counts_recompiles_graph_breaks_and_the_limit(gpu_check):
+    assert gpu_check.parse_torch_logs(TORCH_LOG_SAMPLE) == {"recompiles": 2, "graph_breaks": 3,
+                                                            "recompile_limit_hit": 1}
+    assert gpu_check.parse_torch_logs("") == {"recompiles": 0, "graph_breaks": 0, "recompile_limit_hit": 0}
+
+
+def test_a_setup_failure_still_writes_the_summary(tmp_path):
+    """An empty kit folder: the install fails, every check is reported skipped for it, JSON and table written."""
+    (tmp_path / "kit" / "A").mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "-command", "A", "-kit",
+                             str(tmp_path / "kit"), "-out", str(tmp_path / "out"), "-device", "cpu"],
+                            capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    s = summary(tmp_path / "out")
+    assert s["setup"]["status"] == "failed" and "no wheels" in s["setup"]["error"] and s["all_ok"] is False
+    assert list(s["checks"]) == list(load_script("gpu_check").COMMANDS["A"])
+    assert all(c == {"status": "skipped", "why": "setup failed"} for c in s["checks"].values())
+    table = (tmp_path / "out" / "gpu_check_summary.md").read_text(encoding="utf-8")
+    assert "| setup | failed |" in table and "| pretrain_resume | skipped |" in table
+
+
+def test_checks_are_isolated_and_a_skip_is_not_a_failure(gpu_check, tmp_path, monkeypatch):
+    ran = []
+
+    def fails(ctx):
+        ran.append("fails")
+        raise RuntimeError("boom")
+
+    def skips(ctx):
+        ran.append("skips")
+        raise gpu_check.Skipped("needs CUDA")
+
+    def holds(ctx):
+        ran.append("holds")
+        return {"value": 3}
+
+    monkeypatch.setattr(gpu_check, "RUNNERS", {"fails": fails, "skips": skips, "holds": holds})
+    s = {"checks": {}}
+    gpu_check.run_checks(SimpleNamespace(), ["fails", "skips", "holds"], s, tmp_path)
+    assert ran == ["fails", "skips", "holds"]
+    assert [s["checks"][c]["status"] for c in ran] == ["failed", "skipped", "ok"]
+    assert "RuntimeError: boom" in s["checks"]["fails"]["error"] and s["checks"]["holds"]["value"] == 3
+    assert s["checks"]["skips"]["why"] == "needs CUDA"
+    assert summary(tmp_path)["checks"]["holds"]["status"] == "ok"       # written after each check
+
+
+def test_the_scalers_skipped_steps_are_counted_as_skips(gpu_check, tmp_path):
+    """fp16 through the engine with a scale that overflows fp16 gradients: the scaler skips both steps (and
+    halves its scale each time); the losses stay finite and nothing fails."""
+    ctx = context(gpu_check, tmp_path)
+    result = gpu_check.engine_steps(ctx, "hybrid", "fp16", steps=2, init_scale=2.0 ** 80)
+    assert result["skipped_by_scaler"] == 2 and result["fused_adamw"]
+    assert all(torch.isfinite(torch.tensor(s["loss"])) for s in result["steps"])
+    normal = gpu_check.engine_steps(ctx, "hybrid", "fp32", steps=1)
+    assert normal["skipped_by_scaler"] == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the check would run")
 def test_without_a_gpu_every_check_is_reported_skipped(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "-out", str(tmp_path), "-command", "B"],
                             capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 2 and "no CUDA device" in result.stdout
     checks = summary(tmp_path)["checks"]
-    assert list(checks) == list(load_script("gpu_check").CHECKS)
+    assert list(checks) == list(load_script("gpu_check").COMMANDS["B"])
     assert all(c == {"status": "skipped", "why": "no CUDA device"} for c in checks.values())
 
 
-def test_precision_steps_run_and_are_summarised_on_the_cpu(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--out", str(tmp_path), "--device", "cpu",
-                             "--checks", "environment,precision_steps", "--backbones", "hybrid", "--precisions",
-                             "fp16", "--precision_input_size", "32"],
-                            capture_output=True, encoding="utf-8", errors="replace", timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    s = summary(tmp_path)
-    assert s["all_ok"] and s["checks"]["environment"]["torch"] == torch.__version__
-    step = s["checks"]["precision_steps"]["hybrid:fp16"]
-    assert step["grads_finite"] and len(step["losses"]) == 2 and all(0 < v < 100 for v in step["losses"])
+def test_a_rerun_with_the_same_out_runs_the_pretraining_again(tmp_path):
+    """The second run used to fail every pre-training check ("already holds a run")."""
+    cmd = [sys.executable, str(SCRIPTS / "gpu_check.py"), "-out", str(tmp_path), "-device", "cpu", "--reduced",
+           "-checks", "pretrain_1gpu"]
+    for attempt in range(2):
+        result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
+        assert result.returncode == 0, f"run {attempt + 1}: " + result.stdout[-2000:] + result.stderr[-2000:]
+        entry = summary(tmp_path)["checks"]["pretrain_1gpu"]
+        assert entry["status"] == "ok" and entry["last_step"] == 4
 
 
-def test_benchmark_levers_and_planner_memory_on_the_cpu(tmp_path):
-    """The benchmark check's rows (one shot) and a lever's rows, and the planner's model next to each peak."""
-    from mim_nnunet.data.planner import step_memory_gb
-
-    result = subprocess.run([sys.executable, str(SCRIPTS / "gpu_check.py"), "--out", str(tmp_path), "--device", "cpu",
-                             "--checks", "benchmark,planner_memory", "--benchmark_configs", "hybrid:tiny",
-                             "--benchmark_input_size", "32", "--levers", "checkpointing", "--lever_config",
-                             "hybrid:tiny", "--lever_dtype", "fp32"],
-                            capture_output=True, encoding="utf-8", errors="replace", timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    checks = summary(tmp_path)["checks"]
-    (row,) = checks["benchmark"]["rows"]
-    assert (row["backbone"], row["chunk"], row["optimizer"]) == ("hybrid", 0, "fused")
-    assert row["optimizer_sec_median"] > 0
-    (lever,) = checks["benchmark"]["levers"]["checkpointing"]
-    assert lever["activation_checkpointing"] and not row["activation_checkpointing"]
-    entry = checks["planner_memory"]["per_crop"]["hybrid:tiny:fp32:S32:chunk0"]
-    assert entry["modelled_gb"] == round(step_memory_gb("hybrid", "tiny", [32] * 3, 1, 0, fraction=1.0), 2)
-    assert entry["measured_gb"] == round(row["peak_memory_mb"] / 1024, 2)
-
-
-def test_unknown_checks_are_refused(tmp_path):
-    module = load_script("gpu_check")
+def test_unknown_checks_are_refused(gpu_check, tmp_path):
     with pytest.raises(SystemExit):
-        module.main(["--out", str(tmp_path), "--checks", "environment,warp_drive"])
+        gpu_check.main(["-out", str(tmp_path), "-checks", "environment,warp_drive"])
+
+
+KIT_MODULES = {
+    "A": ["mim_nnunet.cli.pretrain", "mim_nnunet.pretrain.run", "mim_nnunet.data.pipeline", "mim_nnunet.pretrain.engine",
+          "mim_nnunet.pretrain.plots", "mim_nnunet.weights.export", "mim_nnunet.cli.main", "mim_nnunet.mim"],
+}
+
+
+def test_command_a_imports_nothing_beyond_its_kit_and_the_targets_torch(tmp_path):
+    """Command A's modules import with every distribution blocked that is neither in its kit list nor torch's
+    own (nor the standard library): what the kit leaves out (imagecodecs, blosc2, nibabel, ...) is not needed."""
+    kit = load_script("gpu_kit")
+    allowed = {kit.canonical(n) for n in kit.COMMANDS["A"]}
+    probe = f"""
+import sys, importlib, importlib.abc
+from importlib.metadata import packages_distributions
+dists = packages_distributions()
+allowed = {sorted(allowed)!r}
+import re
+canon = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+torch_own = {{"torch", "triton", "filelock", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "fsspec",
+             "typing-extensions", "setuptools"}}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.split(".")[0]
+        owners = {{canon(d) for d in dists.get(top, [])}}
+        if owners and not owners & (set(allowed) | torch_own) and not any(o.startswith(("nvidia", "cuda")) for o in owners):
+            raise ModuleNotFoundError(f"blocked {{name}} ({{sorted(owners)}})", name=name)
+import torch
+sys.meta_path.insert(0, Block())
+for m in {KIT_MODULES["A"]!r}:
+    importlib.import_module(m)
+print("imported")
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, encoding="utf-8", errors="replace",
+                            timeout=600)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-3000:]
+
+
+def test_the_kit_reads_what_the_target_has_and_its_wheels_requirements(tmp_path):
+    kit = load_script("gpu_kit")
+    freeze = tmp_path / "have.txt"
+    freeze.write_text("numpy==2.5.2\nScikit_Image==0.26.0\n# comment\nsafetensors @ file:///x\n", encoding="utf-8")
+    assert kit.read_have(str(freeze)) == {"numpy", "scikit-image", "safetensors", "torch"}
+    assert kit.read_have("tqdm, PyYAML") == {"tqdm", "pyyaml", "torch"}
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    import zipfile
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("demo-1.0.dist-info/METADATA", "Name: demo\nVersion: 1.0\nRequires-Dist: numpy>=1.24\n"
+                    "Requires-Dist: importlib-resources; python_version < '3.9'\n"
+                    "Requires-Dist: pytest; extra == 'test'\nRequires-Dist: pywin32; sys_platform == 'win32'\n")
+    assert kit.requirements_of(wheel, kit.target_environment("3.12")) == ["numpy>=1.24"]
+    assert kit.NEVER.match("nvidia-cublas") and kit.NEVER.match("torch") and not kit.NEVER.match("torchio")
