@@ -24,9 +24,9 @@ def bash_blocks(text: str):
 def command_lines(line: str):
     """(program, argv) for each of our commands on a shell line, also inside $( ... )."""
     for inner in re.findall(r"\$\(([^()]*)\)", line):
-        if not inner.startswith("which "):
+        if not inner.startswith(("which ", "command -v ")):
             yield from command_lines(inner)
-    line = re.sub(r"\$\(which (\w+)\)", r"\1", line)
+    line = re.sub(r"\$\((?:which|command -v) (\w+)\)", r"\1", line)
     line = re.sub(r"\"?\$\([^()]*\)\"?", "SUBSTITUTED", line)
     tokens = shlex.split(line, comments=True)
     for i, token in enumerate(tokens):

@@ -132,11 +132,36 @@ KIT_MODULES = {
 }
 
 
+def with_requirements(names, kit):
+    """``names`` and, for those the kit follows (not ``kit.NO_FOLLOW``), their installed requirements, recursively
+    (what the kit puts in the wheelhouse beside them: matplotlib's packaging, pillow, ...)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    todo, seen = list(names), set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in {kit.canonical(n) for n in kit.NO_FOLLOW}:
+            continue
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(kit.canonical(req.name))
+    return seen
+
+
 def test_command_a_imports_nothing_beyond_its_kit_and_the_targets_torch(tmp_path):
     """Command A's modules import with every distribution blocked that is neither in its kit list nor torch's
     own (nor the standard library): what the kit leaves out (imagecodecs, blosc2, nibabel, ...) is not needed."""
     kit = load_script("gpu_kit")
-    allowed = {kit.canonical(n) for n in kit.COMMANDS["A"]}
+    allowed = with_requirements({kit.canonical(n) for n in kit.COMMANDS["A"]}, kit)
     probe = f"""
 import sys, importlib, importlib.abc
 from importlib.metadata import packages_distributions
