@@ -64,34 +64,34 @@ CPU_MEMORY_FRACTION = 0.75
 STEP_MEMORY_FP32_AT_96 = {
     ("hybrid", "base"): {"fixed_gb": 1.86, "per_subvolume_gb": 0.942,
                          "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
-                                   "--configs hybrid:base): one shot 21.8 GB (2026-11-28) and chunk 4 5930 MB "
-                                   "(--chunks 4, 2026-11-29; 2-core CPU); per sub-volume = the difference / 17, "
+                                   "-configs hybrid:base): one shot 21.8 GB (2026-11-28) and chunk 4 5930 MB "
+                                   "(-chunks 4, 2026-11-29; 2-core CPU); per sub-volume = the difference / 17, "
                                    "fixed = the rest less the kept volumes"},
     ("hybrid", "tiny"): {"fixed_gb": 1.19, "per_subvolume_gb": 0.251,
                          "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
-                                   "--configs hybrid:tiny --input-size 96 --chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 "
+                                   "-configs hybrid:tiny -input_size 96 -chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 "
                                    "1649 MB, chunk 8 3446 MB; per sub-volume = the difference / 7; fixed = the rest (CPU "
                                    "process: interpreter and libraries included). At S = 64 the one-shot step (2735 MB) "
                                    "and chunk 1 (1261 MB) give 0.243 GB per sub-volume at 96^3"},
     ("swin", "base"): {"fixed_gb": 2.63, "per_subvolume_gb": 1.178,
                        "source": "measured: CPU peak RSS, fp32, S = 96 (scripts/benchmark_pretrain_step.py "
-                                 "--configs swin:base; 2-core CPU, 2026-11-29): one sub-volume (--levels 1) 4063 MB, "
-                                 "four at once (--levels 2 --chunks 4) 7683 MB; per sub-volume = the difference / 3, "
+                                 "-configs swin:base; 2-core CPU, 2026-11-29): one sub-volume (-levels 1) 4063 MB, "
+                                 "four at once (-levels 2 -chunks 4) 7683 MB; per sub-volume = the difference / 3, "
                                  "fixed = the rest less the kept volumes"},
     ("swin", "tiny"): {"fixed_gb": 1.84, "per_subvolume_gb": 0.751,
                        "source": "measured: CPU peak RSS, fp32, one crop, S = 64 (scripts/benchmark_pretrain_step.py "
-                                 "--configs swin:tiny --input-size 64 --chunks 0,1; 2-core CPU, 2026-11-29): one shot "
+                                 "-configs swin:tiny -input_size 64 -chunks 0,1; 2-core CPU, 2026-11-29): one shot "
                                  "6716 MB, chunk 1 2161 MB; per sub-volume = the difference / 20, x 3.375 to 96^3; "
                                  "fixed = the rest. Conservative between the two points (chunk 4: 3518 MB, 16: 4754 MB "
                                  "measured; large batches recompute the window attention)"},
     ("resenc", "M"): {"fixed_gb": 2.52, "per_subvolume_gb": 1.284,
-                      "source": "measured: CPU peak RSS, fp32, S = 96 (scripts/benchmark_pretrain_step.py --configs "
-                                "resenc:M; 2-core CPU, 2026-11-29): one sub-volume (--levels 1) 4064 MB, four at once "
-                                "(--levels 2 --chunks 4) 8009 MB; per sub-volume = the difference / 3, fixed = the "
+                      "source": "measured: CPU peak RSS, fp32, S = 96 (scripts/benchmark_pretrain_step.py -configs "
+                                "resenc:M; 2-core CPU, 2026-11-29): one sub-volume (-levels 1) 4064 MB, four at once "
+                                "(-levels 2 -chunks 4) 8009 MB; per sub-volume = the difference / 3, fixed = the "
                                 "rest less the kept volumes"},
     ("resenc", "tiny"): {"fixed_gb": 1.25, "per_subvolume_gb": 0.318,
                          "source": "measured: CPU peak RSS, fp32, one crop, S = 96 (scripts/benchmark_pretrain_step.py "
-                                   "--configs resenc:tiny --chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 1772 MB, "
+                                   "-configs resenc:tiny -chunks 1,8; 2-core CPU, 2026-11-29): chunk 1 1772 MB, "
                                    "chunk 8 4048 MB; per sub-volume = the difference / 7, fixed = the rest less the "
                                    "kept volumes"},
 }

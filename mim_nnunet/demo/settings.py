@@ -44,7 +44,7 @@ class DemoCosts:
     matmul kernels; ``capability_factor`` what the matmul probe does not see of the convolution kernels
     PyTorch picks for the host's ``torch.backends.cpu.get_cpu_capability()``.
 
-    To calibrate on an idle host: ``mim_nnunet host`` (the probe), then ``mim_nnunet demo --setting quick``
+    To calibrate on an idle host: ``mim_nnunet host`` (the probe), then ``mim_nnunet demo -setting quick``
     and ``mim_nnunet demo`` in fresh workspaces; each report's "Run time" gives the stages' seconds. Fixed
     seconds come from the quick setting (its work is small), work from the default setting's seconds minus
     them, times the probe. ``capability_factor``: the same with ``ATEN_CPU_CAPABILITY=avx2
@@ -96,7 +96,7 @@ DEMO_COSTS = DemoCosts(
 
 def estimate_demo(setting: str, gflops: float, capability: str, parallel: int,
                   costs: DemoCosts = DEMO_COSTS) -> List[Tuple[str, float]]:
-    """Seconds of each stage of ``mim_nnunet demo --setting SETTING`` on a CPU host whose probe gives
+    """Seconds of each stage of ``mim_nnunet demo -setting SETTING`` on a CPU host whose probe gives
     ``gflops`` (fp32 matmul GFLOP/s at the demo's threads) with ``capability``, ``parallel`` fine-tunings
     run together: ``[(stage, seconds), ...]`` in the demo's order (their sum is the estimate)."""
     from ..finetune.variants import BUDGETS
@@ -130,5 +130,5 @@ def describe_estimate(setting: str, stages: List[Tuple[str, float]], limit: floa
              + ("; provisional calibration)" if costs.provisional else ")")]
     if total > limit:
         lines.append(f"WARNING: the estimate, {total / 60:.0f} min, is over {limit / 60:.0f} minutes on this host"
-                     + (" (`--setting quick` is a smoke run of a few minutes)" if setting != "quick" else ""))
+                     + (" (`-setting quick` is a smoke run of a few minutes)" if setting != "quick" else ""))
     return lines

@@ -112,7 +112,7 @@ def _data(record: Mapping) -> List[str]:
     if checks is None:
         lines.append(f"- Leakage checks (downstream images found in the pre-training data): {NOT_RECORDED}")
     elif not checks:
-        lines.append("- Leakage checks: none was run (`--check_leakage DATASET` of mim_pretrain / mim_plan_and_preprocess runs one)")
+        lines.append("- Leakage checks: none was run (`-check_leakage DATASET` of mim_pretrain / mim_plan_and_preprocess runs one)")
     else:
         for c in checks:
             lines.append(f"- Leakage check against nnU-Net dataset {c.get('dataset')}: "
@@ -186,7 +186,7 @@ def _finetune(record: Mapping, weights_name: str) -> List[str]:
     if ct:
         lo, hi = ct["window"]
         variant = "MiMWindowPlans"
-        lines += [f"mim_nnunet plans-variant -d DATASET -p {plans} -o {variant} --window {lo:g} {hi:g}",
+        lines += [f"mim_nnunet plans-variant -d DATASET -p {plans} -plans_name {variant} -ct_window {lo:g} {hi:g}",
                   f"nnUNetv2_preprocess -d DATASET -plans_name {variant} -c 3d_fullres"]
         plans = variant
     lines += [f"mim_nnunet set-weights -d DATASET -p {plans} {weights_name}",
@@ -205,7 +205,7 @@ def _finetune(record: Mapping, weights_name: str) -> List[str]:
     spacing = record.get("spacing")
     if spacing:
         lines.append(f"- Spacing: pre-trained at {_v(spacing, ' mm')} (z, y, x); `mim_nnunet plans-variant "
-                     f"--spacing X Y Z` (x, y, z order) plans the dataset at another spacing.")
+                     f"-spacing X Y Z` (x, y, z order) plans the dataset at another spacing.")
     lines.append("- Instead of `set-weights`: `MIM_PRETRAINED_WEIGHTS=<export> nnUNetv2_train ...`.")
     if backbone == "resenc":
         lines.append("- nnU-Net master / nnssl: `mim_nnunet export-nnssl <export> -o DIR` writes nnssl's "

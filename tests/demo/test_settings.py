@@ -52,7 +52,7 @@ def test_the_estimate_says_when_it_is_over_twenty_minutes():
     over = [("data", 100.0), ("pre-training", 500.0), ("fine-tuning", 601.0)]
     lines = describe_estimate("default", over, costs=COSTS)
     assert len(lines) == 2 and lines[1] == ("WARNING: the estimate, 20 min, is over 20 minutes on this host "
-                                            "(`--setting quick` is a smoke run of a few minutes)")
+                                            "(`-setting quick` is a smoke run of a few minutes)")
     provisional = describe_estimate("quick", over, costs=DEMO_COSTS)
     assert provisional[0].endswith("min; provisional calibration)") == DEMO_COSTS.provisional
     assert provisional[1].endswith("is over 20 minutes on this host")

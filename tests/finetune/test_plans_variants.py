@@ -281,7 +281,7 @@ def test_plans_variant_cli_next_line_on_a_two_case_dataset_with_a_tiny_export(pl
     (folder / "dataset.json").write_text(json.dumps({**DATASET_JSON, "channel_names": {"0": "CT", "1": "T1"},
                                                      "numTraining": 2}), encoding="utf-8")
     _export(nnunet_dirs["nnUNet_results"], "hybrid", "tiny")
-    result = subprocess.run([command("mim_nnunet"), "plans-variant", "-d", NAME, "-o", "v", "--window", "-175", "250"],
+    result = subprocess.run([command("mim_nnunet"), "plans-variant", "-d", NAME, "-plans_name", "v", "-ct_window", "-175", "250"],
                             capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"nnUNetv2_train {NAME} 3d_fullres all -tr nnUNetTrainerMiM_tiny_10epochs -p v" in result.stdout

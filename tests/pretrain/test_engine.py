@@ -182,7 +182,7 @@ def test_a_half_written_checkpoint_never_replaces_a_good_one(tmp_path, monkeypat
 
 def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tmp_path):
     env = collection["env"]
-    args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny", "-np", "1",
+    args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny", "-np", "1",
             "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-save_every", "1", "-steps", "400",
             "-run", "killed"]
     out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_killed"
@@ -208,7 +208,7 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tm
 def test_continuing_with_other_steps_is_refused_with_the_reason(collection):
     """--c -steps N: the schedule is laid over the run's own steps, so another N is refused, never ignored."""
     env = collection["env"]
-    args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny", "-np", "1",
+    args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny", "-np", "1",
             "-device", "cpu", "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-val_crops", "0",
             "-run", "steps"]
     cli = lambda *extra: subprocess.run(args + list(extra), env=env, capture_output=True, encoding="utf-8",
@@ -234,7 +234,7 @@ def test_continuing_with_other_steps_is_refused_with_the_reason(collection):
 
 def test_cli_two_gloo_processes_finish_and_export(collection):
     env = collection["env"]
-    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny",
                              "-np", "1", "-num_gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
                              "-accum", "1", "-workers", "1", "-steps", "3", "-run", "gloo", "-r2", "0.5",
                              "-align_loss", "byol", "-align_pairs", "true", "false"],
@@ -257,7 +257,7 @@ def test_cli_two_gloo_processes_finish_and_export(collection):
 def test_a_crashing_rank_ends_the_job_quickly(collection):
     env = {**collection["env"], "MIM_PRETRAIN_FAIL_AT": "1:1"}
     started = time.time()
-    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny",
                              "-np", "1", "-num_gpus", "2", "-device", "cpu", "-input_size", "32", "-batch", "1",
                              "-workers", "0", "-steps", "50", "-run", "crash"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
@@ -273,7 +273,7 @@ def test_torchrun_joins_the_given_group(collection, processes):
     still work) and with three (a count the plan lists no batch split for)."""
     env = collection["env"]
     result = subprocess.run([command("torchrun"), "--standalone", "--nproc_per_node", str(processes),
-                             command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+                             command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny",
                              "-np", "1", "-device", "cpu", "-input_size", "32", "-batch", "1", "-accum", "1",
                              "-workers", "0", "-steps", "2", "-val_crops", "1", "-run", f"torchrun{processes}"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
@@ -453,7 +453,7 @@ def test_size_is_checked_per_backbone_and_unfit_sizes_are_one_line(collection, t
     with pytest.raises(SystemExit):
         main(["-d", "x", "-backbone", "resenc", "-size", "base"])
     # resenc's stride-32 stage needs two voxels: S = 32 cannot work, said in one line before any step
-    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "resenc32",
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "resenc32",
                              "-backbone", "resenc", "-size", "tiny", "-np", "1", "-input_size", "32", "-steps", "2",
                              "-workers", "0"], env=collection["env"], capture_output=True, encoding="utf-8",
                             errors="replace", timeout=600)
@@ -483,7 +483,7 @@ def test_a_checkpoint_copied_without_its_checksum_and_spoilt_is_refused_by_conti
     assert at > 0
     path.write_bytes(raw[:at] + b"\x7f" * 64 + raw[at + 64:])       # 16 moments overwritten with 3.4e38
     before = _files(out)
-    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-o", "tiny", "-size", "tiny",
+    result = subprocess.run([command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny",
                              "-np", "1", "-device", "cpu", "-workers", "0", "-run", "copied", "--c"],
                             env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
