@@ -11,6 +11,7 @@ the MiM release pickles an ``argparse.Namespace``.
 from __future__ import annotations
 
 import os
+import pickletools
 import re
 import warnings
 from typing import Sequence
@@ -54,10 +55,21 @@ def what_it_holds(exc: BaseException) -> str:
     return "something other than tensors and plain values"
 
 
+# pickle instructions that name or call Python objects (how code travels in a pickle); any other unsupported
+# instruction means a damaged file or one that is no pickle at all, which is reported as such
+OBJECT_OPCODES = frozenset(ord(op.code[0]) for op in pickletools.opcodes if op.name in (
+    "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE", "BUILD", "EXT1", "EXT2", "EXT4"))
+
+
 def is_refusal(exc: BaseException) -> bool:
-    """True when ``torch.load(weights_only=True)`` failed because of the file's content (not its damage)."""
+    """True when ``torch.load(weights_only=True)`` failed because the file names or calls Python objects
+    (not because it is damaged or no pickle)."""
     import pickle
-    return isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc)
+    text = str(exc)
+    if not (isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text):
+        return False
+    operand = re.search(r"Unsupported operand (\d+)", text)
+    return operand is None or int(operand.group(1)) in OBJECT_OPCODES
 
 
 def load_tensors_file(path: os.PathLike, *, allow: Sequence = (), map_location="cpu", mmap: bool = False,

@@ -25,9 +25,10 @@ import torch
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError, first_line, last_line
 from ..common.hashing import file_sha256, state_sha256
-from ..common.layout import LEAKAGE_CHECKS, MANIFEST, export_path
+from ..common.layout import FINGERPRINT, LEAKAGE_CHECKS, MANIFEST, export_path
 from ..common.safe_load import UnsafeFileError, load_tensors_file
 from ..common.tensors import first_nonfinite, optimizer_tensors
+from ..data.pipeline import with_modalities
 from ..data.preprocess import STORE_AXES, STORE_ORIENTATION
 from ..weights.export import export_encoder
 from .logbook import LOG_JSONL, read_records
@@ -164,6 +165,12 @@ def data_record(settings: RunSettings) -> Dict:
     except (OSError, ValueError):
         manifest = None
     if isinstance(manifest, dict) and manifest.get("hash") == settings.manifest_hash:
+        try:                 # the modality that normalised each case (declared, or detected for "auto")
+            fingerprint = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
+            if fingerprint.get("manifest_hash") == settings.manifest_hash:
+                manifest = with_modalities(manifest, fingerprint)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         cases: Dict[str, Dict[str, int]] = {}
         for case in manifest.get("cases", []):
             per = cases.setdefault(str(case.get("source")), {})

@@ -3,6 +3,7 @@ nnUNetv2_train with each MiM trainer -> pre-training files moved away -> nnUNetv
 session's runs, tests/helpers/shared_runs.py; the SwinUNETR model folder as stock nnU-Net writes it); a
 4-channel dataset with an inflated stem; -pretrained_weights through expand-weights; lr schedule across --c."""
 
+import hashlib
 import json
 import shutil
 import sys
@@ -136,16 +137,20 @@ def own_results(setup, tmp_path, *models) -> dict:
 
 
 def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_fold(setup, mim_finetuned, tmp_path):
-    """A NaN export (its checksum intact: NaN before export) is refused by check-transfer and by
-    nnUNetv2_train, in one line, before nnU-Net starts its workers; the trained fold (a copy of the
-    session's) is kept."""
-    from mim_nnunet.weights.export import write_export
+    """A NaN export (written around our writer, which refuses NaN; its checksum intact) is refused by
+    check-transfer and by nnUNetv2_train, in one line, before nnU-Net starts its workers; the trained fold (a
+    copy of the session's) is kept."""
+    from safetensors.torch import save_file
     env, work = own_results(setup, tmp_path, mim_finetuned["models"]["hybrid"]), setup["work"]
     state, record = load_export(setup["kept"])
     key = "blocks4.0.attn.qkv.weight"
     state[key] = state[key].clone()
     state[key][0, :3] = float("nan")
-    bad, _ = write_export(state, {k: v for k, v in record.items() if k != "sha256"}, tmp_path / "nan" / "nan.safetensors")
+    bad = tmp_path / "nan" / "nan.safetensors"
+    bad.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(bad))
+    sha256 = hashlib.sha256(bad.read_bytes()).hexdigest()          # the file's own checksum: intact
+    bad.with_suffix(".json").write_text(json.dumps({**record, "sha256": sha256}), encoding="utf-8")
     message = f"{bad}: tensor '{key}' holds 3 non-finite value(s) (NaN/inf); refusing to fine-tune from it"
     check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", HYBRID, bad], env, work, ok=False)
     assert check.returncode == 2 and message in check.stderr and len(check.stderr.strip().splitlines()) == 1
@@ -237,11 +242,12 @@ def test_lr_schedule_survives_checkpoint_and_continue(setup, tmp_path):
         assert lr == pytest.approx(expected, rel=1e-9), epoch
 
 
-def test_a_short_variant_validates_a_bounded_number_of_cases_and_says_so(setup):
+def test_a_short_variant_validates_a_bounded_number_of_cases_and_says_so(setup, tmp_path):
     """nnU-Net's final validation, run by the trainer itself on fold 'all' (every one of the 5 training cases is a
     validation case): the 1-epoch budget predicts its first case only and the log says how many of how many."""
     from mim_nnunet.finetune.variants import BUDGETS
-    env, work, results = setup["env"], setup["work"], setup["results"]
+    env, work = own_results(setup, tmp_path), setup["work"]       # the trainer's folder goes to tmp_path
+    results = Path(env["nnUNet_results"]) / setup["root"].name
     trainer = "nnUNetTrainerMiMScratch_tiny_1epoch"
     script = textwrap.dedent(f"""
         import torch

@@ -405,7 +405,8 @@ def test_validation_loss_is_logged_plotted_and_exported(collection, tmp_path):
     assert f"- Effective batch: {per_crop} sub-volumes per optimiser step (1 crop(s) x {per_crop}" in card
     assert "- Devices: 1 x cpu (" in card and f"- Learning rate: {settings.lr:.6g} (peak; from the plan" in card
     assert "| tiny | CT | 3 |" not in card and "- Collection: tiny" in card       # cases by source: the scans folder
-    assert f"| {collection['scans']} | CT | 3 |" in card and "- Leakage checks: none was run" in card
+    # the source (the -d folder's name) and the modality that normalised the cases ("auto" detected CT)
+    assert "| scans | CT | 3 |" in card and "- Leakage checks: none was run" in card
     assert f"- Target spacing: {' x '.join(f'{v:g}' for v in settings.spacing)} mm (z, y, x)" in card
     assert "- Orientation: RAS; array axis order: z, y, x" in card and "not recorded" not in card
 
@@ -499,8 +500,8 @@ def test_a_nan_in_the_optimizer_stops_the_run_and_keeps_the_last_checkpoint_and_
     run(collection, out, stop_at=1, val_crops=0)
     export_checkpoint(out / CHECKPOINT)                                 # an export of step 1 beside it
     before = _files(out)
-    assert sorted(before) == [CHECKPOINT, CHECKPOINT + ".sha256.json", "export/mim_hybrid_tiny_step1.json",
-                              "export/mim_hybrid_tiny_step1.safetensors"]
+    assert sorted(before) == [CHECKPOINT, CHECKPOINT + ".sha256.json", "export/mim_hybrid_tiny_step1.card.md",
+                              "export/mim_hybrid_tiny_step1.json", "export/mim_hybrid_tiny_step1.safetensors"]
     steps = []
 
     def spoil(optimizer, args, kwargs):                                 # after the update of step 2
