@@ -11,10 +11,11 @@ the MiM release pickles an ``argparse.Namespace``.
 from __future__ import annotations
 
 import os
+import pickle
 import pickletools
 import re
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -43,33 +44,53 @@ def _numpy_scalar_types() -> list:
 NUMPY_SCALAR_TYPES = _numpy_scalar_types()
 
 
-def what_it_holds(exc: BaseException) -> str:
+# pickle instructions that name or call Python objects (how code travels in a pickle); a file that fails to
+# load for any other reason is damaged or no pickle at all, and is reported as such by the caller
+OBJECT_OPCODES = ("GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE", "BUILD", "EXT1", "EXT2",
+                  "EXT4")
+_OBJECT_CODES = frozenset(ord(op.code[0]) for op in pickletools.opcodes if op.name in OBJECT_OPCODES)
+
+
+def _object_instruction(path: os.PathLike) -> Optional[str]:
+    """The first instruction of a plain pickle file that names or calls a Python object, read with
+    :func:`pickletools.genops` (which decodes the stream and runs nothing); None when there is none or the
+    file is no readable pickle."""
+    try:
+        with open(path, "rb") as fh:
+            for op, arg, _ in pickletools.genops(fh):
+                if op.name in OBJECT_OPCODES:
+                    return f"{op.name} {arg}".strip() if isinstance(arg, str) else op.name
+    except Exception:           # damaged, truncated or not a pickle: not a refusal
+        return None
+    return None
+
+
+def what_it_holds(exc: BaseException, path: Optional[os.PathLike] = None) -> str:
     """What PyTorch's weights-only unpickler found, in a few words (never PyTorch's advice to load unsafely)."""
     text = str(exc)
     found = re.search(r"GLOBAL ([\w.]+)", text)
     if found:
         return f"a reference to {found.group(1)}"
+    instruction = _object_instruction(path) if path is not None else None
+    if instruction:
+        return f"pickle instruction {instruction}, which names or calls a Python object"
     found = re.search(r"Unsupported operand (\d+)", text)
     if found:
         return f"pickle instruction {found.group(1)}, which a file of tensors does not use"
     return "something other than tensors and plain values"
 
 
-# pickle instructions that name or call Python objects (how code travels in a pickle); any other unsupported
-# instruction means a damaged file or one that is no pickle at all, which is reported as such
-OBJECT_OPCODES = frozenset(ord(op.code[0]) for op in pickletools.opcodes if op.name in (
-    "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE", "BUILD", "EXT1", "EXT2", "EXT4"))
-
-
-def is_refusal(exc: BaseException) -> bool:
-    """True when ``torch.load(weights_only=True)`` failed because the file names or calls Python objects
-    (not because it is damaged or no pickle)."""
-    import pickle
+def is_refusal(exc: BaseException, path: Optional[os.PathLike] = None) -> bool:
+    """True when ``torch.load(weights_only=True)`` failed because the file names or calls Python objects, not
+    because it is damaged or no pickle. PyTorch names a reference it refuses; an instruction it cannot read
+    (a plain pickle's framing, garbage) is a refusal only when the file itself holds an object instruction."""
     text = str(exc)
     if not (isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in text):
         return False
     operand = re.search(r"Unsupported operand (\d+)", text)
-    return operand is None or int(operand.group(1)) in OBJECT_OPCODES
+    if operand is None or int(operand.group(1)) in _OBJECT_CODES:
+        return True
+    return path is not None and _object_instruction(path) is not None
 
 
 def load_tensors_file(path: os.PathLike, *, allow: Sequence = (), map_location="cpu", mmap: bool = False,
@@ -91,7 +112,10 @@ def load_tensors_file(path: os.PathLike, *, allow: Sequence = (), map_location="
                     return torch.load(path, map_location=map_location, weights_only=True)
                 raise
     except Exception as exc:
-        if is_refusal(exc):
+        if is_refusal(exc, path):
             raise UnsafeFileError(f"{path}: refused: the file holds Python code or objects, not only tensors "
-                                  f"({what_it_holds(exc)}); loading it could run that code. {remedy}") from None
+                                  f"({what_it_holds(exc, path)}); loading it could run that code. {remedy}") from None
+        if "Weights only load failed" in str(exc):     # PyTorch's text would advise loading it unsafely
+            raise pickle.UnpicklingError(f"damaged, truncated or not a file of tensors "
+                                         f"({what_it_holds(exc, path)})") from None
         raise

@@ -262,7 +262,7 @@ def test_a_short_variant_validates_a_bounded_number_of_cases_and_says_so(setup, 
     limit = BUDGETS["1epoch"].val_cases
     predicted = sorted(p.name for p in (fold / "validation").glob("*.nii.gz"))
     cases = sorted(p.name for p in (setup["root"] / "labelsTr").glob("*.nii.gz"))
-    assert limit == 1 and len(cases) == 5 and predicted == cases[:limit]
+    assert limit == 1 and len(cases) == 5 and len(predicted) == limit and set(predicted) <= set(cases)
     summary = json.loads((fold / "validation" / "summary.json").read_text(encoding="utf-8"))
     assert len(summary["metric_per_case"]) == limit
     log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
