@@ -17,7 +17,7 @@ from ..mim.losses import LEVEL_WEIGHT_SCHEDULES
 from ..pretrain.settings import (
     DEFAULT_LOADER_WORKERS,
     PRETRAIN_INTERVALS,
-    PRETRAIN_RECIPE,
+    PRETRAIN_DEFAULTS,
     VALIDATION_CROPS,
 )
 from . import run_guarded
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-device", choices=("cuda", "cpu"), default=None,
                      help="default: cuda when a GPU is visible, else cpu (said on start)")
     run.add_argument("-steps", type=int, default=None,
-                     help=f"optimiser steps of the run (default: {PRETRAIN_RECIPE['steps']}); the lr warm-up and "
+                     help=f"optimiser steps of the run (default: {PRETRAIN_DEFAULTS['steps']}); the lr warm-up and "
                           f"cosine decay to 0 are laid over them, so --c continues a run with its own steps and "
                           f"refuses another -steps (a finished run is not extended: start a longer one with "
                           f"-steps N -run NAME)")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on GPUs: deterministic kernels (cuDNN, cuBLAS, torch.use_deterministic_algorithms; no "
                           "cudnn.benchmark, no TF32), slower; the CPU is deterministic without it. See docs/gpu.md "
                           "for what is reproducible bit for bit; may change on --c")
-    run.add_argument("-seed", type=int, default=None, help=f"default: {PRETRAIN_RECIPE['seed']}")
+    run.add_argument("-seed", type=int, default=None, help=f"default: {PRETRAIN_DEFAULTS['seed']}")
     run.add_argument("-workers", type=int, default=None,
                      help=f"data-loading workers per process (default: {DEFAULT_LOADER_WORKERS})")
     run.add_argument("-threads", type=int, default=None,

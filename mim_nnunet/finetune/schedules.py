@@ -1,5 +1,5 @@
 """Fine-tuning schedules of the pre-trained encoder: trainer variants that freeze it, warm it up, or give it its
-own learning rate, on top of each trainer's own recipe (AdamW, warm-up and cosine for MiMUNETR and SwinUNETR;
+own learning rate, on top of each trainer's own optimiser (AdamW, warm-up and cosine for MiMUNETR and SwinUNETR;
 nnU-Net's SGD and poly for ResEnc). A variant in ``trainers/`` names one: ``schedule = "warmup"``.
 
 The encoder is what a MiM export provides (:func:`mim_nnunet.weights.transfer.encoder_keys`); what the
@@ -36,7 +36,7 @@ class Schedule(NamedTuple):
 
 
 SCHEDULES: Dict[str, Schedule] = {
-    # frozen for the first 5 % of the epochs (50 of 1000: the length of the MiM recipe's own warm-up, in which
+    # frozen for the first 5 % of the epochs (50 of 1000: the length of the MiM optimiser's own warm-up, in which
     # the decoder reaches its peak lr), then the encoder's lr rises over the next 5 % to the trainer's
     "warmup": Schedule(freeze_fraction=0.05, ramp_fraction=0.05),
     # never trained: only the decoder learns, a linear-probe-style measure of what the weights hold

@@ -52,7 +52,7 @@ from .variants import BUDGETS
 
 # Fine-tuning optimiser of the MiM release (inherited from the SwinUNETR BTCV scripts): AdamW,
 # lr 1e-4, weight decay 1e-5, linear warm-up for 50 of 1000 epochs, then cosine decay.
-FINETUNE_RECIPE = {
+FINETUNE_OPTIMISER = {
     "lr": 1e-4,
     "weight_decay": 1e-5,
     "betas": (0.9, 0.999),
@@ -185,7 +185,7 @@ class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
     patch_multiple: int = 1
     patch_size_kwarg: Optional[str] = None      # arch kwarg that receives the patch size (MiMUNETR: img_size)
     max_patch_size: Optional[tuple] = None      # per-axis cap (multiples of patch_multiple), for CPU variants
-    recipe: Mapping = FINETUNE_RECIPE
+    optimiser_settings: Mapping = FINETUNE_OPTIMISER
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -200,8 +200,8 @@ class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
         # nnU-Net saves these plans next to the model (plans.json): prediction rebuilds the same network
         self.plans_manager = PlansManager(adapted)
         self.enable_deep_supervision = False  # one output; nnU-Net then builds no DeepSupervisionWrapper
-        self.initial_lr = self.recipe["lr"]
-        self.weight_decay = self.recipe["weight_decay"]
+        self.initial_lr = self.optimiser_settings["lr"]
+        self.weight_decay = self.optimiser_settings["weight_decay"]
         self.apply_budget()
 
     @staticmethod
@@ -222,8 +222,8 @@ class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
     def configure_optimizers(self):
         # one lr for all parameters (the release's choice); the MiM trainers' schedules (mim_nnunet.finetune.
         # schedules) split off the pre-trained encoder's groups
-        optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.recipe["betas"])
-        warmup = warmup_steps_for(self.num_epochs, self.recipe["warmup_fraction"])
+        optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.optimiser_settings["betas"])
+        warmup = warmup_steps_for(self.num_epochs, self.optimiser_settings["warmup_fraction"])
         return optimizer, WarmupCosineLR(optimizer, total_steps=self.num_epochs, warmup_steps=warmup)
 
 

@@ -20,7 +20,7 @@ from ..optim import warmup_steps_for
 
 # The paper's Table 3 gives the optimiser; the run length and warm-up are ours (the paper gives neither in
 # steps): 100k optimiser steps, 5 % of them warm-up.
-PRETRAIN_RECIPE = {
+PRETRAIN_DEFAULTS = {
     "betas": (0.9, 0.95),
     "weight_decay": 0.05,
     "warmup_fraction": 0.05,
@@ -56,15 +56,15 @@ class RunSettings:
     steps: int
     warmup_steps: int
     lr: float
-    weight_decay: float = PRETRAIN_RECIPE["weight_decay"]
-    betas: List[float] = field(default_factory=lambda: list(PRETRAIN_RECIPE["betas"]))
+    weight_decay: float = PRETRAIN_DEFAULTS["weight_decay"]
+    betas: List[float] = field(default_factory=lambda: list(PRETRAIN_DEFAULTS["betas"]))
     device: str = "cpu"
     precision: str = "fp32"
     clip_grad: Optional[float] = None
     compile: bool = False
     checkpointing: bool = False            # activation checkpointing of the backbone (else the plan's sizes say)
     chunk: int = 0                         # sub-volumes per forward/backward pass; 0 = the whole micro-batch
-    seed: int = PRETRAIN_RECIPE["seed"]
+    seed: int = PRETRAIN_DEFAULTS["seed"]
     deterministic: bool = False            # deterministic GPU kernels (--deterministic); the CPU always is
     stop_at: Optional[int] = None
     loader_workers: int = DEFAULT_LOADER_WORKERS
@@ -178,7 +178,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
         raise MimError(f"MiM settings: {exc}") from None
     batch, accum = batch_split(plan, world_size, per_device_batch, accumulation, device)
     chunk = operational.pop("chunk", None)
-    steps = int(steps or PRETRAIN_RECIPE["steps"])
+    steps = int(steps or PRETRAIN_DEFAULTS["steps"])
     if steps < 2:
         raise MimError(f"-steps must be at least 2 (warm-up and decay), got {steps}")
     effective = world_size * batch * accum * config.subvolumes_per_crop
@@ -191,7 +191,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
         lr_source = "flag"
     from ..data.loader import validation_cases
     from ..data.preprocess import stored_case_ids
-    seed = PRETRAIN_RECIPE["seed"] if operational.get("seed") is None else operational["seed"]
+    seed = PRETRAIN_DEFAULTS["seed"] if operational.get("seed") is None else operational["seed"]
     held_out = validation_cases(stored_case_ids(Path(store)), seed) if Path(store).is_dir() else []
     mim = config.to_dict()
     mim["input_size"] = list(config.input_size)
@@ -207,7 +207,7 @@ def resolve_settings(plan: Dict, store: str, out_dir: str, world_size: int, devi
     settings = RunSettings(
         name=plan["name"], backbone=plan["backbone"], size=plan["size"], out_dir=str(out_dir), store=str(store),
         mim=mim, backbone_sizes=dict(plan["backbone_sizes"]), per_device_batch=batch, accumulation=accum,
-        world_size=world_size, steps=steps, warmup_steps=warmup_steps_for(steps, PRETRAIN_RECIPE["warmup_fraction"]),
+        world_size=world_size, steps=steps, warmup_steps=warmup_steps_for(steps, PRETRAIN_DEFAULTS["warmup_fraction"]),
         lr=float(lr), device=device, precision=pick_precision(precision, device), spacing=plan.get("target_spacing"),
         intensity=plan.get("intensity"), manifest_hash=plan.get("manifest_hash"), provenance=provenance,
         uniform_crop_fraction=plan["uniform_crop_fraction"], val_cases=held_out,
