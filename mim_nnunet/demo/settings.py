@@ -68,27 +68,24 @@ class DemoCosts:
         return self.capability_factor.get(str(capability).upper(), max(self.capability_factor.values(), default=1.0))
 
 
-# PROVISIONAL (not yet calibrated on an idle host with the probe; replace by the procedure in DemoCosts):
-# fitted to two documented runs whose probes were not both measured. (1) The default setting on a 2-core
-# AVX-512 CPU, 2026-11-29, nothing else running: 792 s = pre-training 1000 steps 262 s, planning and
-# preprocessing 28 s, each pair of fine-tunings (2 x 120 iterations, no final validation) 102-107 s, each
-# pair of predictions 16-25 s; its probe was not measured and is ASSUMED to be 100 GFLOP/s at 2 threads
-# (the same machine type gave 43-55 GFLOP/s at 1 thread while shared with other jobs, 2026-12-05). (2) A
-# 2-core AVX2 CPU whose probe is 51 GFLOP/s at 2 threads: pre-training 1145 s, each pair of fine-tunings
-# 477-478 s, about an hour in all; the quick setting took 331 s there and about 325 s on host 1 (then with
-# nnU-Net's final validation, 40 s per run on 2 cores, hence seconds). The fixed seconds are guesses (the
-# quick setting is mostly fixed costs); the work follows from them and host 1's stage times at the assumed
-# probe; the AVX2 factor makes host 2's pre-training come out at 1145 s (its fine-tuning pairs then at 487 s).
+# Calibrated on one host for AVX512, PROVISIONAL for AVX2 (not measured with the emulation yet). Host: a
+# 2-core Intel Xeon (AVX512), probe 328.6 GFLOP/s at 2 threads, 2026-12-05, `bash scripts/demo.sh` alone on the
+# machine: pre-training 1000 steps 630 s (1 compute thread: cores minus the loader worker), each pair of
+# fine-tunings (2 x 124 iterations, one thread each, no final validation) 180-182 s, planning and preprocessing
+# 27 s. Fixed seconds: the quick setting's start-ups (estimated, not fitted). AVX2: a 2-core AVX2 host with a
+# probe of 51 GFLOP/s took 1145 s for the same pre-training with 2 compute threads; with 1 thread (1.5x slower
+# on the AVX512 host) that is about 1700 s, which this factor reproduces; the matmul probe exaggerates the
+# AVX2 host's slowness for these convolutions (6.4x lower probe, 4.4x slower stages).
 DEMO_COSTS = DemoCosts(
-    calibration="the documented 792 s demo (2-core AVX-512 CPU, probe assumed 100 GFLOP/s) and a 2-core AVX2 "
-                "CPU at 51 GFLOP/s",
-    capability_factor={"AVX512": 1.0, "AVX2": 3.1, "DEFAULT": 3.1},
+    calibration="a 2-core Intel Xeon, AVX512, probe 328.6 GFLOP/s, 2026-12-05 (AVX2 factor provisional: one "
+                "reported 2-core AVX2 host at 51 GFLOP/s)",
+    capability_factor={"AVX512": 1.0, "AVX2": 0.43, "DEFAULT": 0.43},
     data_seconds=10.0,
-    pretrain_seconds=90.0,
-    pretrain_step_gflop=17.2,           # (262 - 90) s x 100 GFLOP/s / 1000 steps
-    planning_seconds=28.0,
+    pretrain_seconds=30.0,
+    pretrain_step_gflop=197.2,          # (630 - 30) s x 328.6 GFLOP/s / 1000 steps
+    planning_seconds=27.0,
     finetune_seconds=30.0,
-    finetune_iteration_gflop=30.0,      # (104.5 - 30) s x 100 GFLOP/s / (2 x 124 iterations)
+    finetune_iteration_gflop=200.1,     # (181 - 30) s x 328.6 GFLOP/s / (2 x 124 iterations)
     validation_seconds=40.0,            # the "demo" budget's comment (mim_nnunet/finetune/variants.py)
     prediction_seconds=20.0,
 )
