@@ -276,10 +276,6 @@ class PretrainedEncoder:
     backbone: str = "hybrid"
     pretrained: bool = True
 
-    @property
-    def encoder_prefix(self) -> str:
-        return NETWORK_PREFIX[self.backbone]
-
     def export_size(self) -> str:
         """The pre-training size whose export fits this trainer's network."""
         return size_of(self.backbone, self.configuration_manager.network_arch_init_kwargs)
