@@ -42,7 +42,7 @@ from ..common.errors import MimError, PlansError
 from ..common.tensors import first_nonfinite, optimizer_tensors
 from ..networks import build_network
 from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
-from ..weights.export import NETWORK_PREFIX, STEM_KEY, load_export, network_key
+from ..weights.export import STEM_KEY, load_export, network_key
 from ..weights.finding import dataset_modality, find_weights
 from ..weights.transfer import transfer
 from .loading import check_nnunet_file, guard_pretrained_weights
