@@ -37,7 +37,8 @@ setup(
         "tqdm>=4.60,<5",
         "matplotlib>=3.7,<4",
     ],
-    extras_require={"test": ["pytest>=8,<10"]},
+    # pytest 9.2 keeps node ids where pytest-xdist 3.8 cannot tag them: its --dist loadgroup then stops grouping
+    extras_require={"test": ["pytest>=8,<9.2", "pytest-xdist>=3.5,<4"]},
     entry_points={
         "console_scripts": [
             "mim_nnunet = mim_nnunet.cli.main:main",

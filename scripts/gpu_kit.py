@@ -10,9 +10,10 @@ torch, numpy and scipy, the least a CUDA PyTorch image holds. Versions: the one 
 that runs this script (the versions the test suite ran with) where it fits, else the newest that fits.
 A package with no wheel on the index is built into one here when it is pure Python.
 
-What one command carries (the checkout, its wheels) should stay under ``-limit_mib``; ``kit.json`` and
-``kit.md`` give the sizes. ``--lzma`` repacks wheels over 1 MiB with LZMA members (the same files and RECORD
-hashes; Python's zipfile, which pip uses, reads them): smaller, but slow to write.
+What one command carries (the checkout, its wheels) must stay under ``-limit_mib``: a command over it gets
+its largest wheels repacked with LZMA members, largest first, until it fits (the same files and RECORD
+hashes; Python's zipfile, which pip uses, reads them; SimpleITK's 50 MiB become 27 MiB, two minutes to write
+once, cached). ``--lzma`` repacks every wheel over 1 MiB. ``kit.json`` and ``kit.md`` give the sizes.
 
     bash scripts/gpu_kit.sh -o gpu_kit -python 3.12 -have have.txt
     python3 scripts/gpu_check.py -command A -kit gpu_kit -out gpu_check      # there, offline
@@ -113,21 +114,24 @@ def pip(args: List[str]) -> subprocess.CompletedProcess:
 def fetch(requirement: str, dest: Path, python: str, platforms: Iterable[str]) -> Path:
     """One wheel for ``requirement`` in ``dest``: from the index for the target, else built here (pure Python)."""
     before = set(dest.iterdir())
+    name = canonical(re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0])
+
+    def found() -> List[Path]:
+        new = [p for p in set(dest.iterdir()) - before if p.suffix == ".whl"]
+        # a wheel written by an earlier kit is not new: pip keeps the file of that name
+        return new or sorted(p for p in dest.glob("*.whl") if wheel_name(p) == name)
+
     plat = [a for p in platforms for a in ("--platform", p)]
     r = pip(["download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python, "--implementation",
              "cp", *plat, "-d", str(dest), requirement])
     if r.returncode != 0:
         r2 = pip(["wheel", "-q", "--no-deps", "-w", str(dest), requirement])
-        new = [p for p in set(dest.iterdir()) - before if p.suffix == ".whl"]
-        if r2.returncode != 0 or not new or not new[0].name.endswith("-none-any.whl"):
+        pure = [p for p in found() if p.name.endswith("-none-any.whl")]
+        if r2.returncode != 0 or not pure:
             raise SystemExit(f"{requirement}: no wheel for Python {python} on {platforms[0] if platforms else '?'} "
                              f"and no pure-Python build ({(r.stderr or r2.stderr).strip().splitlines()[-1:]})")
-        return new[0]
-    new = [p for p in set(dest.iterdir()) - before if p.suffix == ".whl"]
-    if not new:      # already there from an earlier call
-        name = canonical(re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0])
-        new = [p for p in dest.glob("*.whl") if wheel_name(p) == name]
-    return new[0]
+        return pure[-1]
+    return found()[-1]
 
 
 def installed_version(name: str) -> Optional[str]:
@@ -186,6 +190,26 @@ def repack_lzma(wheel: Path) -> None:
         tmp.unlink()
 
 
+def fit_under_limit(folder: Path, packed_cache: Path, budget_bytes: float, every: bool = False,
+                    log=print) -> None:
+    """Repack the wheels in ``folder`` with LZMA, largest first, until they total at most ``budget_bytes``
+    (``every``: each one over 1 MiB); a repacked wheel is kept in ``packed_cache`` for the next kit."""
+    wheels = sorted(folder.glob("*.whl"), key=lambda w: w.stat().st_size, reverse=True)
+    for wheel in wheels:
+        total = sum(w.stat().st_size for w in folder.glob("*.whl"))
+        if wheel.stat().st_size <= LZMA_ABOVE_BYTES or (total <= budget_bytes and not every):
+            continue
+        packed = packed_cache / wheel.name
+        if not packed.is_file():
+            log(f"  LZMA: {wheel.name} ({wheel.stat().st_size / MIB:.1f} MiB) ...")
+            packed_cache.mkdir(parents=True, exist_ok=True)
+            work = packed.with_suffix(".part")
+            shutil.copy2(wheel, work)
+            repack_lzma(work)
+            os.replace(work, packed)
+        shutil.copy2(packed, wheel)
+
+
 def checkout_bytes() -> int:
     """What travels of the checkout: tracked files and untracked ones git does not ignore."""
     try:
@@ -227,7 +251,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                     f"(default: {', '.join(DEFAULT_HAVE)})")
     parser.add_argument("-commands", default="A,B", help="wheelhouses to write (default: A,B)")
     parser.add_argument("-limit_mib", type=float, default=60.0, help="most a command may carry (default: 60)")
-    parser.add_argument("--lzma", action="store_true", help="repack wheels over 1 MiB with LZMA members")
+    parser.add_argument("--lzma", action="store_true", help="repack every wheel over 1 MiB with LZMA members (a "
+                                                            "command over -limit_mib gets its largest ones repacked "
+                                                            "anyway)")
     args = parser.parse_args(argv)
     out = Path(args.o)
     have = read_have(args.have)
@@ -249,13 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             folder.mkdir(parents=True)
             for wheel in wheels.values():
                 shutil.copy2(wheel, folder / wheel.name)
-                if args.lzma and wheel.stat().st_size > LZMA_ABOVE_BYTES and not wheel.name.startswith("mim"):
-                    packed = cache / "lzma" / wheel.name
-                    if not packed.is_file():
-                        packed.parent.mkdir(exist_ok=True)
-                        shutil.copy2(wheel, packed)
-                        repack_lzma(packed)
-                    shutil.copy2(packed, folder / wheel.name)
+            fit_under_limit(folder, cache / "lzma", (args.limit_mib * MIB) - checkout_bytes(), every=args.lzma)
             files = sorted(folder.glob("*.whl"))
             size = sum(f.stat().st_size for f in files)
             report["commands"][cmd] = {

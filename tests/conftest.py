@@ -50,6 +50,19 @@ def module_tmp(tmp_path_factory):
         shutil.rmtree(path, ignore_errors=True)
 
 
+# Tests that read the same session fixture run in one pytest-xdist worker (``scripts/test.sh`` runs two, one per
+# core, with ``--dist loadgroup``): each worker would otherwise build the fixture's real runs again.
+SHARED_GROUPS = {"mim_exports": "shared_runs", "mim_finetuned": "shared_runs", "demo_data": "demo_data"}
+
+
+@pytest.hookimpl(tryfirst=True)          # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = {SHARED_GROUPS[name] for name in getattr(item, "fixturenames", ()) if name in SHARED_GROUPS}
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(sorted(groups)[0]))
+
+
 # Real runs shared by the tests that only read them, built once per test run (tests/helpers/shared_runs.py
 # says what each holds). Never change their files: copy what a test must modify into its own tmp_path.
 

@@ -8,16 +8,17 @@ Its ``swinViT.*`` weights load strictly into ``SwinUNETR(...).swinViT``.
 from __future__ import annotations
 
 import types
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import SwinUNETR
-from monai.networks.nets.swin_unetr import WindowAttention
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..mim.tokens import TOKEN_SIZE, token_mask_to_grid
+
+if TYPE_CHECKING:
+    from monai.networks.nets.swin_unetr import WindowAttention
 
 # MONAI SwinViT as SwinUNETR builds it ('base' = feature_size 48, the paper's Swin-B setting); decoder_*
 # size the MAE decoder. use_checkpoint is SwinUNETR's per-block activation checkpointing: less memory,
@@ -73,6 +74,11 @@ class SwinEncoder(nn.Module):
 
     def __init__(self, in_channels: int, input_size: Sequence[int], feature_size: int, depths: Sequence[int],
                  num_heads: Sequence[int], window_size: int, use_checkpoint: bool = False):
+        # imported here: MONAI loads all of its submodules on import (seconds), which runs of the other
+        # backbones and the command-line tools do not need
+        from monai.networks.nets import SwinUNETR
+        from monai.networks.nets.swin_unetr import WindowAttention
+
         super().__init__()
         self.grid = tuple(s // TOKEN_SIZE for s in input_size)
         # Built through SwinUNETR so that the module, its arguments and names are SwinUNETR's own.

@@ -50,31 +50,43 @@ def setup(mim_exports):
     return {**mim_exports, "kept": mim_exports["exports"]["hybrid"]}
 
 
-def test_transfer_check_passes_and_fails_with_named_problems(setup, tmp_path):
+def test_transfer_check_passes_and_fails_with_named_problems(setup, tmp_path, monkeypatch, capsys):
+    """The command as users run it once (a subprocess); its refusals through the same entry point in this process
+    (``mim_nnunet.cli.main.main``: the exit status and the one line on stderr are the command's)."""
+    from mim_nnunet.cli.main import main
     env, work, exports = setup["env"], setup["work"], setup["exports"]
     check = [command("mim_nnunet"), "check-transfer", "-d", DATASET]
     good = run(check + ["-tr", HYBRID, exports["hybrid"]], env, work)
     assert "100.00% of" in good.stdout and "transfer check passed" in good.stdout
     assert "backbone.blocks4" in good.stdout and "position embedding interpolated" in good.stdout
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.chdir(work)
+
+    def check_here(trainer, export):
+        capsys.readouterr()
+        status = main(["check-transfer", "-d", str(DATASET), "-tr", trainer, str(export)])
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
     # truncated export
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(exports["hybrid"].read_bytes()[:5000])
     shutil.copy(exports["hybrid"].with_suffix(".json"), cut.with_suffix(".json"))
     failures = {
-        "truncated": (run(check + ["-tr", HYBRID, cut], env, work, ok=False), "cut.safetensors: corrupt"),
-        "backbone": (run(check + ["-tr", HYBRID, exports["swin"]], env, work, ok=False),
-                     "a 'swin' export, but MiMUNETR needs a 'hybrid' one"),
-        "shapes": (run(check + ["-tr", "nnUNetTrainerMiM", exports["hybrid"]], env, work, ok=False),
+        "truncated": (check_here(HYBRID, cut), "cut.safetensors: corrupt"),
+        "backbone": (check_here(HYBRID, exports["swin"]), "a 'swin' export, but MiMUNETR needs a 'hybrid' one"),
+        "shapes": (check_here("nnUNetTrainerMiM", exports["hybrid"]),
                    "the export is hybrid 'tiny' (feature width 12), nnUNetTrainerMiM builds hybrid 'base' (feature "
                    "width 48): use nnUNetTrainerMiM_tiny_* (e.g. nnUNetTrainerMiM_tiny_1epoch) or a 'base' export"),
-        "scratch": (run(check + ["-tr", "nnUNetTrainerMiMScratch_tiny_1epoch", exports["hybrid"]], env, work, ok=False),
+        "scratch": (check_here("nnUNetTrainerMiMScratch_tiny_1epoch", exports["hybrid"]),
                     "nnUNetTrainerMiMScratch_tiny_1epoch trains from random weights: there is nothing to transfer"),
     }
-    for name, (result, message) in failures.items():
-        assert result.returncode == 2 and message in result.stderr, (name, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, name
-    swin = run(check + ["-tr", SWIN, exports["swin"]], env, work)
-    assert "100.00% of" in swin.stdout
+    for name, ((status, _, err), message) in failures.items():
+        assert status == 2 and message in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, name
+    status, out, _ = check_here(SWIN, exports["swin"])
+    assert status == 0 and "100.00% of" in out
 
 
 def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(mim_finetuned):

@@ -111,14 +111,15 @@ def test_without_a_gpu_every_check_is_reported_skipped(tmp_path):
 
 
 def test_a_rerun_with_the_same_out_runs_the_pretraining_again(tmp_path):
-    """The second run used to fail every pre-training check ("already holds a run")."""
+    """The resume check (stop at step 2 with no export yet, then --c to step 4 and the export), twice with the
+    same -out: a second run used to fail every pre-training check ("already holds a run")."""
     cmd = [sys.executable, str(SCRIPTS / "gpu_check.py"), "-out", str(tmp_path), "-device", "cpu", "--reduced",
-           "-checks", "pretrain_1gpu"]
+           "-checks", "pretrain_resume"]
     for attempt in range(2):
         result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
         assert result.returncode == 0, f"run {attempt + 1}: " + result.stdout[-2000:] + result.stderr[-2000:]
-        entry = summary(tmp_path)["checks"]["pretrain_1gpu"]
-        assert entry["status"] == "ok" and entry["last_step"] == 4
+        entry = summary(tmp_path)["checks"]["pretrain_resume"]
+        assert entry["status"] == "ok" and (entry["stopped_at"], entry["resumed_to"]) == (2, 4)
 
 
 def test_unknown_checks_are_refused(gpu_check, tmp_path):
@@ -202,3 +203,54 @@ def test_the_kit_reads_what_the_target_has_and_its_wheels_requirements(tmp_path)
                     "Requires-Dist: pytest; extra == 'test'\nRequires-Dist: pywin32; sys_platform == 'win32'\n")
     assert kit.requirements_of(wheel, kit.target_environment("3.12")) == ["numpy>=1.24"]
     assert kit.NEVER.match("nvidia-cublas") and kit.NEVER.match("torch") and not kit.NEVER.match("torchio")
+
+
+def _wheel(path, name, payload_bytes, seed):
+    """A minimal installable wheel ``name`` with one compressible module of about ``payload_bytes``."""
+    import base64
+    import hashlib
+    import random
+    import zipfile
+    rng = random.Random(seed)
+    body = ("".join(rng.choice("ab\n") for _ in range(payload_bytes))).encode("utf-8")
+    module = f"{name}/__init__.py"
+    code = b"DATA = '''" + body + b"'''\n"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode("utf-8")
+    wheel_meta = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files = {module: code, f"{name}-1.0.dist-info/METADATA": meta, f"{name}-1.0.dist-info/WHEEL": wheel_meta}
+    record = "".join(f"{k},sha256={base64.urlsafe_b64encode(hashlib.sha256(v).digest()).rstrip(b'=').decode()},"
+                     f"{len(v)}\n" for k, v in files.items()) + f"{name}-1.0.dist-info/RECORD,,\n"
+    target = path / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as zf:
+        for k, v in files.items():
+            zf.writestr(k, v)
+        zf.writestr(f"{name}-1.0.dist-info/RECORD", record)
+    return target, code
+
+
+def test_a_command_over_the_limit_gets_its_largest_wheels_repacked_and_pip_installs_them(tmp_path):
+    """Stored (uncompressed) wheels of 3 and 1.5 MiB against a 4 MiB budget: only the larger is repacked
+    (largest first, then it fits), its members unchanged; pip installs the LZMA wheel offline."""
+    import zipfile
+    kit = load_script("gpu_kit")
+    folder = tmp_path / "B"
+    folder.mkdir()
+    big, big_code = _wheel(folder, "bigpkg", 3 << 20, 0)
+    small, _ = _wheel(folder, "smallpkg", 3 << 19, 1)
+    small_before = small.read_bytes()
+    kit.fit_under_limit(folder, tmp_path / "cache" / "lzma", 4 << 20, log=lambda *_: None)
+    assert small.read_bytes() == small_before
+    with zipfile.ZipFile(big) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_LZMA}
+        assert zf.read("bigpkg/__init__.py") == big_code
+    assert sum(w.stat().st_size for w in folder.glob("*.whl")) <= 4 << 20
+    assert (tmp_path / "cache" / "lzma" / big.name).read_bytes() == big.read_bytes()
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                        str(target), str(big)], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (target / "bigpkg" / "__init__.py").read_bytes() == big_code
+    # --lzma: every wheel over 1 MiB, the small one too
+    kit.fit_under_limit(folder, tmp_path / "cache" / "lzma", 100 << 20, every=True, log=lambda *_: None)
+    with zipfile.ZipFile(small) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_LZMA}
