@@ -115,11 +115,13 @@ def fetch(requirement: str, dest: Path, python: str, platforms: Iterable[str]) -
     """One wheel for ``requirement`` in ``dest``: from the index for the target, else built here (pure Python)."""
     before = set(dest.iterdir())
     name = canonical(re.split(r"[=<>!~ ]", requirement, maxsplit=1)[0])
+    pinned = requirement.split("==", 1)[1].strip() if "==" in requirement else None
 
     def found() -> List[Path]:
         new = [p for p in set(dest.iterdir()) - before if p.suffix == ".whl"]
         # a wheel written by an earlier kit is not new: pip keeps the file of that name
-        return new or sorted(p for p in dest.glob("*.whl") if wheel_name(p) == name)
+        return new or sorted(p for p in dest.glob("*.whl") if wheel_name(p) == name
+                             and (pinned is None or p.name.split("-")[1] == pinned))
 
     plat = [a for p in platforms for a in ("--platform", p)]
     r = pip(["download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python, "--implementation",

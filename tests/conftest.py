@@ -50,8 +50,8 @@ def module_tmp(tmp_path_factory):
         shutil.rmtree(path, ignore_errors=True)
 
 
-# Tests that read the same session fixture run in one pytest-xdist worker (``scripts/test.sh`` runs two, one per
-# core, with ``--dist loadgroup``): each worker would otherwise build the fixture's real runs again.
+# Tests that read the same session fixture run in one pytest-xdist worker (``scripts/test.sh`` runs one per
+# usable core, at most 4, with ``--dist loadgroup``): each worker would otherwise build the fixture's real runs again.
 SHARED_GROUPS = {"mim_exports": "shared_runs", "mim_finetuned": "shared_runs", "demo_data": "demo_data"}
 
 

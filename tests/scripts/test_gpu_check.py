@@ -254,3 +254,20 @@ def test_a_command_over_the_limit_gets_its_largest_wheels_repacked_and_pip_insta
     kit.fit_under_limit(folder, tmp_path / "cache" / "lzma", 100 << 20, every=True, log=lambda *_: None)
     with zipfile.ZipFile(small) as zf:
         assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_LZMA}
+
+
+def test_a_wheel_built_by_an_earlier_kit_is_found_again(tmp_path, monkeypatch):
+    """A package with no wheel on the index (acvl-utils) is built here; a second kit finds pip's build of the
+    pinned version already in the cache (pip writes no new file), not another version's."""
+    kit = load_script("gpu_kit")
+    for version in ("0.2.5", "0.2.6"):
+        (tmp_path / f"acvl_utils-{version}-py3-none-any.whl").write_bytes(b"wheel")
+    calls = []
+
+    def fake_pip(args):              # no download for the target; the build succeeds and keeps the cached file
+        calls.append(args[0])
+        return SimpleNamespace(returncode=1 if args[0] == "download" else 0, stdout="", stderr="no wheel")
+
+    monkeypatch.setattr(kit, "pip", fake_pip)
+    chosen = kit.fetch("acvl-utils==0.2.5", tmp_path, "3.12", ["manylinux_2_17_x86_64"])
+    assert chosen == tmp_path / "acvl_utils-0.2.5-py3-none-any.whl" and calls == ["download", "wheel"]
