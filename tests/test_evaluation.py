@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command
+from helpers.commands import command, run_main
 from mim_nnunet.evaluation import EvaluationError, class_scores, evaluate_folders
 
 
@@ -56,7 +56,14 @@ def write(array, path, spacing=(1.0, 1.0, 1.0)):
     sitk.WriteImage(img, str(path))
 
 
-def test_folders_table_json_and_errors(tmp_path):
+def evaluate_in_process(tmp_path, capsys) -> subprocess.CompletedProcess:
+    """``mim_evaluate -pred tmp_path/pred -ref tmp_path/ref`` through the command's ``main`` in this process
+    (the command itself runs as a subprocess in the first test)."""
+    from mim_nnunet.cli.evaluate import main
+    return run_main(main, ["-pred", tmp_path / "pred", "-ref", tmp_path / "ref"], capsys)
+
+
+def test_folders_table_json_and_errors(tmp_path, capsys):
     (tmp_path / "ref").mkdir(), (tmp_path / "pred").mkdir()
     a = np.zeros((6, 6, 6), np.uint8)
     a[1:4, 1:4, 1:4] = 1
@@ -79,12 +86,11 @@ def test_folders_table_json_and_errors(tmp_path):
     with pytest.raises(EvaluationError, match="no prediction for 1 case\\(s\\): c3.nii.gz"):
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     write(a, tmp_path / "pred" / "c3.nii.gz", spacing=(2.0, 1.0, 1.0))
-    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
-                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    cli = evaluate_in_process(tmp_path, capsys)
     assert cli.returncode == 2 and "c3.nii.gz: geometry differs" in cli.stderr and "spacing" in cli.stderr
 
 
-def test_a_false_positive_on_an_empty_reference_is_scored(tmp_path):
+def test_a_false_positive_on_an_empty_reference_is_scored(tmp_path, capsys):
     """The issue's case: case 2's reference has no lesion, its prediction has one. Per-reference classes
     skipped it (lesion 100 %); scored in every case it is (1 + 0) / 2 = 50 %."""
     (tmp_path / "ref").mkdir(), (tmp_path / "pred").mkdir()
@@ -106,14 +112,13 @@ def test_a_false_positive_on_an_empty_reference_is_scored(tmp_path):
     assert listed["classes"] == [1, 2] and listed["classes_from"] == str(tmp_path / "dataset.json")
     assert listed["mean"][2]["dsc"] is None                         # absent from both everywhere: no mean
     assert listed["warnings"] == [f"prediction label value(s) [3] are not listed in {tmp_path / 'dataset.json'}"]
-    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
-                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    cli = evaluate_in_process(tmp_path, capsys)
     assert cli.returncode == 0, cli.stderr
     assert "| lesion | 50.00 |" in cli.stdout and "| cyst | absent | absent | 0 of 2 cases |" in cli.stdout
     assert "warning: prediction label value(s) [3] are not listed" in cli.stderr
 
 
-def test_a_class_absent_from_both_is_left_out_of_its_mean_and_the_table_says_so(tmp_path):
+def test_a_class_absent_from_both_is_left_out_of_its_mean_and_the_table_says_so(tmp_path, capsys):
     """nnU-Net's convention: a case where the class is in neither reference nor prediction has no score and does
     not enter the class's mean (scoring it 1 would lift the mean over cases that found nothing to find)."""
     (tmp_path / "ref").mkdir(), (tmp_path / "pred").mkdir()
@@ -133,8 +138,7 @@ def test_a_class_absent_from_both_is_left_out_of_its_mean_and_the_table_says_so(
     assert result["mean"][2]["dsc"] == pytest.approx(dsc_2)        # the mean of case 1 alone, not (dsc_2 + 1) / 2
     assert result["counted"] == {1: 2, 2: 1} and result["absent"] == {1: [], 2: ["c2"]}
     assert result["overall"]["dsc"] == pytest.approx((1.0 + dsc_2) / 2)
-    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
-                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    cli = evaluate_in_process(tmp_path, capsys)
     assert cli.returncode == 0, cli.stderr
     assert f"| 2 | {100 * dsc_2:.2f} |" in cli.stdout and "| 1 of 2 cases |" in cli.stdout
     assert "| 1 | 100.00 | 100.00 | 2 of 2 cases |" in cli.stdout
@@ -144,15 +148,14 @@ def test_a_class_absent_from_both_is_left_out_of_its_mean_and_the_table_says_so(
     assert saved["cases"]["c2"]["2"]["dsc"] is None and saved["counted"]["2"] == 1
 
 
-def test_a_class_absent_everywhere_prints_absent_not_nan(tmp_path):
+def test_a_class_absent_everywhere_prints_absent_not_nan(tmp_path, capsys):
     """The QA case: references and predictions all empty."""
     (tmp_path / "ref").mkdir(), (tmp_path / "pred").mkdir()
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "lesion": 1}}))
     for case in ("c1", "c2"):
         write(np.zeros((4, 4, 4), np.uint8), tmp_path / "ref" / f"{case}.nii.gz")
         write(np.zeros((4, 4, 4), np.uint8), tmp_path / "pred" / f"{case}.nii.gz")
-    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
-                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    cli = evaluate_in_process(tmp_path, capsys)
     assert cli.returncode == 0, cli.stderr
     assert "| lesion | absent | absent | 0 of 2 cases |" in cli.stdout
     assert "| **mean** | absent | absent | 0 of 1 classes |" in cli.stdout
@@ -161,8 +164,7 @@ def test_a_class_absent_everywhere_prints_absent_not_nan(tmp_path):
     assert saved["overall"] == {"dsc": None, "nsd": None}
     # without dataset.json there is no class at all to score: said, no nan
     (tmp_path / "dataset.json").unlink()
-    cli = subprocess.run([command("mim_evaluate"), "-pred", str(tmp_path / "pred"), "-ref", str(tmp_path / "ref")],
-                         capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    cli = evaluate_in_process(tmp_path, capsys)
     assert cli.returncode == 0, cli.stderr
     assert "| **mean** | absent | absent | 0 of 0 classes |" in cli.stdout and "nan" not in cli.stdout.lower()
     assert "no class to score: every reference and prediction is background only" in cli.stdout

@@ -2,11 +2,10 @@
 
 import json
 import shutil
-import subprocess
 
 import pytest
 
-from helpers.commands import command
+from helpers.commands import run_main
 from helpers.synthetic import write_dataset
 from helpers.volumes import ct_array, write
 from mim_nnunet.data.sources import SourceError, collections_dir, resolve_sources
@@ -44,11 +43,11 @@ def test_short_or_missing_sources_are_listed_and_allow_partial_proceeds(tmp_path
     assert len(cases) == 20 and len(logged) == 2 and all("--allow_partial" in m for m in logged)
 
 
-def test_collection_root_unset_is_a_one_line_cli_error(tmp_path, clean_env):
-    env = {**clean_env, "nnUNet_preprocessed": str(tmp_path)}
-    env.pop("MIM_DATA_ROOT", None)
-    result = subprocess.run([command("mim_plan_and_preprocess"), "-d", "1k"], env=env, capture_output=True,
-                            encoding="utf-8", errors="replace", timeout=300)
+def test_collection_root_unset_is_a_one_line_cli_error(tmp_path, clean_env, monkeypatch, capsys):
+    from mim_nnunet.cli.plan import main
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    monkeypatch.delenv("MIM_DATA_ROOT", raising=False)
+    result = run_main(main, ["-d", "1k"], capsys)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1
     assert lines[0].startswith("mim_plan_and_preprocess: error: MIM_DATA_ROOT is not set")
@@ -119,12 +118,12 @@ def test_a_malformed_datalist_item_is_one_line_naming_its_index_and_field(tmp_pa
     assert str(info.value).startswith(f"{datalist}: ") and "\n" not in str(info.value)
 
 
-def test_a_malformed_datalist_item_through_the_cli_is_one_line(tmp_path, clean_env):
+def test_a_malformed_datalist_item_through_the_cli_is_one_line(tmp_path, clean_env, monkeypatch, capsys):
+    from mim_nnunet.cli.plan import main
     datalist = tmp_path / "dl.json"
     datalist.write_text(json.dumps({"training": [{"image": 5}]}))
-    env = {**clean_env, "nnUNet_preprocessed": str(tmp_path / "pre")}
-    result = subprocess.run([command("mim_plan_and_preprocess"), "-d", str(datalist)], env=env, capture_output=True,
-                            encoding="utf-8", errors="replace", timeout=300)
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    result = run_main(main, ["-d", datalist], capsys)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "training[0].image is a number (5)" in lines[0]

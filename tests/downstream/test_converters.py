@@ -168,23 +168,25 @@ def test_convert_command_prints_one_line_errors(nnunet_dirs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(WRITERS))
-def test_converted_dataset_passes_nnunets_integrity_check(key, tmp_path, clean_env):
+def test_converted_datasets_pass_nnunets_integrity_check(tmp_path, monkeypatch, clean_env):
+    """Each converter's output through nnU-Net's own check, in one nnU-Net process for the four datasets: it reads
+    every image and label (geometry, labels against dataset.json), then fingerprints each case. Planning and
+    preprocessing a converted dataset (and the literature split nnU-Net copies for training) is the end-to-end
+    test of scripts/reproduce_paper.py."""
     env = dict(clean_env)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(tmp_path / name)
-    src = WRITERS[key](tmp_path / "src")
-    spec = DATASETS[key]
-    run = lambda cmd: subprocess.run([str(c) for c in cmd], env=env, cwd=tmp_path, capture_output=True,  # noqa: E731
-                                     encoding="utf-8", errors="replace", timeout=900)
-    converted = run([command("mim_nnunet"), "convert", key, src, "--allow_partial"])
-    assert converted.returncode == 0, converted.stderr[-3000:]
-    checked = run([command("nnUNetv2_plan_and_preprocess"), "-d", spec.dataset_id, "-c", "3d_fullres", "-np", "1",
-                   "-npfp", "1", "--verify_dataset_integrity"])
+        monkeypatch.setenv(name, env[name])
+    for key in sorted(WRITERS):
+        convert(key, WRITERS[key](tmp_path / "src" / key), allow_partial=True, **QUIET)
+    ids = [str(DATASETS[key].dataset_id) for key in sorted(WRITERS)]
+    checked = subprocess.run([command("nnUNetv2_extract_fingerprint"), "-d", *ids, "-np", "1",
+                              "--verify_dataset_integrity"], env=env, cwd=tmp_path, capture_output=True,
+                             encoding="utf-8", errors="replace", timeout=900)
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
     assert "mismatch" not in checked.stdout            # nnU-Net warns of origin/direction/affine mismatches
-    name = f"Dataset{spec.dataset_id:03d}_{spec.dataset_name}"
-    pre = tmp_path / "nnUNet_preprocessed" / name
-    assert len(list((pre / "nnUNetPlans_3d_fullres").glob("*.pkl"))) == len(CASE_IDS[key])
-    if key == "btcv":     # nnU-Net copied the literature split for training
-        assert json.loads((pre / "splits_final.json").read_text(encoding="utf-8"))[0]["val"] == ["BTCV_0035", "BTCV_0036"]
+    for key in sorted(WRITERS):
+        spec = DATASETS[key]
+        folder = tmp_path / "nnUNet_preprocessed" / f"Dataset{spec.dataset_id:03d}_{spec.dataset_name}"
+        fingerprint = json.loads((folder / "dataset_fingerprint.json").read_text(encoding="utf-8"))
+        assert len(fingerprint["shapes_after_crop"]) == len(CASE_IDS[key]), key

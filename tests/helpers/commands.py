@@ -24,18 +24,32 @@ def run(cmd, env, cwd=None, ok=True, timeout=1200) -> subprocess.CompletedProces
     return result
 
 
+def run_main(main, argv, capsys) -> subprocess.CompletedProcess:
+    """A command of ours through its own ``main(argv)`` in this process, as ``run`` gives a subprocess: the exit
+    status (0 when ``main`` returns None) and what it printed. Saves the seconds of importing torch again where a
+    test checks a command's messages; each command also runs as a real subprocess somewhere in the suite."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as stop:
+        code = stop.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code or 0, out.out, out.err)
+
+
 def nnunet_env(work: Path, processes: int = 2) -> dict:
     """This environment without nnU-Net's or our variables, then nnU-Net's three folders under ``work``, our
-    trainers folder, ``processes`` augmentation workers and ``processes`` for nnU-Net's other pools: what a
-    user's shell holds after setup on a small machine (nnU-Net's default of 8 pool processes, each a fresh
-    interpreter importing torch, costs more than the few small cases of a test take)."""
+    trainers folder, ``processes`` augmentation workers and one process for nnU-Net's other pools: what a
+    user's shell holds after setup on a small machine. Each pool process is a fresh interpreter importing torch
+    and nnU-Net (5-7 CPU-seconds): nnU-Net's default of 8 costs more than the one validation case a test's
+    training predicts, and on two cores that CPU time is the suite's."""
     import os
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(Path(work) / name)
     env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, work).stdout.strip()
     env["nnUNet_n_proc_DA"] = str(processes)
-    env["nnUNet_def_n_proc"] = str(processes)
+    env["nnUNet_def_n_proc"] = "1"
     return env
 
 

@@ -1,7 +1,8 @@
 """MiM fine-tuning through stock nnU-Net, in subprocesses: plan -> mim_pretrain (tiny) -> check-transfer ->
 nnUNetv2_train with each MiM trainer -> pre-training files moved away -> nnUNetv2_predict and --val (the
 session's runs, tests/helpers/shared_runs.py; the SwinUNETR model folder as stock nnU-Net writes it); a
-4-channel dataset with an inflated stem; -pretrained_weights through expand-weights; lr schedule across --c."""
+2-channel dataset's network with an inflated stem; -pretrained_weights through expand-weights; lr schedule
+across --c."""
 
 import hashlib
 import json
@@ -14,32 +15,36 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command, nnunet_env, run
+from helpers.commands import command, nnunet_env, run, run_main
 from helpers.exports import raw_sha1
 from helpers.shared_runs import DATASET, TRAINERS
-from helpers.synthetic import LABELS
+from helpers.synthetic import LABELS, write_dataset
+from mim_nnunet.finetune.dataset_network import network_for_dataset
 from mim_nnunet.finetune.loading import load_nnunet_checkpoint
 from mim_nnunet.weights.export import load_export
 
-DATASET4 = 903
+DATASET_MULTI = 903
+CHANNELS = 2          # nnU-Net's fingerprint samples 1e8 voxels per channel whatever the case count: ~8 s each
 HYBRID, SWIN = TRAINERS["hybrid"], TRAINERS["swin"]
 pytestmark = pytest.mark.slow
 
 
-def four_channel_copy(root: Path, raw: Path) -> Path:
-    """Dataset903: the same cases with 4 channels (the image and three transformed copies)."""
-    target = raw / f"Dataset{DATASET4:03d}_MiMFour"
-    shutil.copytree(root / "labelsTr", target / "labelsTr")
-    (target / "imagesTr").mkdir()
-    for image in sorted((root / "imagesTr").glob("*_0000.nii.gz")):
+def multi_channel_copy(root: Path, raw: Path, cases: int = 2) -> Path:
+    """Dataset903: the first ``cases`` cases with CHANNELS channels (the image and transformed copies)."""
+    target = raw / f"Dataset{DATASET_MULTI:03d}_MiMMulti"
+    (target / "imagesTr").mkdir(parents=True)
+    (target / "labelsTr").mkdir()
+    for image in sorted((root / "imagesTr").glob("*_0000.nii.gz"))[:cases]:
+        label = image.name.replace("_0000", "")
+        shutil.copy(root / "labelsTr" / label, target / "labelsTr" / label)
         itk = sitk.ReadImage(str(image))
-        for c in range(4):
+        for c in range(CHANNELS):
             copy = sitk.GetImageFromArray(sitk.GetArrayFromImage(itk) * (1 + c) + 10 * c)
             copy.CopyInformation(itk)
             sitk.WriteImage(copy, str(target / "imagesTr" / image.name.replace("_0000", f"_{c:04d}")))
     meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
-    meta["channel_names"] = {str(c): f"ch{c}" for c in range(4)}
-    meta["numTraining"] = len(list((target / "labelsTr").glob("*.nii.gz")))
+    meta["channel_names"] = {str(c): f"ch{c}" for c in range(CHANNELS)}
+    meta["numTraining"] = cases
     (target / "dataset.json").write_text(json.dumps(meta))
     return target
 
@@ -177,18 +182,25 @@ def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_f
     assert (fold / "checkpoint_final.pth").read_bytes() == final
 
 
-def test_four_channel_dataset_trains_with_an_inflated_stem(setup, tmp_path):
+def test_multi_channel_dataset_gets_the_network_nnunet_trains_with_an_inflated_stem(setup, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Dataset903 (2 channels) planned by stock nnU-Net (plans only: the network needs no preprocessed data):
+    check-transfer builds the MiM trainer's network for its plans as nnUNetv2_train does (2 input channels) and
+    loads the 1-channel export, the stem inflated. Training from an export the trainer finds is the session's
+    runs (tests/helpers/shared_runs.py)."""
+    from mim_nnunet.cli.main import main
     env, work = nnunet_env(tmp_path), tmp_path              # a workspace of its own: the session's is read only
-    four_channel_copy(setup["root"], Path(env["nnUNet_raw"]))
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET4, "-c", "3d_fullres", "-np", "2", "-npfp", "2"],
+    small = write_dataset(tmp_path / "one_channel", DATASET_MULTI, num_train=2, num_test=0, shape=(32, 32, 32), seed=6)
+    multi_channel_copy(small, Path(env["nnUNet_raw"]))
+    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET_MULTI, "-c", "3d_fullres", "-npfp", "1", "--no_pp"],
         env, work)
-    env["MIM_PRETRAINED_WEIGHTS"] = str(setup["kept"])
-    run([command("nnUNetv2_train"), DATASET4, "3d_fullres", "0", "-tr", HYBRID, "-device", "cpu"], env, work)
-    folder = Path(env["nnUNet_results"]) / f"Dataset{DATASET4:03d}_MiMFour" / f"{HYBRID}__nnUNetPlans__3d_fullres"
-    report = json.loads((folder / "fold_0" / "mim_transfer.json").read_text(encoding="utf-8"))
-    assert report["how"] == "$MIM_PRETRAINED_WEIGHTS"
-    assert "inflated from 1 to 4" in report["adapted"]["backbone.patch_embed1.proj.weight"]
-    assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(name, env[name])
+    network = network_for_dataset(str(DATASET_MULTI), HYBRID).network
+    assert network.backbone.patch_embed1.proj.weight.shape[1] == CHANNELS
+    result = run_main(main, ["check-transfer", "-d", DATASET_MULTI, "-tr", HYBRID, setup["kept"]], capsys)
+    assert result.returncode == 0 and "transfer check passed" in result.stdout, result.stderr
+    assert f"inflated from 1 to {CHANNELS}" in result.stdout
 
 
 def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup, tmp_path):

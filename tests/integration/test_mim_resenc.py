@@ -39,7 +39,7 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
     assert (tmp_path / "imported" / "from_nnssl.card.md").is_file()
     env = {**env, "MIM_PRETRAINED_WEIGHTS": str(export)}
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-pl", "nnUNetPlannerResEncM",
-         "-np", "2", "-npfp", "2"], env, tmp_path)
+         "-np", "1", "-npfp", "1"], env, tmp_path)
 
     check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", TRAINER, "-p", PLANS, export],
                 env, tmp_path)

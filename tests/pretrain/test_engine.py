@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from helpers.commands import command
+from helpers.commands import command, run_main
 from helpers.volumes import ct_array, write
 from mim_nnunet.backbones import backbone_sizes
 from mim_nnunet.common.errors import MimError
@@ -30,7 +30,7 @@ from mim_nnunet.pretrain.logbook import read_records
 from mim_nnunet.pretrain.settings import continued_settings, resolve_settings
 from mim_nnunet.weights.export import load_export
 
-TINY = dict(input_size=[32], per_device_batch=1, accumulation=1, steps=6, loader_workers=0, save_every=1,
+TINY = dict(input_size=[32], per_device_batch=1, accumulation=1, steps=6, loader_workers=0, save_every=1, val_crops=2,
             plot_every=3, recon_every=3)
 
 
@@ -51,8 +51,10 @@ def collection(module_tmp):
                "env": {**os.environ, **{k: str(v) for k, v in env.items()}}}
 
 
-def run(collection, out, world=1, backbone="hybrid", **overrides):
-    plan = dict(collection["prepared"].plan, backbone=backbone, backbone_sizes=backbone_sizes(backbone, "tiny"))
+def run(collection, out, world=1, backbone="hybrid", sizes=None, **overrides):
+    """A run of the 'tiny' ``backbone`` (``sizes`` replaces entries of its size table) with TINY's settings."""
+    plan = dict(collection["prepared"].plan, backbone=backbone,
+                backbone_sizes={**backbone_sizes(backbone, "tiny"), **(sizes or {})})
     settings = resolve_settings(plan, collection["prepared"].store, out, world, "cpu", **{**TINY, **overrides})
     launch(settings, resume=False)
     return settings
@@ -205,26 +207,31 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tm
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--c" in again.stderr
 
 
-def test_continuing_with_other_steps_is_refused_with_the_reason(collection):
-    """--c -steps N: the schedule is laid over the run's own steps, so another N is refused, never ignored."""
+def test_continuing_with_other_steps_is_refused_with_the_reason(collection, monkeypatch, capsys):
+    """--c -steps N: the schedule is laid over the run's own steps, so another N is refused, never ignored. The
+    runs are the command in a subprocess; its refusals come from the same ``main`` in this process."""
+    from mim_nnunet.cli.pretrain import main
     env = collection["env"]
-    args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny", "-np", "1",
+    args = ["-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny", "-np", "1",
             "-device", "cpu", "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-val_crops", "0",
             "-run", "steps"]
-    cli = lambda *extra: subprocess.run(args + list(extra), env=env, capture_output=True, encoding="utf-8",
-                                        errors="replace", timeout=600)
+    cli = lambda *extra: subprocess.run([command("mim_pretrain")] + args + list(extra), env=env,  # noqa: E731
+                                        capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, env[name])
+    refused = lambda *extra: run_main(main, args + list(extra), capsys)                           # noqa: E731
     out = Path(env["nnUNet_results"]) / "MiM_tiny" / "hybrid_tiny_steps"
     stopped = cli("-steps", "3", "-stop_at", "1")
     assert stopped.returncode == 0, stopped.stderr[-2000:]
-    longer = cli("--c", "-steps", "5")                                   # unfinished: not silently 3
+    longer = refused("--c", "-steps", "5")                               # unfinished: not silently 3
     assert longer.returncode == 2 and "Traceback" not in longer.stderr, longer.stderr[-2000:]
     assert "the run is at step 1 of its 3" in longer.stderr and "-steps 5 -run NAME" in longer.stderr
     assert load_checkpoint(out / CHECKPOINT)["step"] == 1                 # nothing trained
-    shorter = cli("--c", "-steps", "2")
+    shorter = refused("--c", "-steps", "2")
     assert shorter.returncode == 2 and "use -stop_at 2" in shorter.stderr
     finished = cli("--c", "-steps", "3")                                  # its own steps: continues
     assert finished.returncode == 0 and "resumed at step 1 of 3" in finished.stdout, finished.stderr[-2000:]
-    extended = cli("--c", "-steps", "6")                                  # finished: not silently re-exported
+    extended = refused("--c", "-steps", "6")                              # finished: not silently re-exported
     assert extended.returncode == 2 and "Traceback" not in extended.stderr, extended.stderr[-2000:]
     last = extended.stderr.strip().splitlines()[-1]                     # one line after the progress bars
     assert last.startswith("mim_pretrain: error: ") and "finished its 3 steps" in last and "-steps 6 -run NAME" in last
@@ -289,11 +296,12 @@ def test_torchrun_joins_the_given_group(collection, processes):
 def test_export_command_for_both_backbones(collection, tmp_path):
     from monai.networks.nets import SwinUNETR
 
-    run(collection, tmp_path / "swin", backbone="swin", steps=2)
+    # 4^3-token windows: swin's wiring at a tenth of the CPU time of the preset's 7^3 (tests/mim/test_model.py)
+    run(collection, tmp_path / "swin", backbone="swin", sizes={"window_size": 4}, steps=2, val_crops=1)
     out, meta = export_checkpoint(tmp_path / "swin" / CHECKPOINT)
     assert out.name == "mim_swin_tiny_step2.safetensors"
     state, record = load_export(out)
-    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12)
+    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, window_size=4)
     net.swinViT.load_state_dict(state, strict=True)                       # loads strictly into SwinViT
     assert record["backbone"] == "swin" and record["steps"] == 2
 
