@@ -69,10 +69,8 @@ def test_transfer_check_passes_and_fails_with_named_problems(setup, tmp_path, mo
     monkeypatch.chdir(work)
 
     def check_here(trainer, export):
-        capsys.readouterr()
-        status = main(["check-transfer", "-d", str(DATASET), "-tr", trainer, str(export)])
-        out = capsys.readouterr()
-        return status, out.out, out.err
+        result = run_main(main, ["check-transfer", "-d", DATASET, "-tr", trainer, export], capsys)
+        return result.returncode, result.stdout, result.stderr
 
     # truncated export
     cut = tmp_path / "cut.safetensors"

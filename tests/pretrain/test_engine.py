@@ -30,8 +30,9 @@ from mim_nnunet.pretrain.logbook import read_records
 from mim_nnunet.pretrain.settings import continued_settings, resolve_settings
 from mim_nnunet.weights.export import load_export
 
+# progress.png and reconstructions at the last step only (a second of plotting each; the resume test asks for more)
 TINY = dict(input_size=[32], per_device_batch=1, accumulation=1, steps=6, loader_workers=0, save_every=1, val_crops=2,
-            plot_every=3, recon_every=3)
+            plot_every=100, recon_every=100)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def weights(out):
 
 
 def test_resume_after_a_stop_gives_identical_weights_and_losses(collection, tmp_path):
-    run(collection, tmp_path / "straight")
+    run(collection, tmp_path / "straight", plot_every=3, recon_every=3)
     run(collection, tmp_path / "stopped", stop_at=3)
     assert load_checkpoint(tmp_path / "stopped" / CHECKPOINT)["step"] == 3
     assert not (tmp_path / "stopped" / "export").exists()               # not finished: no export yet
@@ -138,7 +139,7 @@ def test_chunked_steps_train_as_one_shot_steps_and_resume_exactly(collection, tm
     """-chunk: the same losses and weights as one-shot steps up to fp32 summation order (the fp64 equality
     of the gradients is tests/mim/test_chunked_step.py's), and bit-exact resume with chunks too; with
     --checkpointing as well the chunked run's weights (tests/mim/test_step_levers.py: fp64 gradients)."""
-    quick = dict(steps=2, val_crops=0, plot_every=100, recon_every=100)     # no pictures, no validation
+    quick = dict(steps=2, val_crops=0)                                      # no validation
     run(collection, tmp_path / "one_shot", **quick)
     run(collection, tmp_path / "chunked", chunk=5, **quick)
     run(collection, tmp_path / "levers", chunk=5, checkpointing=True, **quick)      # --checkpointing as well
