@@ -68,7 +68,8 @@ class DemoCosts:
         return self.capability_factor.get(str(capability).upper(), max(self.capability_factor.values(), default=1.0))
 
 
-# Calibrated on one host for AVX512, PROVISIONAL for AVX2 (not measured with the emulation yet). Host: a
+# Calibrated on one host for AVX512, PROVISIONAL for AVX2: the factor fits one reported AVX2 host; the AVX2
+# emulation on the calibration host ran the demo in 1645 s, where it predicts 19 min (docs/benchmarks.md). Host: a
 # 2-core Intel Xeon (AVX512), probe 328.6 GFLOP/s at 2 threads, 2026-12-05, `bash scripts/demo.sh` alone on the
 # machine: pre-training 1000 steps 630 s (1 compute thread: cores minus the loader worker), each pair of
 # fine-tunings (2 x 124 iterations, one thread each, no final validation) 180-182 s, planning and preprocessing
