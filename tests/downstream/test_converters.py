@@ -171,8 +171,8 @@ def test_convert_command_prints_one_line_errors(nnunet_dirs, tmp_path):
 def test_converted_datasets_pass_nnunets_integrity_check(tmp_path, monkeypatch, clean_env):
     """Each converter's output through nnU-Net's own check, in one nnU-Net process for the four datasets: it reads
     every image and label (geometry, labels against dataset.json), then fingerprints each case. Planning and
-    preprocessing a converted dataset (and the literature split nnU-Net copies for training) is the end-to-end
-    test of scripts/reproduce_paper.py."""
+    preprocessing a converted dataset is the end-to-end test of scripts/reproduce_paper.py; the split a converter
+    writes is checked above."""
     env = dict(clean_env)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(tmp_path / name)
