@@ -24,7 +24,7 @@ from mim_nnunet.finetune.loading import load_nnunet_checkpoint
 from mim_nnunet.weights.export import load_export
 
 DATASET_MULTI = 903
-CHANNELS = 2          # nnU-Net's fingerprint samples 1e8 voxels per channel whatever the case count: ~8 s each
+CHANNELS = 2          # nnU-Net's fingerprint samples 1e8 voxels per channel whatever the case count: ~10 s each here
 HYBRID, SWIN = TRAINERS["hybrid"], TRAINERS["swin"]
 pytestmark = pytest.mark.slow
 
