@@ -113,6 +113,9 @@ def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(mim
             assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))) <= set(LABELS.values())
     validation = models["hybrid"] / "fold_0" / "validation"
     assert (validation / "summary.json").is_file() and list(validation.glob("*.npz"))
+    for folder in models.values():          # on the CPU both networks train channels-last (RunGuards)
+        log = "".join(p.read_text(encoding="utf-8") for p in (folder / "fold_0").glob("training_log_*.txt"))
+        assert "CPU: the network trains with channels-last (NDHWC) tensors" in log
 
 
 def test_swin_predictions_keep_the_input_geometry_and_the_model_folder_records_the_trainer(mim_finetuned):
