@@ -144,16 +144,22 @@ def main(argv=None) -> int:
     host = probe_host()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
-    for name, build, make_optimizer in (
+    # each network trains as its trainer trains it: ours channels-last on the CPU (RunGuards.cpu_channels_last),
+    # nnU-Net's in NCDHW; both predict in NCDHW, as nnUNetv2_predict builds them
+    for name, build, make_optimizer, channels_last in (
             (f"nnUNetTrainerMiM (MiMUNETR {args.size})", lambda: mim_unetr(args.size, args.patch, CLASSES),
-             lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=1e-5)),
+             lambda p: torch.optim.AdamW(p, lr=1e-4, weight_decay=1e-5), device == "cpu"),
             ("nnUNetTrainer (3d_fullres PlainConvUNet)", lambda: nnunet_default_unet(args.patch, CLASSES),
-             lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5))):
+             lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5), False)):
         torch.manual_seed(0)
         network = build().to(device)
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last_3d)
         times = time_training(network, make_optimizer(network.parameters()), args.patch, device, args.warmup,
                               args.repeats)
+        network = network.to(memory_format=torch.contiguous_format)
         row = {"network": name, "device": device, "patch": args.patch, "batch": 2,
+               "train_memory_format": "NDHWC" if channels_last else "NCDHW",
                "params_m": round(sum(p.numel() for p in network.parameters()) / 1e6, 2),
                "train_iteration_seconds": round(statistics.median(times), 3), "train_all": [round(t, 3) for t in times],
                "threads": torch.get_num_threads(), "host": host.as_dict()}

@@ -4,7 +4,8 @@
   pretrain   one MiM pre-training step of the demo (hybrid tiny, S = 32: one 64^3 L1 crop = 21
              sub-volumes, forward + backward + fused AdamW step), as the engine runs it on a CPU
   finetune   one MiMUNETR tiny training iteration at the demo's patch (64 x 64 x 32 x y z, batch 2): forward,
-             nnU-Net's Dice + CE loss, backward, AdamW step
+             nnU-Net's Dice + CE loss, backward, AdamW step; channels-last (NDHWC) as our trainers train on
+             the CPU, NCDHW with --contiguous
   predict    a sliding-window prediction of MiMUNETR tiny over a -predict_shape volume in the demo's patch
              (nnU-Net's window placement at step 0.5 and its Gaussian; no mirroring)
 
@@ -60,12 +61,15 @@ def pretrain_step(input_size: int = 32):
     return step
 
 
-def finetune_iteration(patch=DEMO_PATCH_ZYX, batch: int = 2):
-    """One MiMUNETR tiny training iteration at the demo's patch: returns a callable."""
+def finetune_iteration(patch=DEMO_PATCH_ZYX, batch: int = 2, channels_last: bool = True):
+    """One MiMUNETR tiny training iteration at the demo's patch (channels-last as the trainers' CPU runs, or
+    NCDHW): returns a callable."""
     import torch
     from benchmark_finetune import loss_for
 
     network = _mim_unetr(patch)
+    if channels_last:
+        network = network.to(memory_format=torch.channels_last_3d)
     network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3, weight_decay=1e-5)
     loss_fn = loss_for(0)                      # MiMUNETR trains without deep supervision
@@ -161,6 +165,8 @@ def main(argv=None) -> int:
                         help="volume of the prediction (default: %(default)s)")
     parser.add_argument("-threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--group_by_shape", action="store_true", help="one row per op and input shapes")
+    parser.add_argument("--contiguous", action="store_true",
+                        help="fine-tune in NCDHW instead of the trainers' channels-last (the CPU time before it)")
     parser.add_argument("-json", type=Path, default=None, help="write the host and the tables' rows to this file")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
@@ -174,9 +180,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     host = probe_host()
     print(host.line() + "\n", flush=True)
-    builders = {"pretrain": lambda: pretrain_step(args.input_size), "finetune": finetune_iteration,
+    builders = {"pretrain": lambda: pretrain_step(args.input_size),
+                "finetune": lambda: finetune_iteration(channels_last=not args.contiguous),
                 "predict": lambda: prediction(args.predict_shape)}
-    record = {"host": host.as_dict(), "parts": {}}
+    record = {"host": host.as_dict(), "finetune_memory_format": "NCDHW" if args.contiguous else "NDHWC", "parts": {}}
     for part in parts:
         averages, seconds = profile(builders[part](), args.warmup, args.steps, args.group_by_shape)
         ops = top_ops(averages, args.rows, args.steps)

@@ -37,12 +37,15 @@ def run_main(main, argv, capsys) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, code or 0, out.out, out.err)
 
 
-def nnunet_env(work: Path, processes: int = 2) -> dict:
+def nnunet_env(work: Path, processes: int = 1) -> dict:
     """This environment without nnU-Net's or our variables, then nnU-Net's three folders under ``work``, our
     trainers folder, ``processes`` augmentation workers and one process for nnU-Net's other pools: what a
     user's shell holds after setup on a small machine. Each pool process is a fresh interpreter importing torch
     and nnU-Net (5-7 CPU-seconds): nnU-Net's default of 8 costs more than the one validation case a test's
-    training predicts, and on two cores that CPU time is the suite's."""
+    training predicts, and on two cores that CPU time is the suite's. One augmentation worker still runs
+    nnU-Net's augmentation in another process (our trainers' objects pickled); each further one prepares
+    batches a 2-iteration training never uses. Not 0: nnU-Net 2.8.1's planner then calls
+    torch.set_num_threads(0)."""
     import os
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):

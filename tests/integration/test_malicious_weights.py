@@ -28,7 +28,7 @@ class WritesMarker:
 @pytest.fixture(scope="module")
 def planned(module_tmp):
     work = module_tmp("malicious")
-    env = nnunet_env(work, processes=1)
+    env = nnunet_env(work)
     write_dataset(work / "nnUNet_raw", DATASET, num_train=2, num_test=0, shape=(32, 32, 32), seed=4)
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "1"], env, work)
     return {"work": work, "env": env}

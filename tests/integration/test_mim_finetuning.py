@@ -204,26 +204,21 @@ def test_multi_channel_dataset_gets_the_network_nnunet_trains_with_an_inflated_s
     assert f"inflated from 1 to {CHANNELS}" in result.stdout
 
 
-def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup, tmp_path):
+def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup, tmp_path, monkeypatch):
+    import torch
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     env, work = own_results(setup, tmp_path), setup["work"]     # fold 1 is trained into tmp_path
     export = setup["kept"]
     out = tmp_path / "expanded.pth"
     result = run([command("mim_nnunet"), "expand-weights", "-d", DATASET, "-tr", HYBRID, export, "-o", out], env, work)
     assert f"-pretrained_weights {out}" in result.stdout
     assert set(load_nnunet_checkpoint(out)) == {"network_weights"}      # plain tensors: passes the trainers' check
-    script = textwrap.dedent(f"""
-        import torch
-        from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
-        from mim_nnunet.finetune.dataset_network import network_for_dataset
-        from mim_nnunet.weights.export import load_export
-        net = network_for_dataset("{DATASET}", "{HYBRID}").network
-        load_pretrained_weights(net, r"{out}")          # nnU-Net's loader: every key, same shapes
-        state, _ = load_export(r"{export}")
-        assert torch.equal(net.backbone.blocks4[0].attn.qkv.weight, state["blocks4.0.attn.qkv.weight"])
-        print("nnU-Net loaded it")
-    """)
-    result = run([sys.executable, "-c", script], env, work)
-    assert "nnU-Net loaded it" in result.stdout
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(name, env[name])
+    net = network_for_dataset(str(DATASET), HYBRID).network
+    load_pretrained_weights(net, str(out))                      # nnU-Net's loader: every key, same shapes
+    state, _ = load_export(export)
+    assert torch.equal(net.backbone.blocks4[0].attn.qkv.weight, state["blocks4.0.attn.qkv.weight"])
     # and through nnUNetv2_train: the trainer sees the loaded weights and does not search for an export
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "1", "-tr", HYBRID, "-device", "cpu",
          "-pretrained_weights", out], env, work)

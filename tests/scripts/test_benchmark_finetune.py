@@ -17,6 +17,8 @@ def test_both_networks_train_and_predict_with_nnunets_window_count():
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["network"].split()[0] for r in rows] == ["nnUNetTrainerMiM", "nnUNetTrainer"]
+    # each network trains as its trainer does on the CPU: ours channels-last, nnU-Net's in NCDHW
+    assert [r["train_memory_format"] for r in rows] == ["NDHWC", "NCDHW"]
     # nnU-Net's window placement at step 0.5: ceil((size - patch) / (patch / 2)) + 1 windows per axis
     windows = math.prod(math.ceil((s - patch) / (patch / 2)) + 1 for s in shape_xyz)
     for r in rows:

@@ -18,7 +18,7 @@ def test_profile_tables_name_the_host_and_rank_ops_by_self_cpu_time(tmp_path):
     record = json.loads(out.read_text(encoding="utf-8"))
     assert record["host"]["threads"] == 1 and record["host"]["matmul_gflops"] > 0
     assert result.stdout.startswith("host: ") and "1 thread(s) of" in result.stdout.splitlines()[0]
-    assert list(record["parts"]) == ["pretrain", "predict"]
+    assert list(record["parts"]) == ["pretrain", "predict"] and record["finetune_memory_format"] == "NDHWC"
     for name, part in record["parts"].items():
         ops = part["ops"]
         assert part["seconds_per_run"] > 0 and part["steps"] == 1 and len(ops) == 4, name

@@ -71,8 +71,7 @@ def run(cmd, env, cwd):
 
 @pytest.mark.slow
 def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, mim_exports):
-    # 1 process: 0 breaks nnU-Net 2.8.1's planner (torch.set_num_threads(0))
-    env = nnunet_env(tmp_path, processes=1)
+    env = nnunet_env(tmp_path)
     src = write_btcv(tmp_path / "src", numbers=(1, 2, 3, 4, 35, 36), test=())
     run([command("mim_nnunet"), "convert", "btcv", src, "--allow_partial"], env, tmp_path)
     # the session's hybrid 'tiny' export (pre-trained by mim_pretrain on another CT dataset), given by -weights
