@@ -14,7 +14,7 @@ DEMO_SETTINGS = {
     # tests and smoke runs: every step once, numbers meaningless
     "quick": {"pretrain": {"steps": 4, "input_size": 32, "batch": 1, "lr": None, "val_every": 2, "val_crops": 2},
               "finetune": {"budget": "quick", "seeds": [0], "labels": ["all"]}},
-    # about 13 minutes on 2 CPU cores (docs/benchmarks.md):
+    # 21 minutes on a 2-core AVX-512 Xeon, about an hour on a 2-core AVX2 host (docs/benchmarks.md):
     # 1000 pre-training steps, 8 fine-tunings (2 labels x 2 seeds x MiM/scratch) of 120 iterations, MiM and
     # scratch at the same time on one core each
     "default": {"pretrain": {"steps": 1000, "input_size": 32, "batch": 1, "lr": 1e-3, "val_every": 100, "val_crops": 4},
@@ -69,24 +69,25 @@ class DemoCosts:
 
 
 # Calibrated on one host for AVX512, PROVISIONAL for AVX2: the factor fits one reported AVX2 host; the AVX2
-# emulation on the calibration host ran the demo in 1645 s, where it predicts 19 min (docs/benchmarks.md). Host: a
-# 2-core Intel Xeon (AVX512), probe 328.6 GFLOP/s at 2 threads, 2026-12-05, `bash scripts/demo.sh` alone on the
-# machine: pre-training 1000 steps 630 s (1 compute thread: cores minus the loader worker), each pair of
-# fine-tunings (2 x 124 iterations, one thread each, no final validation) 180-182 s, planning and preprocessing
-# 27 s. Fixed seconds: the quick setting's start-ups (estimated, not fitted). AVX2: a 2-core AVX2 host with a
-# probe of 51 GFLOP/s took 1145 s for the same pre-training with 2 compute threads; with 1 thread (1.5x slower
-# on the AVX512 host) that is about 1700 s, which this factor reproduces; the matmul probe exaggerates the
-# AVX2 host's slowness for these convolutions (6.4x lower probe, 4.4x slower stages).
+# emulation on the calibration host ran the demo in 1500 s, where it predicted 1172 s (docs/benchmarks.md). Host:
+# a 2-core Intel Xeon (AVX512), probe 333.7 GFLOP/s at 2 threads, 2026-12-05, `bash scripts/demo.sh` alone on
+# the machine: pre-training 1000 steps 593 s (1 compute thread: cores minus the loader worker), each pair of
+# fine-tunings (2 x 124 iterations, one thread each, channels-last, no final validation) 143-144 s, planning and
+# preprocessing 23 s, each pair of predictions 21-23 s. Fixed seconds: the quick setting's start-ups
+# (estimated, not fitted). AVX2: a 2-core AVX2 host with a probe of 51 GFLOP/s took 1145 s for the same
+# pre-training with 2 compute threads; with 1 thread (1.5x slower on the AVX512 host) that is about 1700 s,
+# which this factor reproduces; the matmul probe exaggerates the AVX2 host's slowness for these convolutions
+# (6.4x lower probe, 4.4x slower stages).
 DEMO_COSTS = DemoCosts(
-    calibration="a 2-core Intel Xeon, AVX512, probe 328.6 GFLOP/s, 2026-12-05 (AVX2 factor provisional: one "
+    calibration="a 2-core Intel Xeon, AVX512, probe 333.7 GFLOP/s, 2026-12-05 (AVX2 factor provisional: one "
                 "reported 2-core AVX2 host at 51 GFLOP/s)",
     capability_factor={"AVX512": 1.0, "AVX2": 0.43, "DEFAULT": 0.43},
     data_seconds=10.0,
     pretrain_seconds=30.0,
-    pretrain_step_gflop=197.2,          # (630 - 30) s x 328.6 GFLOP/s / 1000 steps
+    pretrain_step_gflop=187.9,          # (593 - 30) s x 333.7 GFLOP/s / 1000 steps
     planning_seconds=27.0,
     finetune_seconds=30.0,
-    finetune_iteration_gflop=200.1,     # (181 - 30) s x 328.6 GFLOP/s / (2 x 124 iterations)
+    finetune_iteration_gflop=152.7,     # (143.5 - 30) s x 333.7 GFLOP/s / (2 x 124 iterations)
     validation_seconds=40.0,            # the "demo" budget's comment (mim_nnunet/finetune/variants.py)
     prediction_seconds=20.0,
 )
