@@ -13,7 +13,8 @@ Prints the host (CPU model, torch's CPU capability, threads, a 2-second matmul p
 ``-json`` writes the rows. On an AVX2-only host's kernels (any x86 CPU):
 
     python scripts/benchmark_memory_format.py -threads 1
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python scripts/benchmark_memory_format.py -threads 1
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python scripts/benchmark_memory_format.py -threads 1
 """
 
 from __future__ import annotations

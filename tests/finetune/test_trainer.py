@@ -226,7 +226,8 @@ def test_cpu_channels_last_gives_the_contiguous_networks_loss_and_gradients(find
     does not: nnU-Net's ResEnc U-Net is slower so); one step of MiMUNETR and SwinUNETR in NDHWC gives the
     NCDHW network's loss and gradients up to float summation order."""
     from mim_nnunet.networks import MiMUNETR
-    assert find_trainer("nnUNetTrainerMiM").cpu_channels_last and find_trainer("nnUNetTrainerSwinUNETR").cpu_channels_last
+    assert find_trainer("nnUNetTrainerMiM").cpu_channels_last
+    assert find_trainer("nnUNetTrainerSwinUNETR").cpu_channels_last
     assert not find_trainer("nnUNetTrainerMiMResEnc").cpu_channels_last
     x = torch.randn(2, 1, 64, 32, 32, generator=torch.Generator().manual_seed(0))       # deepest stage 2 x 1 x 1
     y = torch.randint(0, 3, (2, 64, 32, 32), generator=torch.Generator().manual_seed(1))
