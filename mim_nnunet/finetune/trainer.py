@@ -81,7 +81,7 @@ class RunGuards:
     # A short variant names its budget (epochs x iterations); None keeps nnU-Net's 1000 x (250 + 50).
     budget: Optional[str] = None
     # Train on the CPU with channels-last (NDHWC) weights and activations: oneDNN's 3D convolution backward on
-    # few channels is 4-5x its forward in NCDHW; per training iteration MiMUNETR tiny takes 20-24 % less,
+    # few channels is 5x its forward in NCDHW; per training iteration MiMUNETR tiny takes 20-24 % less,
     # SwinUNETR 6-7 % less, nnU-Net's ResEnc U-Net 6-8 % more (scripts/benchmark_memory_format.py, both
     # capabilities; docs/benchmarks.md). Same numbers up to float summation order.
     cpu_channels_last: bool = False
