@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
              help="base split (default: the literature's when the dataset has one)")
     parser.add_argument("-c", default="3d_fullres", help="nnU-Net configuration (default: %(default)s)")
     add_flag(parser, "-device", "--device", default="cuda", help="cuda, cpu or mps")
-    parser.add_argument("-np", type=int, default=4, help="processes for fingerprint and preprocessing")
+    parser.add_argument("-np", type=int, default=4,
+                        help="processes for nnU-Net's fingerprint, preprocessing and prediction (-npp, -nps)")
     add_flag(parser, "-tolerance", "--tolerance", type=float, default=None,
              help="NSD tolerance in mm (default: mim_evaluate's)")
     add_flag(parser, "-o", "--output", default="reproduce_paper", help="output folder")
@@ -268,7 +269,8 @@ def main(argv=None) -> int:
             if missing:
                 timings[f"{kind} fold {fold} prediction"] = predict_missing(
                     validation, raw, missing, ["-d", str(args.d), "-c", args.c, "-f", str(fold), "-tr", trainer,
-                                               "-p", plans_name, "-device", args.device], env if kind == "MiM" else None)
+                                               "-p", plans_name, "-device", args.device, "-npp", str(args.np),
+                                               "-nps", str(args.np)], env if kind == "MiM" else None)
             scores = scores_for(validation, raw, val_cases, classes, out / f"{kind}_fold{fold}", tolerance)
             results[kind][str(float(fraction))] = {"trainer": trainer, "fold": fold,
                                                    "train_cases": len(splits[fold]["train"]),

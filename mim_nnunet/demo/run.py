@@ -12,6 +12,7 @@ trainer's process (``nnUNet_n_proc_DA=0``), so a rerun gives the same weights an
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -132,6 +133,27 @@ def write_one_case_split(preprocessed: Path, cases: List[str], spec: Dict) -> Pa
     return path
 
 
+SETTING_FILE = "setting.json"      # which setting a workspace's runs belong to
+
+
+def claim_workspace(ws: Path, setting: str) -> Path:
+    """Record ``setting`` in the workspace ``ws``, or refuse a workspace whose runs belong to another setting:
+    the demo skips every step whose output exists, so it would reuse, say, a quick setting's 4-step export."""
+    marker = ws / SETTING_FILE
+    if marker.is_file():
+        try:
+            held = json.loads(marker.read_text(encoding="utf-8"))["setting"]
+        except (ValueError, KeyError, TypeError):
+            raise DemoError(f"{marker}: unreadable; delete it if the workspace holds the '{setting}' setting's runs")
+        if held != setting:
+            raise DemoError(f"{ws}: holds the demo's '{held}' setting, whose finished steps would be reused; "
+                            f"use another -workspace for '{setting}', or delete {ws}")
+    else:
+        ws.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(marker, {"setting": setting})
+    return marker
+
+
 def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: str = "default") -> int:
     import torch
 
@@ -142,6 +164,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     conf = DEMO_SETTINGS[setting]
     pre, fine = conf["pretrain"], conf["finetune"]
     ws = Path(workspace).resolve()
+    claim_workspace(ws, setting)
     env = demo_environment(ws)
     spec = demo_spec()
     recipe = spec["recipe"]
@@ -236,9 +259,10 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
                                         f"predict the held-out halves ({tag}; stock nnUNetv2_predict)",
                                         ["nnUNetv2_predict", "-i", str(data["dataset"] / "imagesTs"), "-o", str(pred),
                                          "-d", dataset_id, "-c", CONFIGURATION, "-f", fold, "-tr", run["trainer"],
-                                         "-p", PLANS, "--disable_tta", "-device", device, "-npp", "1", "-nps", "1"],
+                                         "-p", PLANS, "--disable_tta", "-device", device, "-npp", "0", "-nps", "0"],
                                         run_env))
-            # together too: a prediction of the demo's two small halves is mostly nnU-Net's start-up
+            # together too: a prediction of the demo's two small halves is mostly nnU-Net's start-up; -npp 0 -nps 0
+            # (nnU-Net's sequential prediction) saves the start-ups of its preprocessing and export processes
             timings.update(_run_together(predictions, parallel))
 
     from .report import write_report

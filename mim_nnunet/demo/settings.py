@@ -14,11 +14,14 @@ DEMO_SETTINGS = {
     # tests and smoke runs: every step once, numbers meaningless
     "quick": {"pretrain": {"steps": 4, "input_size": 32, "batch": 1, "lr": None, "val_every": 2, "val_crops": 2},
               "finetune": {"budget": "quick", "seeds": [0], "labels": ["all"]}},
-    # 21 minutes on a 2-core AVX-512 Xeon, about an hour on a 2-core AVX2 host (docs/benchmarks.md):
-    # 1000 pre-training steps, 8 fine-tunings (2 labels x 2 seeds x MiM/scratch) of 120 iterations, MiM and
-    # scratch at the same time on one core each
-    "default": {"pretrain": {"steps": 1000, "input_size": 32, "batch": 1, "lr": 1e-3, "val_every": 100, "val_crops": 4},
-                "finetune": {"budget": "demo", "seeds": [0, 1], "labels": ["all", "one"]}},
+    # under 20 minutes on a 2-core AVX2 host (docs/benchmarks.md): 250 pre-training steps, one pair of
+    # fine-tunings (MiM and scratch at the same time, one core each) of 120 iterations on both labelled halves
+    "default": {"pretrain": {"steps": 250, "input_size": 32, "batch": 1, "lr": 1e-3, "val_every": 50, "val_crops": 4},
+                "finetune": {"budget": "demo", "seeds": [0], "labels": ["all"]}},
+    # what the demo can show on a CPU: 21 minutes on a 2-core AVX-512 Xeon, about an hour on a 2-core AVX2 host:
+    # 1000 pre-training steps, 8 fine-tunings (2 labels x 2 seeds x MiM/scratch), seed spread and verdict
+    "full": {"pretrain": {"steps": 1000, "input_size": 32, "batch": 1, "lr": 1e-3, "val_every": 100, "val_crops": 4},
+             "finetune": {"budget": "demo", "seeds": [0, 1], "labels": ["all", "one"]}},
     # better numbers, hours on a CPU
     "long": {"pretrain": {"steps": 4000, "input_size": 32, "batch": 2, "lr": None, "val_every": 250, "val_crops": 8},
              "finetune": {"budget": "100epochs", "seeds": [0, 1, 2], "labels": ["all", "one"]}},
@@ -35,25 +38,29 @@ DEMO_LIMIT_SECONDS = 20 * 60
 
 @dataclass(frozen=True)
 class DemoCosts:
-    """The demo's stage costs, split into seconds that do not follow the CPU's arithmetic speed (process
-    start-ups, nnU-Net's planning and preprocessing, file I/O) and work that does.
+    """The demo's stage costs, split into start-up seconds (process start-ups and imports, nnU-Net's planning
+    and preprocessing, file I/O: one core's speed, whatever the kernels) and work (convolutions and matmuls:
+    the kernels PyTorch picks).
 
-    Work is in reference GFLOP: seconds on the calibration host x its probe (fp32 matmul GFLOP/s at the
-    run's threads, :func:`mim_nnunet.common.host.probe_host`). On another host a stage takes
-    ``seconds + work x capability_factor[capability] / probe``: the probe carries clock, cores and the
-    matmul kernels; ``capability_factor`` what the matmul probe does not see of the convolution kernels
-    PyTorch picks for the host's ``torch.backends.cpu.get_cpu_capability()``.
+    Seconds are measured on the calibration host, whose probe (fp32 matmul GFLOP/s at the run's threads,
+    :func:`mim_nnunet.common.host.probe_host`) with each capability's kernels is ``reference_gflops``. Work is
+    in reference GFLOP: seconds on the calibration host x its probe. On another host a stage takes
+    ``seconds x reference_gflops[capability] / probe + work x capability_factor[capability] / probe``: the
+    probe carries clock, cores and the matmul kernels; ``capability_factor`` what the matmul probe does not
+    see of the convolution kernels PyTorch picks for the host's ``torch.backends.cpu.get_cpu_capability()``.
 
     To calibrate on an idle host: ``mim_nnunet host`` (the probe), then ``mim_nnunet demo -setting quick``
-    and ``mim_nnunet demo`` in fresh workspaces; each report's "Run time" gives the stages' seconds. Fixed
-    seconds come from the quick setting (its work is small), work from the default setting's seconds minus
-    them, times the probe. ``capability_factor``: the same with ``ATEN_CPU_CAPABILITY=avx2
-    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` (the probe then runs on AVX2 too).
+    and ``mim_nnunet demo -setting full`` in fresh workspaces; each report's "Run time" gives the stages'
+    seconds. Start-up seconds come from the quick setting (its work is small), work from the full setting's
+    seconds minus them, times the probe. ``capability_factor`` and ``reference_gflops``: the same with
+    ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` (the probe then runs on
+    AVX2 too).
     """
 
     calibration: str                       # the host and runs the numbers come from
     provisional: bool = True               # not yet calibrated by the procedure above
     capability_factor: Dict[str, float] = field(default_factory=dict)
+    reference_gflops: Dict[str, float] = field(default_factory=dict)   # the calibration host's probe per capability
     data_seconds: float = 0.0              # cutting and writing the demo's CT (mim_nnunet.demo.data)
     pretrain_seconds: float = 0.0          # mim_pretrain's start: fingerprint, plan, preprocessing of the collection
     pretrain_step_gflop: float = 0.0       # one step of one 2S crop at S = 32 (validation included)
@@ -67,21 +74,28 @@ class DemoCosts:
     def factor(self, capability: str) -> float:
         return self.capability_factor.get(str(capability).upper(), max(self.capability_factor.values(), default=1.0))
 
+    def reference(self, capability: str, gflops: float) -> float:
+        """The calibration host's probe with ``capability``'s kernels (``gflops``, the host's own, where the model
+        has none: its start-up seconds then stay as measured)."""
+        known = self.reference_gflops
+        return known.get(str(capability).upper(), min(known.values(), default=gflops))
 
-# Calibrated on one host for AVX512, PROVISIONAL for AVX2: the factor fits one reported AVX2 host; the AVX2
-# emulation on the calibration host ran the demo in 1500 s, where it predicted 1172 s (docs/benchmarks.md). Host:
-# a 2-core Intel Xeon (AVX512), probe 333.7 GFLOP/s at 2 threads, 2026-12-05, `bash scripts/demo.sh` alone on
-# the machine: pre-training 1000 steps 593 s (1 compute thread: cores minus the loader worker), each pair of
-# fine-tunings (2 x 124 iterations, one thread each, channels-last, no final validation) 143-144 s, planning and
-# preprocessing 23 s, each pair of predictions 21-23 s. Fixed seconds: the quick setting's start-ups
-# (estimated, not fitted). AVX2: a 2-core AVX2 host with a probe of 51 GFLOP/s took 1145 s for the same
-# pre-training with 2 compute threads; with 1 thread (1.5x slower on the AVX512 host) that is about 1700 s,
-# which this factor reproduces; the matmul probe exaggerates the AVX2 host's slowness for these convolutions
-# (6.4x lower probe, 4.4x slower stages).
+
+# Calibrated on one host. Host: a 2-core Intel Xeon, torch 2.14.1, 2026-12-05, `bash scripts/demo.sh -setting full`
+# alone on the machine, probe 333.7 GFLOP/s at 2 threads with AVX-512 kernels: pre-training 1000 steps 593 s
+# (1 compute thread: cores minus the loader worker), each pair of fine-tunings (2 x 124 iterations, one thread
+# each, channels-last, no final validation) 143-144 s, planning and preprocessing 23 s, each pair of predictions
+# 21-23 s. Start-up seconds: the quick setting's stages. AVX2 (PROVISIONAL): the factor fits one reported 2-core
+# AVX2 host (probe 51 GFLOP/s), which took 1145 s for the same pre-training at 2 compute threads (about 1700 s
+# at the demo's one) and 331 s for the quick setting; the same host's AVX2 emulation probes 188 GFLOP/s and ran
+# the quick setting in about the same seconds as with AVX-512 kernels (docs/benchmarks.md). The emulation's
+# full run took 1500 s, where this model predicts about 1100: its kernels lose more to the probe than that
+# host's did.
 DEMO_COSTS = DemoCosts(
     calibration="a 2-core Intel Xeon, AVX512, probe 333.7 GFLOP/s, 2026-12-05 (AVX2 factor provisional: one "
                 "reported 2-core AVX2 host at 51 GFLOP/s)",
     capability_factor={"AVX512": 1.0, "AVX2": 0.43, "DEFAULT": 0.43},
+    reference_gflops={"AVX512": 333.7, "AVX2": 188.0, "DEFAULT": 188.0},
     data_seconds=10.0,
     pretrain_seconds=30.0,
     pretrain_step_gflop=187.9,          # (593 - 30) s x 333.7 GFLOP/s / 1000 steps
@@ -104,6 +118,7 @@ def estimate_demo(setting: str, gflops: float, capability: str, parallel: int,
     conf = DEMO_SETTINGS[setting]
     pre, fine = conf["pretrain"], conf["finetune"]
     scale = costs.factor(capability) / gflops                    # seconds per reference GFLOP here
+    slower = costs.reference(capability, gflops) / gflops          # start-up seconds here per calibration second
     budget = BUDGETS[fine["budget"]]
     runs = 2 * len(fine["labels"]) * len(fine["seeds"])         # MiM and scratch per label setting and seed
     groups = len(fine["labels"]) * len(fine["seeds"]) * -(-2 // parallel)   # each seed's pair, `parallel` at once
@@ -111,12 +126,12 @@ def estimate_demo(setting: str, gflops: float, capability: str, parallel: int,
     iterations = budget.epochs * (budget.iterations + budget.val_iterations / 3)
     step_work = costs.pretrain_step_gflop * pre["batch"] * (pre["input_size"] / 32) ** 3
     return [
-        ("data", costs.data_seconds),
-        ("pre-training", costs.pretrain_seconds + pre["steps"] * step_work * scale),
-        ("planning and preprocessing", costs.planning_seconds),
-        ("fine-tuning", groups * costs.finetune_seconds + runs * budget.final_validation * costs.validation_seconds
-         + runs * iterations * costs.finetune_iteration_gflop * scale),
-        ("prediction", groups * costs.prediction_seconds),
+        ("data", costs.data_seconds * slower),
+        ("pre-training", costs.pretrain_seconds * slower + pre["steps"] * step_work * scale),
+        ("planning and preprocessing", costs.planning_seconds * slower),
+        ("fine-tuning", (groups * costs.finetune_seconds + runs * budget.final_validation * costs.validation_seconds)
+         * slower + runs * iterations * costs.finetune_iteration_gflop * scale),
+        ("prediction", groups * costs.prediction_seconds * slower),
     ]
 
 
@@ -128,6 +143,8 @@ def describe_estimate(setting: str, stages: List[Tuple[str, float]], limit: floa
              + ", ".join(f"{name} {s / 60:.1f}" for name, s in stages) + " min"
              + ("; provisional calibration)" if costs.provisional else ")")]
     if total > limit:
+        shorter = {"default": " (`-setting quick` is a smoke run of a few minutes)",
+                   "quick": ""}.get(setting, " (`-setting default` is the shorter demo, `-setting quick` a smoke run)")
         lines.append(f"WARNING: the estimate, {total / 60:.0f} min, is over {limit / 60:.0f} minutes on this host"
-                     + (" (`-setting quick` is a smoke run of a few minutes)" if setting != "quick" else ""))
+                     + shorter)
     return lines

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command
+from helpers.commands import command, run_main
 from mim_nnunet.data.preprocess import STORE_ORIENTATION
 from mim_nnunet.demo.data import demo_spec, read_volume
+from mim_nnunet.demo.run import SETTING_FILE
 
 KINDS = ("MiM", "scratch")
 
@@ -50,6 +51,25 @@ def test_demo_data_labels_sit_on_their_organs(demo_data):
         files = [dataset / f"images{split}" / f"{item['name']}_0000.nii.gz" for split in ("Tr", "Ts")]
         halves = [sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files]
         assert len(halves[0]) == len(source) // 2 and np.array_equal(np.concatenate(halves), source.astype(np.int16))
+
+
+def test_a_workspace_keeps_the_setting_it_was_started_with(tmp_path, capsys):
+    """The demo skips finished steps: another setting in the same workspace would reuse, say, the quick
+    setting's 4-step export. It is refused in one line before anything runs."""
+    from mim_nnunet.cli.main import main
+    from mim_nnunet.demo.run import claim_workspace
+    ws = tmp_path / "ws"
+    claim_workspace(ws, "quick")
+    assert json.loads((ws / SETTING_FILE).read_text(encoding="utf-8")) == {"setting": "quick"}
+    claim_workspace(ws, "quick")                             # the same setting again: a rerun resumes
+    result = run_main(main, ["demo", "-workspace", ws, "-device", "cpu", "-setting", "full"], capsys)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == (f"mim_nnunet: error: {ws}: holds the demo's 'quick' setting, whose finished "
+                                     f"steps would be reused; use another -workspace for 'full', or delete {ws}")
+    assert sorted(p.name for p in ws.iterdir()) == [SETTING_FILE]      # nothing else was started
+    (ws / SETTING_FILE).write_text("{not json", encoding="utf-8")
+    result = run_main(main, ["demo", "-workspace", ws, "-device", "cpu", "-setting", "quick"], capsys)
+    assert result.returncode == 2 and f"{ws / SETTING_FILE}: unreadable" in result.stderr
 
 
 @pytest.mark.slow

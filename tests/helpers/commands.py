@@ -3,6 +3,8 @@
 import importlib.util
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 
@@ -54,6 +56,31 @@ def nnunet_env(work: Path, processes: int = 1) -> dict:
     env["nnUNet_n_proc_DA"] = str(processes)
     env["nnUNet_def_n_proc"] = "1"
     return env
+
+
+# nnU-Net's own nnUNetv2_plan_and_preprocess entry point, its fingerprint sampling SAMPLES foreground voxels per
+# channel for the intensity statistics instead of its fixed 1e8 (about 10 s per channel here, however small the
+# dataset). The sample count is computed in this process and handed to the fingerprint's workers.
+_PLAN_WITH_FEWER_SAMPLES = textwrap.dedent("""
+    import sys
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+    from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import plan_and_preprocess_entry
+    init = DatasetFingerprintExtractor.__init__
+    def fewer(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.num_foreground_voxels_for_intensitystats = SAMPLES
+    DatasetFingerprintExtractor.__init__ = fewer
+    sys.argv = ["nnUNetv2_plan_and_preprocess", *sys.argv[1:]]
+    plan_and_preprocess_entry()
+""")
+
+
+def plan_with_fewer_samples(args, env, cwd, samples: int = 100_000) -> subprocess.CompletedProcess:
+    """``nnUNetv2_plan_and_preprocess ARGS`` with the fingerprint's intensity statistics from ``samples`` voxels
+    per channel: for tests whose subject is not planning (the network a plan gives, files a plan needs). The
+    tests of planning itself, and every end-to-end run, call the console script."""
+    script = _PLAN_WITH_FEWER_SAMPLES.replace("SAMPLES", str(int(samples)))
+    return run([sys.executable, "-c", script, *args], env, cwd)
 
 
 REPO = Path(__file__).resolve().parents[2]          # the checkout the tests belong to

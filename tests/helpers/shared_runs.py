@@ -92,8 +92,8 @@ def build_finetuned(exports: Dict) -> Dict:
         for backbone, trainer in TRAINERS.items():
             predictions[backbone] = work / f"pred_{trainer}"
             run([command("nnUNetv2_predict"), "-i", root / "imagesTs", "-o", predictions[backbone], "-d", DATASET,
-                 "-c", CONFIGURATION, "-f", "0", "-tr", trainer, "--disable_tta", "-device", "cpu", "-npp", "1",
-                 "-nps", "1"], env, work)
+                 "-c", CONFIGURATION, "-f", "0", "-tr", trainer, "--disable_tta", "-device", "cpu", "-npp", "0",
+                 "-nps", "0"], env, work)
         # nnU-Net's validation with probabilities also runs from the fine-tuned model alone
         run([command("nnUNetv2_train"), DATASET, CONFIGURATION, "0", "-tr", TRAINERS["hybrid"], "-device", "cpu",
              "--val", "--npz"], env, work)

@@ -15,14 +15,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers.commands import REPO, command, run
+from helpers.commands import REPO, command, plan_with_fewer_samples, run
 from helpers.exports import raw_sha1
 from helpers.synthetic import write_dataset
 from mim_nnunet.networks import MiMUNETR
 from mim_nnunet.weights.export import load_export
 from mim_nnunet.weights.transfer import transfer
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's 0.1.0 files once (pytest-xdist would build them in each worker running a test)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("files_from_0_1_0")]
 OLD_CODE = REPO / "tests" / "fixtures" / "pre_regroup_ddb190f.tar.gz"
 DATASET = 905
 TRAINER = "nnUNetTrainerMiM_tiny_1epoch"          # a trainer class name of 0.1.0, kept since
@@ -54,7 +55,8 @@ def old(module_tmp):
     """)
     run(["python", "-c", writer], old_env, work)
     root = write_dataset(work / "nnUNet_raw", DATASET, num_train=3, num_test=1, shape=(48, 48, 48), seed=5)
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], old_env, work)
+    # planning is nnU-Net's alone (0.1.0 had no planner): its intensity statistics from fewer voxels
+    plan_with_fewer_samples(["-d", DATASET, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], old_env, work)
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
         dict(old_env, MIM_PRETRAINED_WEIGHTS=str(exports["hybrid"])), work)
     predict = [command("nnUNetv2_predict"), "-i", root / "imagesTs", "-d", DATASET, "-c", "3d_fullres", "-f", "all",

@@ -1,18 +1,20 @@
 """A weights file carrying code, through the real ``nnUNetv2_train``: with ``-pretrained_weights FILE`` and
 with ``--c`` / ``--val`` on a model folder holding such a checkpoint, our trainers refuse it in one line,
 exit status 2, and the code never runs (its marker file never appears). No training happens: two 32^3
-cases are planned and preprocessed (nnU-Net's initialize reads the preprocessed folder), nothing more."""
+cases are planned and preprocessed (nnU-Net's initialize reads the preprocessed folder; the fingerprint's intensity
+statistics from fewer voxels, ``helpers.commands.plan_with_fewer_samples``), nothing more."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers.commands import command, nnunet_env, run
+from helpers.commands import command, nnunet_env, plan_with_fewer_samples, run
 from helpers.synthetic import write_dataset
 
 DATASET = 904
-pytestmark = pytest.mark.slow
+# one worker builds the module's planned dataset once (pytest-xdist would build it in each worker running a test)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("malicious_weights")]
 
 
 class WritesMarker:
@@ -30,7 +32,7 @@ def planned(module_tmp):
     work = module_tmp("malicious")
     env = nnunet_env(work)
     write_dataset(work / "nnUNet_raw", DATASET, num_train=2, num_test=0, shape=(32, 32, 32), seed=4)
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-np", "1"], env, work)
+    plan_with_fewer_samples(["-d", DATASET, "-c", "3d_fullres", "-np", "1", "-npfp", "1"], env, work)
     return {"work": work, "env": env}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command, nnunet_env, run, run_main
+from helpers.commands import command, nnunet_env, plan_with_fewer_samples, run, run_main
 from helpers.exports import raw_sha1
 from helpers.shared_runs import DATASET, TRAINERS
 from helpers.synthetic import LABELS, write_dataset
@@ -24,7 +24,7 @@ from mim_nnunet.finetune.loading import load_nnunet_checkpoint
 from mim_nnunet.weights.export import load_export
 
 DATASET_MULTI = 903
-CHANNELS = 2          # nnU-Net's fingerprint samples 1e8 voxels per channel whatever the case count: ~10 s each here
+CHANNELS = 2
 HYBRID, SWIN = TRAINERS["hybrid"], TRAINERS["swin"]
 pytestmark = pytest.mark.slow
 
@@ -185,7 +185,8 @@ def test_unusable_weights_stop_in_one_line_before_workers_and_keep_the_trained_f
 
 def test_multi_channel_dataset_gets_the_network_nnunet_trains_with_an_inflated_stem(setup, tmp_path, monkeypatch,
                                                                                      capsys):
-    """Dataset903 (2 channels) planned by stock nnU-Net (plans only: the network needs no preprocessed data):
+    """Dataset903 (2 channels) planned by nnU-Net (plans only: the network needs no preprocessed data; the
+    fingerprint's intensity statistics from fewer voxels, ``helpers.commands.plan_with_fewer_samples``):
     check-transfer builds the MiM trainer's network for its plans as nnUNetv2_train does (2 input channels) and
     loads the 1-channel export, the stem inflated. Training from an export the trainer finds is the session's
     runs (tests/helpers/shared_runs.py)."""
@@ -193,8 +194,7 @@ def test_multi_channel_dataset_gets_the_network_nnunet_trains_with_an_inflated_s
     env, work = nnunet_env(tmp_path), tmp_path              # a workspace of its own: the session's is read only
     small = write_dataset(tmp_path / "one_channel", DATASET_MULTI, num_train=2, num_test=0, shape=(32, 32, 32), seed=6)
     multi_channel_copy(small, Path(env["nnUNet_raw"]))
-    run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET_MULTI, "-c", "3d_fullres", "-npfp", "1", "--no_pp"],
-        env, work)
+    plan_with_fewer_samples(["-d", DATASET_MULTI, "-c", "3d_fullres", "-npfp", "1", "--no_pp"], env, work)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
         monkeypatch.setenv(name, env[name])
     network = network_for_dataset(str(DATASET_MULTI), HYBRID).network

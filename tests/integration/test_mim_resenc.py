@@ -1,4 +1,5 @@
-"""MiM for nnU-Net's own ResEnc U-Net, in subprocesses: mim_pretrain -backbone resenc (tiny) -> export-nnssl
+"""MiM for nnU-Net's own ResEnc U-Net (nnU-Net's commands and mim_pretrain in subprocesses; our conversions and
+transfer check, run as subprocesses elsewhere, in this process): mim_pretrain -backbone resenc (tiny) -> export-nnssl
 (nnssl's checkpoint format) -> import-nnssl back into an export -> stock nnUNetv2_plan_and_preprocess with a
 ResEnc planner -> check-transfer -> nnUNetv2_train with the MiM ResEnc trainer from the imported export
 (every loaded encoder tensor = the pre-training's) -> pre-training files deleted -> nnUNet's --val and
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command, nnunet_env, run
+from helpers.commands import command, nnunet_env, run, run_main
 from helpers.exports import raw_sha1
 from helpers.synthetic import LABELS, write_dataset
+from mim_nnunet.cli.main import main
 from mim_nnunet.weights.export import load_export
 
 DATASET = 906
@@ -23,7 +25,7 @@ PLANS = "nnUNetResEncUNetMPlans"
 pytestmark = pytest.mark.slow
 
 
-def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export(tmp_path):
+def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export(tmp_path, monkeypatch, capsys):
     env = nnunet_env(tmp_path)
     root = write_dataset(tmp_path / "nnUNet_raw", DATASET, num_train=5, num_test=1, shape=(64, 64, 64), seed=3)
     # resenc needs two voxels at its stride-32 stage: S = 64 x 32 x 32 is its smallest input
@@ -33,16 +35,20 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
          "-val_crops", "1"], env, tmp_path)
     pretrained = Path(env["nnUNet_results"]) / "MiM_pre" / "resenc_tiny" / "export" / "mim_resenc_tiny.safetensors"
     # through nnssl's format and back: the trainer fine-tunes the imported export (released nnU-Net 2.8)
-    run([command("mim_nnunet"), "export-nnssl", pretrained, "-o", tmp_path / "nnssl"], env, tmp_path)
+    # our commands in this process (each also runs as a subprocess in tests/weights and tests/integration)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(name, env[name])
+    assert run_main(main, ["export-nnssl", pretrained, "-o", tmp_path / "nnssl"], capsys).returncode == 0
     export = tmp_path / "imported" / "from_nnssl.safetensors"
-    run([command("mim_nnunet"), "import-nnssl", tmp_path / "nnssl" / "checkpoint_final.pth", "-o", export], env, tmp_path)
+    assert run_main(main, ["import-nnssl", tmp_path / "nnssl" / "checkpoint_final.pth", "-o", export],
+                    capsys).returncode == 0
     assert (tmp_path / "imported" / "from_nnssl.card.md").is_file()
     env = {**env, "MIM_PRETRAINED_WEIGHTS": str(export)}
     run([command("nnUNetv2_plan_and_preprocess"), "-d", DATASET, "-c", "3d_fullres", "-pl", "nnUNetPlannerResEncM",
          "-np", "1", "-npfp", "1"], env, tmp_path)
 
-    check = run([command("mim_nnunet"), "check-transfer", "-d", DATASET, "-tr", TRAINER, "-p", PLANS, export],
-                env, tmp_path)
+    check = run_main(main, ["check-transfer", "-d", DATASET, "-tr", TRAINER, "-p", PLANS, export], capsys)
+    assert check.returncode == 0, check.stderr
     assert "100.00% of" in check.stdout and "transfer check passed" in check.stdout
 
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"],
@@ -73,7 +79,7 @@ def test_resenc_pretrain_stock_resenc_plans_train_and_predict_without_the_export
     assert (folder / "fold_0" / "validation" / "summary.json").is_file()
     out = tmp_path / "pred"
     run([command("nnUNetv2_predict"), "-i", root / "imagesTs", "-o", out, "-d", DATASET, "-c", "3d_fullres", "-f",
-         "0", "-tr", TRAINER, "-p", PLANS, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"], env, tmp_path)
+         "0", "-tr", TRAINER, "-p", PLANS, "--disable_tta", "-device", "cpu", "-npp", "0", "-nps", "0"], env, tmp_path)
     preds = sorted(out.glob("*.nii.gz"))
     assert len(preds) == 1
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(preds[0]))))) <= set(LABELS.values())
