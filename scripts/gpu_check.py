@@ -290,9 +290,10 @@ def pretrain(ctx: Context, work: Path, run_name: str, prefix: List[str], extra: 
     env = {**ctx.env(work), **(env_extra or {})}
     size = "32" if ctx.args.reduced else "64"
     launch = prefix + ["-m", "mim_nnunet.cli.pretrain"] if prefix else [sys.executable, "-m", "mim_nnunet.cli.pretrain"]
-    cmd = launch + ["-d", str(ctx.scans()), "-data_name", "gpucheck", "-size", "tiny", "-np", "2", "-device", ctx.device,
+    cmd = launch + ["-d", str(ctx.scans()), "-data_name", "gpucheck", "-size", "tiny",
+                    "-np", "1" if ctx.args.reduced else "2", "-device", ctx.device,
                     "-input_size", size, "-batch", "1", "-accum", "1", "-steps", str(steps), "-run", run_name,
-                    # reduced (the CPU dry run): no loader process and no validation pass to start
+                    # reduced (the CPU dry run): preprocessing in the process, no loader process, no validation
                     "-workers", "0" if ctx.args.reduced else "1", "-val_crops", "0" if ctx.args.reduced else "1"] \
         + extra
     started = time.perf_counter()

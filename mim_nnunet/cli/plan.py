@@ -32,7 +32,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-gpu_memory_target", type=float, default=None,
                         help=f"memory per device to plan the batch for, in GB (default: {DEFAULT_GPU_MEMORY_TARGET_GB:g} "
                              f"for GPUs; mim_pretrain on the CPU: from the RAM available, said in the pre-training plan)")
-    parser.add_argument("-np", type=int, default=2, help="processes for fingerprint and preprocessing")
+    parser.add_argument("-np", type=int, default=2,
+                        help="processes for fingerprint and preprocessing (1: in this process; default: %(default)s)")
     parser.add_argument("-modality", nargs="+", default=[AUTO], metavar="{CT,MRI,auto}",
                         help="modality of folders and datalists, one for all or one per -d entry; 'auto' (default) "
                              "detects it per case from the header or the intensities (CT holds HU of fat and air); "

@@ -7,13 +7,12 @@ order the preprocessed arrays are stored in. ``orientation`` records each file's
 from __future__ import annotations
 
 import hashlib
-from multiprocessing import get_context
 from typing import Dict, List, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
+from ..common.parallel import map_cases
 from .image_io import BadImage, read_case
 from .leakage import content_signature
 from .modality import detect_modality, header_modality, resolve_modality
@@ -80,9 +79,7 @@ def _summary(entries: Sequence[Dict]) -> Dict:
 def compute_fingerprint(manifest: Dict, num_processes: int = 2) -> Dict:
     """Fingerprint every manifest case in parallel (progress bar); bad cases are listed, not fatal."""
     cases = manifest["cases"]
-    with get_context("spawn").Pool(max(1, num_processes)) as pool:
-        results = list(tqdm(pool.imap(case_fingerprint, cases, chunksize=1), total=len(cases),
-                            desc="Fingerprint"))
+    results = map_cases(case_fingerprint, cases, num_processes, "Fingerprint")
     good = [r for r in results if "error" not in r]
     bad = [r for r in results if "error" in r]
     by_source: Dict[str, List[Dict]] = {}

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from ..common.atomic import atomic_write, write_json_atomic
 from ..common.errors import MimError
+from ..common.parallel import map_cases
 from .image_io import BadImage, read_case
 from .intensity import apply_intensity, foreground_coordinates
 
@@ -98,8 +97,7 @@ def preprocess(manifest: Dict, plan: Dict, store: Path, num_processes: int = 2) 
     """Preprocess every manifest case into ``store``; return and write ``store/report.json``."""
     store.mkdir(parents=True, exist_ok=True)
     jobs = [(case, plan, str(store)) for case in manifest["cases"]]
-    with get_context("spawn").Pool(max(1, num_processes)) as pool:
-        results = list(tqdm(pool.imap_unordered(preprocess_case, jobs), total=len(jobs), desc="Preprocessing"))
+    results = map_cases(preprocess_case, jobs, num_processes, "Preprocessing", ordered=False)
     report = {
         "store": str(store), "manifest_hash": manifest["hash"],
         "ok": sorted(r["case_id"] for r in results if r["status"] in ("ok", "done_before")),

@@ -81,29 +81,29 @@ class DemoCosts:
         return known.get(str(capability).upper(), min(known.values(), default=gflops))
 
 
-# Calibrated on one host. Host: a 2-core Intel Xeon, torch 2.14.1, 2026-12-05, `bash scripts/demo.sh -setting full`
-# alone on the machine, probe 333.7 GFLOP/s at 2 threads with AVX-512 kernels: pre-training 1000 steps 593 s
-# (1 compute thread: cores minus the loader worker), each pair of fine-tunings (2 x 124 iterations, one thread
-# each, channels-last, no final validation) 143-144 s, planning and preprocessing 23 s, each pair of predictions
-# 21-23 s. Start-up seconds: the quick setting's stages. AVX2 (PROVISIONAL): the factor fits one reported 2-core
-# AVX2 host (probe 51 GFLOP/s), which took 1145 s for the same pre-training at 2 compute threads (about 1700 s
-# at the demo's one) and 331 s for the quick setting; the same host's AVX2 emulation probes 188 GFLOP/s and ran
-# the quick setting in about the same seconds as with AVX-512 kernels (docs/benchmarks.md). The emulation's
-# full run took 1500 s, where this model predicts about 1100: its kernels lose more to the probe than that
-# host's did.
+# Calibrated on one host: a 2-core Intel Xeon, torch 2.14.1, 2026-12-05, each run alone on the machine. AVX-512
+# kernels, probe 329.2 GFLOP/s at 2 threads: `bash scripts/demo.sh` (default setting) took 342 s: pre-training 250
+# steps 154 s (1 compute thread: cores minus the loader worker), the pair of fine-tunings (2 x 124 iterations, one
+# thread each, channels-last, no final validation) 137-141 s, planning and preprocessing 23 s, the pair of
+# predictions 19 s. Start-up seconds: the quick setting's stages with AVX2 kernels (`-setting quick`, 75 s: pre-
+# training 14, planning and preprocessing 22, fine-tuning 12, prediction 18 s; the probe with these kernels, median
+# of 5: 207.4 GFLOP/s). AVX2 factor (PROVISIONAL): fitted to one reported 2-core AVX2 host (probe 51 GFLOP/s),
+# which ran the pre-training step 2.6 times and a pair of fine-tunings 2.25 times as long as this host with AVX2
+# kernels (docs/benchmarks.md#the-demo); this host's AVX2 kernels lose more than that host's: the default setting
+# with them took 392 s, where this model says about 260.
 DEMO_COSTS = DemoCosts(
-    calibration="a 2-core Intel Xeon, AVX512, probe 333.7 GFLOP/s, 2026-12-05 (AVX2 factor provisional: one "
+    calibration="a 2-core Intel Xeon, AVX512, probe 329.2 GFLOP/s, 2026-12-05 (AVX2 factor provisional: one "
                 "reported 2-core AVX2 host at 51 GFLOP/s)",
-    capability_factor={"AVX512": 1.0, "AVX2": 0.43, "DEFAULT": 0.43},
-    reference_gflops={"AVX512": 333.7, "AVX2": 188.0, "DEFAULT": 188.0},
-    data_seconds=10.0,
-    pretrain_seconds=30.0,
-    pretrain_step_gflop=187.9,          # (593 - 30) s x 333.7 GFLOP/s / 1000 steps
-    planning_seconds=27.0,
-    finetune_seconds=30.0,
-    finetune_iteration_gflop=152.7,     # (143.5 - 30) s x 333.7 GFLOP/s / (2 x 124 iterations)
+    capability_factor={"AVX512": 1.0, "AVX2": 0.45, "DEFAULT": 0.45},
+    reference_gflops={"AVX512": 329.2, "AVX2": 207.4, "DEFAULT": 207.4},
+    data_seconds=4.0,
+    pretrain_seconds=14.0,
+    pretrain_step_gflop=184.4,          # (154 - 14) s x 329.2 GFLOP/s / 250 steps
+    planning_seconds=22.0,
+    finetune_seconds=12.0,
+    finetune_iteration_gflop=165.9,     # (137 - 12) s x 329.2 GFLOP/s / (2 x 124 iterations)
     validation_seconds=40.0,            # the "demo" budget's comment (mim_nnunet/finetune/variants.py)
-    prediction_seconds=20.0,
+    prediction_seconds=18.0,
 )
 
 
