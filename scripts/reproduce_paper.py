@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", default="3d_fullres", help="nnU-Net configuration (default: %(default)s)")
     add_flag(parser, "-device", "--device", default="cuda", help="cuda, cpu or mps")
     parser.add_argument("-np", type=int, default=4,
-                        help="processes for nnU-Net's fingerprint, preprocessing and prediction (-npp, -nps)")
+                        help="processes for nnU-Net's fingerprint, preprocessing and prediction (-npp, -nps; "
+                             "1: prediction in its own process)")
     add_flag(parser, "-tolerance", "--tolerance", type=float, default=None,
              help="NSD tolerance in mm (default: mim_evaluate's)")
     add_flag(parser, "-o", "--output", default="reproduce_paper", help="output folder")
@@ -247,6 +248,7 @@ def main(argv=None) -> int:
         env["MIM_PRETRAINED_WEIGHTS"] = str(Path(args.weights).resolve())
     results: Dict[str, Dict[str, Dict]] = {kind: {} for kind in KINDS}
     results_root = Path(paths["nnUNet_results"]) / name
+    predict_np = str(args.np) if args.np > 1 else "0"      # nnU-Net's 0: sequential, in the predicting process
     for fraction in args.fractions:
         fold = record["fraction_folds"][str(float(fraction))]
         for kind in KINDS:
@@ -269,8 +271,8 @@ def main(argv=None) -> int:
             if missing:
                 timings[f"{kind} fold {fold} prediction"] = predict_missing(
                     validation, raw, missing, ["-d", str(args.d), "-c", args.c, "-f", str(fold), "-tr", trainer,
-                                               "-p", plans_name, "-device", args.device, "-npp", str(args.np),
-                                               "-nps", str(args.np)], env if kind == "MiM" else None)
+                                               "-p", plans_name, "-device", args.device, "-npp", predict_np,
+                                               "-nps", predict_np], env if kind == "MiM" else None)
             scores = scores_for(validation, raw, val_cases, classes, out / f"{kind}_fold{fold}", tolerance)
             results[kind][str(float(fraction))] = {"trainer": trainer, "fold": fold,
                                                    "train_cases": len(splits[fold]["train"]),

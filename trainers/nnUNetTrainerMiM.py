@@ -60,7 +60,7 @@ class nnUNetTrainerMiM_tiny_1epoch(CPUVariant, nnUNetTrainerMiM):
 
 
 class nnUNetTrainerMiM_tiny_demo(CPUVariant, nnUNetTrainerMiM):
-    """The demo's default setting: MiMUNETR tiny, 12 epochs of 10 + 1 iterations at lr 3e-3."""
+    """The demo's default and full settings: MiMUNETR tiny, 12 epochs of 10 + 1 iterations at lr 3e-3."""
 
     arch_kwargs = TINY
     budget = "demo"

@@ -29,7 +29,7 @@ class Budget(NamedTuple):
 
 BUDGETS = {
     "1epoch": Budget(1, 2, 1, val_cases=1),          # smoke tests
-    # the demo's default setting: 120 iterations (8 runs, two at a time: 4 x 144 s on a 2-core Xeon). Peak lr
+    # the demo's default and full settings: 120 iterations (two runs at a time: 137-144 s on a 2-core Xeon). Peak lr
     # chosen without the held-out halves: cross-case liver DSC (train on one case's training half, score the
     # other's; seed 0; window -175..250 HU), MiM lr 1e-3 56/50 %, 3e-3 72/55, 1e-2 45/46; scratch 3e-3 59/49,
     # 1e-2 43/43. Mirroring off, checked the same way once the cases were oriented alike (RAS): scratch 62/52 ->

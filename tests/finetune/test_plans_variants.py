@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import command
+from helpers.commands import command, plan_with_fewer_samples
 from helpers.plans_factory import DATASET_JSON, make_plans
 from mim_nnunet.common.errors import PlansError
 from mim_nnunet.finetune.plans_variants import (
@@ -152,8 +152,8 @@ def demo_ct(module_tmp, demo_data):
     for name in ("nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(work / name)
     did = demo_spec()["dataset_id"]
-    run([command("nnUNetv2_extract_fingerprint"), "-d", did, "-np", "1"], env, work)
-    run([command("nnUNetv2_plan_experiment"), "-d", did], env, work)
+    # nnU-Net's fingerprint and plans; the variants replace the intensity statistics it samples with a window
+    plan_with_fewer_samples(["-d", did, "-c", "3d_fullres", "-npfp", "1", "--no_pp"], env, work)
     return {"env": env, "work": work, "raw": dataset, "id": did, "pre": work / "nnUNet_preprocessed" / dataset.name}
 
 
