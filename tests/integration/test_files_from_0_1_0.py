@@ -60,7 +60,7 @@ def old(module_tmp):
     run([command("nnUNetv2_train"), DATASET, "3d_fullres", "all", "-tr", TRAINER, "-device", "cpu"],
         dict(old_env, MIM_PRETRAINED_WEIGHTS=str(exports["hybrid"])), work)
     predict = [command("nnUNetv2_predict"), "-i", root / "imagesTs", "-d", DATASET, "-c", "3d_fullres", "-f", "all",
-               "-tr", TRAINER, "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"]
+               "-tr", TRAINER, "--disable_tta", "-device", "cpu", "-npp", "0", "-nps", "0"]
     run(predict + ["-o", work / "pred_old"], old_env, work)
     new_env = dict(base, nnUNet_extTrainer=run([command("mim_nnunet"), "trainers-path"], base, work).stdout.strip())
     return {"work": work, "exports": exports, "predict": predict, "new_env": new_env}

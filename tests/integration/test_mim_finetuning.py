@@ -219,10 +219,12 @@ def test_expanded_export_works_with_nnunets_own_pretrained_weights_loader(setup,
     load_pretrained_weights(net, str(out))                      # nnU-Net's loader: every key, same shapes
     state, _ = load_export(export)
     assert torch.equal(net.backbone.blocks4[0].attn.qkv.weight, state["blocks4.0.attn.qkv.weight"])
-    # and through nnUNetv2_train: the trainer sees the loaded weights and does not search for an export
-    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "1", "-tr", HYBRID, "-device", "cpu",
+    # and through nnUNetv2_train: the trainer sees the loaded weights and does not search for an export (the
+    # quick budget's trainer: the same network, without the final validation this check does not need)
+    quick = "nnUNetTrainerMiM_tiny_quick"
+    run([command("nnUNetv2_train"), DATASET, "3d_fullres", "1", "-tr", quick, "-device", "cpu",
          "-pretrained_weights", out], env, work)
-    fold = Path(env["nnUNet_results"]) / setup["root"].name / f"{HYBRID}__nnUNetPlans__3d_fullres" / "fold_1"
+    fold = Path(env["nnUNet_results"]) / setup["root"].name / f"{quick}__nnUNetPlans__3d_fullres" / "fold_1"
     log = "".join(p.read_text(encoding="utf-8") for p in fold.glob("training_log_*.txt"))
     assert "weights were loaded with -pretrained_weights; not searching" in log
     assert not (fold / "mim_transfer.json").exists()

@@ -183,7 +183,8 @@ def test_a_half_written_checkpoint_never_replaces_a_good_one(tmp_path, monkeypat
         load_checkpoint(path)
 
 
-def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tmp_path):
+def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tmp_path, monkeypatch, capsys):
+    from mim_nnunet.cli.pretrain import main
     env = collection["env"]
     args = [command("mim_pretrain"), "-d", str(collection["scans"]), "-data_name", "tiny", "-size", "tiny", "-np", "1",
             "-input_size", "32", "-batch", "1", "-accum", "1", "-workers", "0", "-save_every", "1", "-steps", "400",
@@ -203,8 +204,10 @@ def test_sigkill_mid_run_leaves_a_loadable_checkpoint_and_resumes(collection, tm
     assert f"resumed at step {state['step']} of 400" in result.stdout
     assert [r["step"] for r in train_records(out / "log.jsonl")] == list(range(1, state["step"] + 3))
     assert not list(out.rglob(".tmp_*"))
-    # without --c the folder is not overwritten
-    again = subprocess.run(args, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    # without --c the folder is not overwritten (the refusal from the command's main, in this process)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, env[name])
+    again = run_main(main, args[1:], capsys)
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--c" in again.stderr
 
 

@@ -110,16 +110,19 @@ def test_without_a_gpu_every_check_is_reported_skipped(tmp_path):
     assert all(c == {"status": "skipped", "why": "no CUDA device"} for c in checks.values())
 
 
-def test_a_rerun_with_the_same_out_runs_the_pretraining_again(tmp_path):
-    """The resume check (stop at step 2 with no export yet, then --c to step 4 and the export), twice with the
-    same -out: a second run used to fail every pre-training check ("already holds a run")."""
+def test_a_rerun_with_the_same_out_runs_the_pretraining_again(gpu_check, tmp_path):
+    """The resume check on the CPU (stop at step 2 with no export yet, then --c to step 4 and the export); then
+    what lets a second run with the same -out pass: each check starts in its own folder, emptied (a second run
+    used to fail every pre-training check: "already holds a run")."""
     cmd = [sys.executable, str(SCRIPTS / "gpu_check.py"), "-out", str(tmp_path), "-device", "cpu", "--reduced",
            "-checks", "pretrain_resume"]
-    for attempt in range(2):
-        result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
-        assert result.returncode == 0, f"run {attempt + 1}: " + result.stdout[-2000:] + result.stderr[-2000:]
-        entry = summary(tmp_path)["checks"]["pretrain_resume"]
-        assert entry["status"] == "ok" and (entry["stopped_at"], entry["resumed_to"]) == (2, 4)
+    result = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    entry = summary(tmp_path)["checks"]["pretrain_resume"]
+    assert entry["status"] == "ok" and (entry["stopped_at"], entry["resumed_to"]) == (2, 4)
+    folder = tmp_path / "work" / "pretrain_resume"
+    assert list(folder.rglob("checkpoint*"))                              # the run the first check left
+    assert context(gpu_check, tmp_path).work("pretrain_resume") == folder and not any(folder.iterdir())
 
 
 def test_unknown_checks_are_refused(gpu_check, tmp_path):
