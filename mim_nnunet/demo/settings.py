@@ -50,9 +50,9 @@ class DemoCosts:
     see of the convolution kernels PyTorch picks for the host's ``torch.backends.cpu.get_cpu_capability()``.
 
     To calibrate on an idle host: ``mim_nnunet host`` (the probe), then ``mim_nnunet demo -setting quick``
-    and ``mim_nnunet demo -setting full`` in fresh workspaces; each report's "Run time" gives the stages'
-    seconds. Start-up seconds come from the quick setting (its work is small), work from the full setting's
-    seconds minus them, times the probe. ``capability_factor`` and ``reference_gflops``: the same with
+    and ``mim_nnunet demo`` (or ``-setting full``) in fresh workspaces; each report's "Run time" gives the stages'
+    seconds. Start-up seconds come from the quick setting (its work is small), work from the default or full
+    setting's seconds minus them, times the probe. ``capability_factor`` and ``reference_gflops``: the same with
     ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2`` (the probe then runs on
     AVX2 too).
     """
@@ -75,8 +75,8 @@ class DemoCosts:
         return self.capability_factor.get(str(capability).upper(), max(self.capability_factor.values(), default=1.0))
 
     def reference(self, capability: str, gflops: float) -> float:
-        """The calibration host's probe with ``capability``'s kernels (``gflops``, the host's own, where the model
-        has none: its start-up seconds then stay as measured)."""
+        """The calibration host's probe with ``capability``'s kernels; for a capability the model does not know,
+        its smallest (the slowest kernels'); without any, ``gflops`` itself (start-up seconds stay as measured)."""
         known = self.reference_gflops
         return known.get(str(capability).upper(), min(known.values(), default=gflops))
 
