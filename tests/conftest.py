@@ -76,8 +76,8 @@ def mim_exports(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mim_finetuned(mim_exports):
-    """Both MiM trainers fine-tuned (fold 0) from ``mim_exports``, their predictions of the test cases made
-    without the pre-training files, the hybrid fold's --val --npz (``helpers.shared_runs.build_finetuned``)."""
+    """Both MiM trainers fine-tuned (fold 0) from ``mim_exports`` (the hybrid with --npz), their predictions of the
+    test cases made without the pre-training files (``helpers.shared_runs.build_finetuned``)."""
     from helpers.shared_runs import build_finetuned
     return build_finetuned(mim_exports)
 

@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-workers", type=int, default=None,
                      help=f"data-loading workers per process (default: {DEFAULT_LOADER_WORKERS})")
     run.add_argument("-threads", type=int, default=None,
-                     help="CPU threads per process with -device cpu (default: (cores - processes x "
-                          "-workers) / processes, at least 1)")
+                     help="CPU threads per process with -device cpu (default: $MIM_CPU_THREADS, else (cores - "
+                          "processes x -workers) / processes, at least 1)")
     run.add_argument("-val_crops", type=int, default=None,
                      help=f"fixed held-out crops of the validation loss, 0 = none (default: {VALIDATION_CROPS})")
     for name, value in PRETRAIN_INTERVALS.items():
@@ -159,7 +159,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = check_size(parser, parser.parse_args(argv))
 
     def _run() -> int:
+        from ..common.host import threads_from_environment
         from ..pretrain.run import run_pretraining
+        threads_from_environment()          # a bad $MIM_CPU_THREADS in one line here, not from inside a rank
         run_pretraining(request_from(args))
         return 0
     return run_guarded(_run, "mim_pretrain")

@@ -26,6 +26,30 @@ PROBE_SECONDS = 2.0
 # MKL (torch's fp32 matmul on x86, hence the probe) follows MKL_ENABLE_INSTRUCTIONS, not the other two.
 KERNEL_ENV_VARS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS",
                    "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+# torch's CPU threads per process of our trainings on the CPU (nnUNetv2_train with our trainers, mim_pretrain's CPU
+# processes), so that several can share a machine without oversubscribing it: nnUNetv2_train takes a thread per
+# core and ignores OMP_NUM_THREADS, and so does mim_pretrain's default (cores left by the loader workers)
+THREADS_ENV = "MIM_CPU_THREADS"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: what taskset, Slurm or a container's cpuset grant),
+    else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:                      # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def threads_from_environment() -> Optional[int]:
+    """``$MIM_CPU_THREADS`` as a positive int (None: not set)."""
+    value = os.environ.get(THREADS_ENV)
+    if value is None or value == "":
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        from .errors import MimError
+        raise MimError(f"${THREADS_ENV}={value!r}: not a positive number of threads")
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from typing import Dict, List, Tuple
 from ..common.atomic import write_json_atomic
 from ..common.environment import trainers_dir
 from ..common.errors import MimError
+from ..common.host import THREADS_ENV, usable_cores
 from ..common.layout import CHECKPOINT, export_path, run_folder
 from ..data.sources import DATA_ROOT_ENV
-from ..finetune.trainer import SEED_ENV, THREADS_ENV
+from ..finetune.trainer import SEED_ENV
 from ..weights.finding import WEIGHTS_ENV
 from .settings import DEMO_SETTINGS, describe_estimate, estimate_demo
 
@@ -61,7 +62,7 @@ def trainings_at_once(device: str) -> int:
     from one thread to two: 1.3 vs 0.8 s per iteration on 2 cores, so two runs of one thread each do 23 % more
     iterations per second than one of two; measured before the depthwise conv ran channels-last on the CPU),
     one on a GPU."""
-    return 2 if device == "cpu" and cpu_count() >= 2 else 1
+    return 2 if device == "cpu" and usable_cores() >= 2 else 1
 
 
 def _run_together(steps: List[Tuple[str, str, List[str], Dict[str, str]]], parallel: int) -> Dict[str, float]:
@@ -73,7 +74,7 @@ def _run_together(steps: List[Tuple[str, str, List[str], Dict[str, str]]], paral
     seconds: Dict[str, float] = {}
     for start in range(0, len(steps), parallel):
         group = steps[start: start + parallel]
-        threads = str(max(1, cpu_count() // len(group)))
+        threads = str(max(1, usable_cores() // len(group)))
         running = []
         for n, (key, title, cmd, env) in enumerate(group, start=1):
             print(f"\n== [{n}] {title}\n$ {THREADS_ENV}={threads} {shlex.join(cmd)}", flush=True)
@@ -103,10 +104,6 @@ def _prefix_lines(stream, prefix: str) -> None:
         print(prefix + line, end="", flush=True)
 
 
-def cpu_count() -> int:
-    return os.cpu_count() or 1
-
-
 def demo_environment(workspace: Path) -> Dict[str, str]:
     """The process environment for the demo: its own nnU-Net folders and data root, our trainers found."""
     env = {k: v for k, v in os.environ.items() if k not in (WEIGHTS_ENV, SEED_ENV, THREADS_ENV)}
@@ -118,7 +115,7 @@ def demo_environment(workspace: Path) -> Dict[str, str]:
     env["nnUNet_extTrainer"] = os.pathsep.join([str(trainers_dir())] + ext)
     # nnU-Net's pools (final validation's export, metrics) default to 8 processes, each a fresh interpreter
     # importing torch: on a small CPU that start-up costs more than the demo's two cases; a user's value stays
-    env.setdefault(NNUNET_POOL_ENV, str(min(8, cpu_count())))
+    env.setdefault(NNUNET_POOL_ENV, str(min(8, usable_cores())))
     return env
 
 
@@ -226,7 +223,7 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     held_out = len(list((data["dataset"] / "labelsTs").glob("*.nii.gz")))
     parallel = trainings_at_once(device)
     if parallel > 1:
-        print(f"\n== fine-tunings: {parallel} at a time, {cpu_count() // parallel} CPU thread(s) each (${THREADS_ENV})")
+        print(f"\n== fine-tunings: {parallel} at a time, {usable_cores() // parallel} CPU thread(s) each (${THREADS_ENV})")
     results: Dict[str, Dict] = {}
     for label in fine["labels"]:
         fold = FOLDS[label]

@@ -39,6 +39,7 @@ from torch import nn
 from ..backbones.swin import SWIN_SIZES
 from ..common.atomic import write_json_atomic
 from ..common.errors import MimError, PlansError
+from ..common.host import THREADS_ENV, threads_from_environment
 from ..common.tensors import first_nonfinite, optimizer_tensors
 from ..networks import build_network
 from ..optim import WarmupCosineLR, build_adamw, warmup_steps_for
@@ -61,9 +62,6 @@ FINETUNE_OPTIMISER = {
 # nnUNetv2_train has no seed flag: with this variable set, the trainer seeds Python, NumPy and torch before
 # it builds the network, so initialisation and (with nnUNet_n_proc_DA=0) the data stream are reproducible.
 SEED_ENV = "MIM_SEED"
-# nnUNetv2_train on the CPU takes a thread per core; with this variable set the trainer uses that many, so
-# that several runs can share a machine without oversubscribing it (the demo runs two at a time).
-THREADS_ENV = "MIM_CPU_THREADS"
 TRANSFER_REPORT = "mim_transfer.json"
 
 
@@ -237,16 +235,6 @@ class FineTuneTrainerBase(RunGuards, nnUNetTrainer):
         optimizer = build_adamw(self.network, self.initial_lr, self.weight_decay, self.optimiser_settings["betas"])
         warmup = warmup_steps_for(self.num_epochs, self.optimiser_settings["warmup_fraction"])
         return optimizer, WarmupCosineLR(optimizer, total_steps=self.num_epochs, warmup_steps=warmup)
-
-
-def threads_from_environment() -> Optional[int]:
-    """``$MIM_CPU_THREADS`` as a positive int (None: not set)."""
-    value = os.environ.get(THREADS_ENV)
-    if value is None or value == "":
-        return None
-    if not value.strip().isdigit() or int(value) < 1:
-        raise PlansError(f"${THREADS_ENV}={value!r}: not a positive number of threads")
-    return int(value)
 
 
 def seed_from_environment() -> Optional[int]:

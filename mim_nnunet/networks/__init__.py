@@ -1,4 +1,7 @@
-"""Segmentation networks our trainers build, looked up by the class name recorded in the plans."""
+"""Segmentation networks our trainers build, looked up by the class name recorded in the plans.
+
+MONAI is imported where a network is built, not when this package is: ``import monai`` loads all of MONAI
+(about 3 s), which commands that only read these names and constants (plans-variant, recipe-plans) skip."""
 
 from __future__ import annotations
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 from typing import List, Mapping, Sequence
 
 import torch.nn.functional as F
-from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
-from monai.networks.nets import SwinUNETR
 from torch import Tensor, nn
 
 from ..backbones.hybrid import HYBRID_SIZES, HybridFinetuneEncoder
@@ -94,6 +92,7 @@ class MiMUNETR(nn.Module):
             raise ValueError(f"MiMUNETR: SwinUNETR's decoder at feature_size {fs} takes channels "
                              f"{[fs, 2 * fs, 4 * fs, 8 * fs]}, the hybrid '{size}' gives {channels}")
         # SwinUNETR's decoder modules themselves, so that names, shapes and arguments are MONAI's
+        from monai.networks.nets import SwinUNETR
         reference = SwinUNETR(in_channels=in_channels, out_channels=out_channels, feature_size=fs,
                               norm_name=norm_name, spatial_dims=3)
         for name in SWINUNETR_DECODER:
@@ -113,6 +112,7 @@ class MiMUNETR(nn.Module):
     # -- mim-nnunet 0.1.0: its own decoder on the raw feature maps (kept so its model folders predict) --
     def _build_legacy_decoder(self, in_channels: int, out_channels: int, channels: List[int], fs: int,
                               norm_name: str) -> None:
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
         c1, c2, c3, c4 = channels
         basic = dict(spatial_dims=3, kernel_size=3, stride=1, norm_name=norm_name, res_block=True)
         up = dict(spatial_dims=3, kernel_size=3, upsample_kernel_size=2, norm_name=norm_name, res_block=True)

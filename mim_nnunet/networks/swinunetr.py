@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from monai.networks.nets import SwinUNETR
 from torch import nn
 
 SWINUNETR_CLASS_NAME = "monai.networks.nets.SwinUNETR"
@@ -38,4 +37,5 @@ def build_swinunetr(arch_kwargs: Mapping, num_input_channels: int, num_output_ch
     kwargs = {**SWINUNETR_ARCH_KWARGS, **arch_kwargs}
     if kwargs["feature_size"] % 12 != 0:
         raise ValueError(f"SwinUNETR feature_size must be a multiple of 12, got {kwargs['feature_size']}")
+    from monai.networks.nets import SwinUNETR   # on demand: importing MONAI costs seconds (networks/__init__.py)
     return SwinUNETR(in_channels=num_input_channels, out_channels=num_output_channels, spatial_dims=3, **kwargs)

@@ -76,15 +76,16 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     state = {"format": CHECKPOINT_FORMAT, "step": step, "model": model.state_dict(),
              "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "settings": settings, "rng": rng}
     state[INTEGRITY_KEY] = {"sha256": state_sha256(state)}
+    written = []
 
     def write(tmp: Path) -> None:
         torch.save(state, tmp)
         # the new file's checksum joins the old one's before the rename, so a kill between the two writes
         # leaves a checksum record that still matches whichever file is in place
-        known = checksums(path)
-        write_json_atomic(checksum_path(path), {"sha256": [file_sha256(str(tmp))] + known[:1]})
+        written.append(file_sha256(str(tmp)))
+        write_json_atomic(checksum_path(path), {"sha256": written + checksums(path)[:1]})
     atomic_write(path, write)
-    write_json_atomic(checksum_path(path), {"sha256": [file_sha256(str(path))]})
+    write_json_atomic(checksum_path(path), {"sha256": written})       # the renamed file: the same bytes
     return path
 
 

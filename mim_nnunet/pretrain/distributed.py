@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ..common.errors import MimError, last_line
+from ..common.host import threads_from_environment, usable_cores
 
 DIST_TIMEOUT_S = 1800            # a collective that waits longer than this fails (a peer is gone)
 DIST_PREPARE_TIMEOUT_S = 72 * 3600   # under torchrun, ranks > 0 wait this long for rank 0's preprocessing
@@ -205,6 +206,17 @@ def cpu_threads_per_rank(world_size: int, loader_workers: int = 0, cores: Option
     ranks, at least one. Counting a core per loader worker leaves a core free for the workers' reads: with
     compute threads on every core, a worker (or any other process) that takes a core stalls the others at
     each parallel region (on 2 cores, one process beside the demo's pre-training cut its throughput 5-10x)."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     world = max(1, world_size)
     return max(1, (cores - world * max(0, loader_workers)) // world)
+
+
+def rank_cpu_threads(requested: Optional[int], device_type: str, local_world: int, loader_workers: int) -> Optional[int]:
+    """torch's CPU threads for a rank (None: leave them): ``-threads`` when given; on the CPU ``$MIM_CPU_THREADS``,
+    else :func:`cpu_threads_per_rank`; a GPU rank keeps torchrun's ``OMP_NUM_THREADS`` and otherwise takes its
+    share of the cores (its CPU threads feed its GPU, no core is left to loader workers)."""
+    if requested:
+        return requested
+    if device_type == "cpu":
+        return threads_from_environment() or cpu_threads_per_rank(local_world, loader_workers)
+    return None if "OMP_NUM_THREADS" in os.environ else cpu_threads_per_rank(local_world, 0)

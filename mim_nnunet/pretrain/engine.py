@@ -254,12 +254,10 @@ def train_rank(rank: int, world_size: int, payload: Dict) -> None:
     settings = RunSettings.from_dict(payload["settings"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = D.local_device(settings.device, local_rank)
-    # the local ranks share the cores: CPU ranks leave a core per loader worker (distributed.cpu_threads_per_rank);
-    # a GPU rank's CPU threads feed its GPU (torchrun's OMP_NUM_THREADS is kept for GPU ranks); -threads wins
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    if settings.cpu_threads or device.type == "cpu" or "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(settings.cpu_threads or D.cpu_threads_per_rank(
-            local_world, settings.loader_workers if device.type == "cpu" else 0))
+    threads = D.rank_cpu_threads(settings.cpu_threads, device.type, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
+                                 settings.loader_workers)
+    if threads is not None:
+        torch.set_num_threads(threads)
     configure_backends(device, settings.deterministic)
     joined_here = not torch.distributed.is_initialized()
     if joined_here:

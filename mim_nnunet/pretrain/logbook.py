@@ -45,6 +45,7 @@ class Logbook:
         self.log_every, self.plot_every, self.recon_every = log_every, plot_every, recon_every
         self.norm_pix, self.grid = norm_pix, grid
         self.records: List[Dict] = []
+        self._plotted = -1                  # len(records) when progress.png was last drawn
         self.bar = None
         self._t0: Optional[float] = None
         if active:
@@ -99,7 +100,7 @@ class Logbook:
                       f"grad_norm {record['grad_norm']:.3g} {record['subvolumes_per_s']:.1f} sub-volumes/s "
                       f"data wait {100 * record['data_wait_fraction']:.0f}%" + (f" ETA {eta}" if eta else ""))
         if step % self.plot_every == 0 or last:
-            save_progress(self.records, self.out / PROGRESS)
+            self._plot()
         if levels is not None:          # the engine passes levels when a picture is due
             save_reconstructions(levels, self.grid, self.out / RECONSTRUCTIONS_DIR / f"step_{step:07d}.png",
                                  self.norm_pix)
@@ -119,5 +120,9 @@ class Logbook:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-            if self.records:
-                save_progress(self.records, self.out / PROGRESS)
+            if self.records and self._plotted != len(self.records):      # a finished run's is drawn already
+                self._plot()
+
+    def _plot(self) -> None:
+        save_progress(self.records, self.out / PROGRESS)
+        self._plotted = len(self.records)

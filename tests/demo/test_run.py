@@ -104,8 +104,9 @@ def test_quick_demo_writes_the_report(tmp_path, clean_env):
     assert "- host: " in summary and "- estimated before the run: " in summary
     # on a CPU with two cores or more, MiM and scratch train together, one thread each on two cores, their
     # output passed on with a prefix
-    if (os.cpu_count() or 1) >= 2:
-        threads = str((os.cpu_count() or 1) // 2)
+    cores = len(os.sched_getaffinity(0))
+    if cores >= 2:
+        threads = str(cores // 2)
         assert "fine-tunings: 2 at a time" in result.stdout and "[1] " in result.stdout and "[2] " in result.stdout
         logs = list((tmp_path / "ws" / "finetune").rglob("training_log_*.txt"))
         assert len(logs) == 2 and all(f"MIM_CPU_THREADS={threads}: torch uses {threads} CPU thread(s)"

@@ -128,7 +128,8 @@ def test_seed_from_the_environment_makes_initialisation_repeatable(monkeypatch):
 
 
 def test_cpu_threads_from_the_environment_cap_torch(find_trainer, monkeypatch):
-    from mim_nnunet.finetune.trainer import THREADS_ENV, threads_from_environment
+    from mim_nnunet.common.errors import MimError
+    from mim_nnunet.common.host import THREADS_ENV, threads_from_environment
 
     monkeypatch.delenv(THREADS_ENV, raising=False)
     assert threads_from_environment() is None
@@ -142,7 +143,7 @@ def test_cpu_threads_from_the_environment_cap_torch(find_trainer, monkeypatch):
         torch.set_num_threads(before)
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv(THREADS_ENV, bad)
-        with pytest.raises(PlansError, match=f"MIM_CPU_THREADS='{bad}': not a positive number of threads"):
+        with pytest.raises(MimError, match=f"MIM_CPU_THREADS='{bad}': not a positive number of threads"):
             threads_from_environment()
 
 

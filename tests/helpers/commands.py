@@ -40,7 +40,8 @@ def run_main(main, argv, capsys) -> subprocess.CompletedProcess:
 
 
 def nnunet_env(work: Path, processes: int = 1) -> dict:
-    """This environment without nnU-Net's or our variables, then nnU-Net's three folders under ``work``, our
+    """This environment without nnU-Net's or our variables (but the runner's ``MIM_CPU_THREADS``: one thread per
+    test worker, scripts/test.sh), then nnU-Net's three folders under ``work``, our
     trainers folder, ``processes`` augmentation workers and one process for nnU-Net's other pools: what a
     user's shell holds after setup on a small machine. Each pool process is a fresh interpreter importing torch
     and nnU-Net (5-7 CPU-seconds): nnU-Net's default of 8 costs more than the one validation case a test's
@@ -49,7 +50,7 @@ def nnunet_env(work: Path, processes: int = 1) -> dict:
     batches a 2-iteration training never uses. Not 0: nnU-Net 2.8.1's planner then calls
     torch.set_num_threads(0)."""
     import os
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "MIM_")) or k == "MIM_CPU_THREADS"}
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[name] = str(Path(work) / name)
     env["nnUNet_extTrainer"] = run([command("mim_nnunet"), "trainers-path"], env, work).stdout.strip()

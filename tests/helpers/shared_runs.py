@@ -8,12 +8,13 @@ model folder or an export (train another fold, corrupt a file) copies what it ne
 
 - :func:`build_exports`: Dataset902 (5 training + 2 test cases of 64^3, spheres and cubes, ``labelsTs``
   for scoring), planned and preprocessed by stock ``nnUNetv2_plan_and_preprocess``; ``mim_pretrain``
-  (2 steps, S = 32, one validation crop for the hybrid) of the hybrid and the swin backbone at size ``tiny`` on
-  it; copies of both exports kept outside ``$nnUNet_results``.
-- :func:`build_finetuned`: ``nnUNetv2_train`` fold 0 with ``nnUNetTrainerMiM_tiny_1epoch`` and
-  ``nnUNetTrainerMiMSwinUNETR_tiny_1epoch``, each finding its export the way users' runs do (the newest
-  under ``$nnUNet_results``); then, with every pre-training file moved away, ``nnUNetv2_predict`` of the
-  test cases with both and nnU-Net's own ``--val --npz`` of the hybrid fold; the files are moved back.
+  (2 steps, S = 32; one validation crop for the hybrid, one sub-volume per level for swin) of the hybrid and the
+  swin backbone at size ``tiny`` on it; copies of both exports kept outside ``$nnUNet_results``.
+- :func:`build_finetuned`: ``nnUNetv2_train`` fold 0 with ``nnUNetTrainerMiM_tiny_1epoch`` (``--npz``: its
+  final validation keeps the probabilities) and ``nnUNetTrainerMiMSwinUNETR_tiny_1epoch``, each finding its
+  export the way users' runs do (the newest under ``$nnUNet_results``); then, with every pre-training file moved
+  away, ``nnUNetv2_predict`` of the test cases with both; the files are moved back. (nnU-Net's ``--val`` of a
+  fold whose export is gone is tests/integration/test_mim_resenc.py's: the same ``PretrainedEncoder`` mixin.)
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ def build_exports(work: Path) -> Dict:
         env, work)
     exports = {}
     for backbone in TRAINERS:
-        # swin's validation (7^3-token windows at S = 32) costs seconds no reader of the export needs
+        # swin at S = 32 pads its 16^3 tokens to 7^3-token windows (21^3): each of a step's 21 sub-volumes costs
+        # about half a second, each validation crop as much. Its export's readers need an encoder of the right
+        # shapes, not a converged one: one sub-volume per level (-gamma2/-gamma3 1), no validation
+        cheaper = [] if backbone == "hybrid" else ["-gamma2", "1", "-gamma3", "1"]
         run([command("mim_pretrain"), "-d", DATASET, "-data_name", COLLECTION, "-backbone", backbone, "-size", "tiny",
              "-np", "1", "-input_size", "32", "-batch", "1", "-accum", "1", "-steps", "2", "-workers", "0",
-             "-val_crops", "1" if backbone == "hybrid" else "0"], env, work)
+             "-val_crops", "1" if backbone == "hybrid" else "0", *cheaper], env, work)
         made = Path(env["nnUNet_results"]) / f"MiM_{COLLECTION}" / f"{backbone}_tiny" / "export" / \
             f"mim_{backbone}_tiny.safetensors"
         kept = work / "exports" / made.name
@@ -81,13 +85,14 @@ def model_folder(env: Dict, root: Path, trainer: str, plans: str = PLANS) -> Pat
 
 
 def build_finetuned(exports: Dict) -> Dict:
-    """Both MiM trainers fine-tuned from :func:`build_exports`' exports, their predictions and the hybrid
-    fold's ``--val --npz``; returns ``exports``' entries and ``models`` and ``predictions`` (backbone ->
-    folder)."""
+    """Both MiM trainers fine-tuned from :func:`build_exports`' exports (the hybrid with ``--npz``) and their
+    predictions; returns ``exports``' entries and ``models`` and ``predictions`` (backbone -> folder)."""
     env, work, root = exports["env"], exports["work"], exports["root"]
     models, predictions = {}, {}
     for backbone, trainer in TRAINERS.items():
-        run([command("nnUNetv2_train"), DATASET, CONFIGURATION, "0", "-tr", trainer, "-device", "cpu"], env, work)
+        npz = ["--npz"] if backbone == "hybrid" else []
+        run([command("nnUNetv2_train"), DATASET, CONFIGURATION, "0", "-tr", trainer, "-device", "cpu", *npz], env,
+            work)
         models[backbone] = model_folder(env, root, trainer)
     with pretraining_files_moved_away(exports["pretrain_dirs"], work / "pretraining_aside"):
         for backbone, trainer in TRAINERS.items():
@@ -95,7 +100,4 @@ def build_finetuned(exports: Dict) -> Dict:
             run([command("nnUNetv2_predict"), "-i", root / "imagesTs", "-o", predictions[backbone], "-d", DATASET,
                  "-c", CONFIGURATION, "-f", "0", "-tr", trainer, "--disable_tta", "-device", "cpu", "-npp", "0",
                  "-nps", "0"], env, work)
-        # nnU-Net's validation with probabilities also runs from the fine-tuned model alone
-        run([command("nnUNetv2_train"), DATASET, CONFIGURATION, "0", "-tr", TRAINERS["hybrid"], "-device", "cpu",
-             "--val", "--npz"], env, work)
     return {**exports, "models": models, "predictions": predictions}

@@ -1,5 +1,5 @@
 """MiM fine-tuning through stock nnU-Net, in subprocesses: plan -> mim_pretrain (tiny) -> check-transfer ->
-nnUNetv2_train with each MiM trainer -> pre-training files moved away -> nnUNetv2_predict and --val (the
+nnUNetv2_train with each MiM trainer -> pre-training files moved away -> nnUNetv2_predict (the
 session's runs, tests/helpers/shared_runs.py; the SwinUNETR model folder as stock nnU-Net writes it); a
 2-channel dataset's network with an inflated stem; -pretrained_weights through expand-weights; lr schedule
 across --c."""
@@ -94,7 +94,8 @@ def test_transfer_check_passes_and_fails_with_named_problems(setup, tmp_path, mo
 
 def test_each_mim_trainer_fine_tunes_from_the_export_and_predicts_without_it(mim_finetuned):
     """The session's fine-tuning (tests/helpers/shared_runs.py): each trainer found the newest export under
-    $nnUNet_results and started from it; prediction and --val --npz ran with every pre-training file gone."""
+    $nnUNet_results and started from it; the hybrid's final validation kept its probabilities (--npz); prediction
+    ran with every pre-training file gone."""
     exports, models = mim_finetuned["exports"], mim_finetuned["models"]
     for trainer, backbone in ((HYBRID, "hybrid"), (SWIN, "swin")):
         assert models[backbone].name == f"{trainer}__nnUNetPlans__3d_fullres"

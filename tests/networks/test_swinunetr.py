@@ -23,3 +23,17 @@ def test_unknown_network_and_bad_arguments_are_clear_errors():
         build_network(SWINUNETR_CLASS_NAME, {"feature_size": 16}, 1, 2)
     with pytest.raises(ValueError, match="unknown SwinUNETR arguments"):
         build_network(SWINUNETR_CLASS_NAME, {"img_size": 96}, 1, 2)
+
+
+def test_the_networks_package_imports_without_monai():
+    """``import monai`` loads all of MONAI (seconds): commands that only read the networks' names and constants
+    (plans-variant, recipe-plans) must not pay for it; building a network imports it (every build test here).
+    In a fresh interpreter: this one has MONAI loaded."""
+    import subprocess
+    import sys
+    code = ("import sys; import mim_nnunet.finetune.plans_variants, mim_nnunet.downstream.recipes, mim_nnunet.networks; "
+            "print('monai' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace",
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["False"]

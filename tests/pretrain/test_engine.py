@@ -30,9 +30,10 @@ from mim_nnunet.pretrain.logbook import read_records
 from mim_nnunet.pretrain.settings import continued_settings, resolve_settings
 from mim_nnunet.weights.export import load_export
 
-# progress.png and reconstructions at the last step only (a second of plotting each; the resume test asks for more)
-TINY = dict(input_size=[32], per_device_batch=1, accumulation=1, steps=6, loader_workers=0, save_every=1, val_crops=2,
-            plot_every=100, recon_every=100)
+# progress.png and reconstructions at the last step only (a second of plotting each; the resume test asks for more);
+# a checkpoint (44 MB at tiny, with AdamW's moments) where a run stops, not after every step
+TINY = dict(input_size=[32], per_device_batch=1, accumulation=1, steps=6, loader_workers=0, save_every=100,
+            val_crops=2, plot_every=100, recon_every=100)
 
 
 @pytest.fixture(scope="module")
@@ -510,7 +511,7 @@ def test_a_checkpoint_copied_without_its_checksum_and_spoilt_is_refused_by_conti
 def test_a_nan_in_the_optimizer_stops_the_run_and_keeps_the_last_checkpoint_and_export(collection, tmp_path,
                                                                                        monkeypatch):
     out = tmp_path / "nan"
-    run(collection, out, stop_at=1, val_crops=0)
+    run(collection, out, stop_at=1, val_crops=0, save_every=1)             # step 2 is saved: the NaN is found there
     export_checkpoint(out / CHECKPOINT)                                 # an export of step 1 beside it
     before = _files(out)
     assert sorted(before) == [CHECKPOINT, CHECKPOINT + ".sha256.json", "export/mim_hybrid_tiny_step1.card.md",

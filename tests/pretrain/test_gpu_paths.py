@@ -155,7 +155,7 @@ def test_a_gpu_rank_caps_its_cpu_threads_and_sets_the_backends(monkeypatch, back
     seen = {}
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(D, "usable_cores", lambda: 8)
     monkeypatch.setattr(D, "local_device", lambda device, local_rank: torch.device("cuda", local_rank))
     monkeypatch.setattr(D, "init_group", lambda *a, **k: None)
     monkeypatch.setattr(E, "_train", lambda rank, world, device, settings, resume: seen.update(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.commands import SCRIPTS, command, load_script, nnunet_env
+from helpers.commands import SCRIPTS, command, load_script, nnunet_env, run_main
 from helpers.downstream_layouts import write_btcv
 
 SCRIPT = SCRIPTS / "reproduce_paper.py"
@@ -70,7 +70,7 @@ def run(cmd, env, cwd):
 
 
 @pytest.mark.slow
-def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, mim_exports):
+def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, mim_exports, monkeypatch, capsys):
     env = nnunet_env(tmp_path)
     src = write_btcv(tmp_path / "src", numbers=(1, 2, 3, 4, 35, 36), test=())
     run([command("mim_nnunet"), "convert", "btcv", src, "--allow_partial"], env, tmp_path)
@@ -122,6 +122,12 @@ def test_reproduce_paper_end_to_end_at_tiny_size(tmp_path, mim_exports):
     assert "| Method | spleen | right kidney |" in table and "| MiM (nnUNetTrainerMiM_tiny_1epoch) |" in table
     assert "| MiM, paper (Table 5) | 12.50 |" in table and "### Label efficiency (mean DSC %)" in table
 
-    again = run(cmd, env, tmp_path)                               # finished trainings are not repeated
-    assert "$ nnUNetv2_train" not in again.stdout
+    # finished trainings are not repeated (the rerun through the script's main in this process; the commands it
+    # runs still start as subprocesses)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA",
+                 "nnUNet_def_n_proc"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.chdir(tmp_path)
+    again = run_main(load().main, cmd[2:], capsys)
+    assert again.returncode == 0 and "$ nnUNetv2_train" not in again.stdout
     assert json.loads((out / "reproduce_Dataset501_BTCV.json").read_text(encoding="utf-8"))["results"] == report["results"]
