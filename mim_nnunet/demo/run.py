@@ -223,7 +223,8 @@ def run_demo(workspace: str = "demo_workspace", device: str = "auto", setting: s
     held_out = len(list((data["dataset"] / "labelsTs").glob("*.nii.gz")))
     parallel = trainings_at_once(device)
     if parallel > 1:
-        print(f"\n== fine-tunings: {parallel} at a time, {usable_cores() // parallel} CPU thread(s) each (${THREADS_ENV})")
+        print(f"\n== fine-tunings: {parallel} at a time, {usable_cores() // parallel} CPU thread(s) each "
+              f"(${THREADS_ENV})")
     results: Dict[str, Dict] = {}
     for label in fine["labels"]:
         fold = FOLDS[label]

@@ -211,7 +211,8 @@ def cpu_threads_per_rank(world_size: int, loader_workers: int = 0, cores: Option
     return max(1, (cores - world * max(0, loader_workers)) // world)
 
 
-def rank_cpu_threads(requested: Optional[int], device_type: str, local_world: int, loader_workers: int) -> Optional[int]:
+def rank_cpu_threads(requested: Optional[int], device_type: str, local_world: int,
+                     loader_workers: int) -> Optional[int]:
     """torch's CPU threads for a rank (None: leave them): ``-threads`` when given; on the CPU ``$MIM_CPU_THREADS``,
     else :func:`cpu_threads_per_rank`; a GPU rank keeps torchrun's ``OMP_NUM_THREADS`` and otherwise takes its
     share of the cores (its CPU threads feed its GPU, no core is left to loader workers)."""

@@ -254,8 +254,8 @@ def train_rank(rank: int, world_size: int, payload: Dict) -> None:
     settings = RunSettings.from_dict(payload["settings"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = D.local_device(settings.device, local_rank)
-    threads = D.rank_cpu_threads(settings.cpu_threads, device.type, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)),
-                                 settings.loader_workers)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    threads = D.rank_cpu_threads(settings.cpu_threads, device.type, local_world, settings.loader_workers)
     if threads is not None:
         torch.set_num_threads(threads)
     configure_backends(device, settings.deterministic)

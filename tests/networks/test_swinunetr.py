@@ -31,8 +31,8 @@ def test_the_networks_package_imports_without_monai():
     In a fresh interpreter: this one has MONAI loaded."""
     import subprocess
     import sys
-    code = ("import sys; import mim_nnunet.finetune.plans_variants, mim_nnunet.downstream.recipes, mim_nnunet.networks; "
-            "print('monai' in sys.modules)")
+    code = ("import sys; import mim_nnunet.finetune.plans_variants, mim_nnunet.downstream.recipes, "
+            "mim_nnunet.networks; print('monai' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace",
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
